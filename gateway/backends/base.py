@@ -1,0 +1,86 @@
+"""What every backend (vLLM pool, litellm remote) offers the gateway.
+
+A backend serves one policy model. It takes the client's OpenAI request body, sends it upstream
+under the model's upstream name, and gives back OpenAI-shaped JSON: a whole response, or a
+stream of chunks exactly as OpenAI sends them with `stream_options.include_usage` on (the
+gateway drops the final usage chunk when the client did not ask for it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+Kind = Literal["chat", "completions"]
+
+
+@dataclass(slots=True)
+class UpstreamCall:
+    kind: Kind
+    body: dict[str, Any]  # the client's body; the backend must not mutate it
+    timeout_s: float
+    retries: int  # extra attempts on other endpoints, before any byte was streamed
+
+
+@dataclass(slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    # False while the numbers are an estimate (e.g. a stream cut before the usage chunk).
+    exact: bool = False
+
+
+@dataclass(slots=True)
+class Completion:
+    body: dict[str, Any]  # OpenAI response JSON, `model` set to the policy model name
+    usage: Usage
+    endpoint: str  # which upstream answered (URL, or the litellm model string)
+    provider_cost_usd: float | None = None  # the provider's own price, when it reports one
+
+
+class UpstreamStream(Protocol):
+    """An open upstream stream; the first chunk has already arrived when it is handed out."""
+
+    endpoint: str
+    usage: Usage  # kept current as chunks arrive, exact once the usage chunk is seen
+    provider_cost_usd: float | None
+
+    def __aiter__(self) -> AsyncIterator[dict[str, Any]]: ...
+
+    async def aclose(self) -> None:
+        """Stop reading and cancel the upstream request (the client went away)."""
+
+
+@dataclass
+class UpstreamError(Exception):
+    """A failed upstream call. `status` is what the gateway answers if nothing else works."""
+
+    status: int  # 502 bad gateway, 503 unavailable, 504 timeout, or the upstream's own 4xx
+    message: str
+    code: str = "upstream_error"
+    # True when another endpoint or fallback model may succeed (connect error, timeout, 5xx);
+    # False for the client's own mistakes (upstream 4xx), which no fallback can fix.
+    retryable: bool = True
+    param: str | None = None
+    attempts: list[str] = field(default_factory=list)  # endpoints tried, for the request log
+
+    def __str__(self) -> str:
+        return f"{self.status} {self.code}: {self.message}"
+
+
+class Backend(Protocol):
+    name: str  # the policy model name
+
+    def healthy(self) -> bool:
+        """At least one endpoint is believed to answer (for /readyz and choice)."""
+
+    async def start(self) -> None:
+        """Begin background work such as health checks."""
+
+    async def aclose(self) -> None:
+        """Stop background work. Does not close the shared HTTP client."""
+
+    async def complete(self, call: UpstreamCall) -> Completion: ...
+
+    async def open_stream(self, call: UpstreamCall) -> UpstreamStream: ...

@@ -1,0 +1,116 @@
+"""The policy file's schema: models, routes and defaults.
+
+Everything the gateway does per request is decided from a validated `Policy`;
+nothing is parsed on the hot path.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, HttpUrl, Tag, model_validator
+
+Name = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:/@-]+$")]
+
+
+class _Strict(BaseModel):
+    # A typo in a policy key must be an error, not a silently ignored setting.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TokenPricing(_Strict):
+    """List price in USD per one million tokens."""
+
+    input_per_1m: float = Field(ge=0)
+    output_per_1m: float = Field(ge=0)
+
+
+class GpuHourPricing(_Strict):
+    """A local model's cost: the GPU-hour price spread over the server's token throughput."""
+
+    gpu_hour_usd: float = Field(gt=0)
+    input_tokens_per_second: float = Field(gt=0, description="prefill throughput of one endpoint")
+    output_tokens_per_second: float = Field(gt=0, description="decode throughput of one endpoint")
+
+    def as_token_pricing(self) -> TokenPricing:
+        per_second = self.gpu_hour_usd / 3600.0
+        return TokenPricing(
+            input_per_1m=per_second / self.input_tokens_per_second * 1e6,
+            output_per_1m=per_second / self.output_tokens_per_second * 1e6,
+        )
+
+
+def _pricing_kind(value: object) -> str:
+    keys = value.keys() if isinstance(value, dict) else vars(value) if value is not None else ()
+    return "gpu_hour" if "gpu_hour_usd" in keys else "token"
+
+
+# Tagged by the keys present, so an error names the fields of the kind the user meant.
+Pricing = Annotated[
+    Annotated[TokenPricing, Tag("token")] | Annotated[GpuHourPricing, Tag("gpu_hour")],
+    Discriminator(_pricing_kind),
+]
+
+
+class _ModelBase(_Strict):
+    context_length: int | None = Field(default=None, gt=0)
+    timeout_s: float | None = Field(default=None, gt=0)
+    retries: int | None = Field(default=None, ge=0, le=10)
+    fallbacks: list[Name] = Field(
+        default_factory=list, description="models tried, in order, when this one fails"
+    )
+    description: str | None = None
+
+
+class VllmModel(_ModelBase):
+    provider: Literal["vllm"]
+    endpoints: list[HttpUrl] = Field(min_length=1, description="OpenAI base URLs, e.g. http://h:8000/v1")
+    served_name: str | None = Field(default=None, description="the name vLLM serves it under")
+    pricing: Pricing
+
+
+class LitellmModel(_ModelBase):
+    provider: Literal["litellm"]
+    model: str = Field(min_length=1, description="litellm model string, e.g. openai/gpt-4o-mini")
+    api_key_env: str | None = Field(default=None, description="environment variable with the key")
+    api_base: HttpUrl | None = None
+    pricing: Pricing | None = Field(
+        default=None, description="when absent, litellm's cost map prices the call"
+    )
+
+
+ModelConfig = Annotated[VllmModel | LitellmModel, Field(discriminator="provider")]
+
+
+class FixedRoute(_Strict):
+    """The first model answers; the rest are fallbacks, tried in order."""
+
+    kind: Literal["fixed"] = "fixed"
+    models: list[Name] = Field(min_length=1)
+    description: str | None = None
+
+
+RouteConfig = FixedRoute
+
+
+class Defaults(_Strict):
+    timeout_s: float = Field(default=120.0, gt=0)
+    retries: int = Field(default=1, ge=0, le=10)
+    max_tokens: int = Field(default=512, gt=0, description="assumed when a request sets none")
+    max_request_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
+    health_interval_s: float = Field(default=5.0, gt=0)
+    cooldown_s: float = Field(default=10.0, ge=0)
+
+
+class Policy(_Strict):
+    version: Literal[1] = 1
+    defaults: Defaults = Field(default_factory=Defaults)
+    models: dict[Name, ModelConfig] = Field(min_length=1)
+    routes: dict[Name, RouteConfig] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _names_are_distinct(self) -> Policy:
+        clash = sorted(set(self.models) & set(self.routes))
+        if clash:
+            raise ValueError(f"names used for both a model and a route: {', '.join(clash)}")
+        return self
