@@ -87,9 +87,13 @@ def _reference_problems(policy: Policy) -> list[tuple[Loc, str]]:
     for model_name, model in policy.models.items():
         for i, fallback in enumerate(model.fallbacks):
             if fallback not in policy.models:
-                found.append((("models", model_name, "fallbacks", i), f"unknown model '{fallback}'"))
+                found.append(
+                    (("models", model_name, "fallbacks", i), f"unknown model '{fallback}'")
+                )
             elif fallback == model_name:
-                found.append((("models", model_name, "fallbacks", i), "a model cannot fall back to itself"))
+                found.append(
+                    (("models", model_name, "fallbacks", i), "a model cannot fall back to itself")
+                )
     for route_name, route in policy.routes.items():
         for i, name in enumerate(route.models):
             if name not in policy.models:
@@ -124,7 +128,9 @@ def parse_policy(text: str, file: str = "<policy>") -> Policy:
     if refs:
         raise PolicyError(
             [
-                Problem(file, (pos := _position(tree, loc))[0] + 1, pos[1] + 1, _field_name(loc), msg)
+                Problem(
+                    file, (pos := _position(tree, loc))[0] + 1, pos[1] + 1, _field_name(loc), msg
+                )
                 for loc, msg in refs
             ]
         )

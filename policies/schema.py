@@ -64,7 +64,9 @@ class _ModelBase(_Strict):
 
 class VllmModel(_ModelBase):
     provider: Literal["vllm"]
-    endpoints: list[HttpUrl] = Field(min_length=1, description="OpenAI base URLs, e.g. http://h:8000/v1")
+    endpoints: list[HttpUrl] = Field(
+        min_length=1, description="OpenAI base URLs, e.g. http://h:8000/v1"
+    )
     served_name: str | None = Field(default=None, description="the name vLLM serves it under")
     pricing: Pricing
 

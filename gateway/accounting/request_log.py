@@ -1,0 +1,178 @@
+"""The request log: one row per request, in SQLite, written off the event loop.
+
+Requests only enqueue a record (no I/O); a writer thread batches the inserts. Later reports
+read the same file.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import sqlite3
+import threading
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+log = logging.getLogger("routegate.log")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS requests (
+    request_id TEXT PRIMARY KEY,
+    ts REAL NOT NULL,                -- unix time the request arrived
+    api_key_id TEXT,
+    endpoint_kind TEXT NOT NULL,     -- chat | completions
+    route TEXT,
+    model TEXT,                      -- the model that answered (or last tried)
+    endpoint TEXT,
+    stream INTEGER NOT NULL,
+    prompt_tokens INTEGER NOT NULL DEFAULT 0,
+    completion_tokens INTEGER NOT NULL DEFAULT 0,
+    usage_exact INTEGER NOT NULL DEFAULT 1,
+    cost_usd REAL NOT NULL DEFAULT 0,
+    latency_ms REAL,
+    ttft_ms REAL,
+    status INTEGER NOT NULL,         -- HTTP status given to the client (499: client went away)
+    error TEXT,
+    fallbacks TEXT NOT NULL DEFAULT '[]',  -- JSON list of models that failed before the answer
+    extra TEXT NOT NULL DEFAULT '{}'       -- JSON: per-step details for routers and cascades
+);
+CREATE INDEX IF NOT EXISTS requests_ts ON requests(ts);
+"""
+
+_COLUMNS = [
+    "request_id",
+    "ts",
+    "api_key_id",
+    "endpoint_kind",
+    "route",
+    "model",
+    "endpoint",
+    "stream",
+    "prompt_tokens",
+    "completion_tokens",
+    "usage_exact",
+    "cost_usd",
+    "latency_ms",
+    "ttft_ms",
+    "status",
+    "error",
+    "fallbacks",
+    "extra",
+]
+_INSERT = (
+    f"INSERT OR REPLACE INTO requests ({', '.join(_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(_COLUMNS))})"
+)
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    request_id: str
+    ts: float
+    endpoint_kind: str
+    stream: bool
+    api_key_id: str | None = None
+    route: str | None = None
+    model: str | None = None
+    endpoint: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    usage_exact: bool = True
+    cost_usd: float = 0.0
+    latency_ms: float | None = None
+    ttft_ms: float | None = None
+    status: int = 200
+    error: str | None = None
+    fallbacks: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def row(self) -> tuple[Any, ...]:
+        d = asdict(self)
+        d["stream"] = int(self.stream)
+        d["usage_exact"] = int(self.usage_exact)
+        d["fallbacks"] = orjson.dumps(self.fallbacks).decode()
+        d["extra"] = orjson.dumps(self.extra).decode()
+        return tuple(d[c] for c in _COLUMNS)
+
+
+_STOP = object()
+
+
+class RequestLog:
+    """Append-only SQLite request log fed through a queue by a single writer thread."""
+
+    def __init__(self, path: str | Path, *, batch: int = 256):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._batch = batch
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._flushed = threading.Condition()
+        self._pending = 0
+        # Created here so a bad path fails at start-up, not on the first request.
+        self._init_db()
+        self._thread = threading.Thread(target=self._run, name="request-log", daemon=True)
+        self._thread.start()
+
+    def _init_db(self) -> None:
+        with sqlite3.connect(self.path) as db:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.executescript(SCHEMA)
+
+    def write(self, record: RequestRecord) -> None:
+        """Never blocks: the record is queued for the writer thread."""
+        with self._flushed:
+            self._pending += 1
+        self._queue.put(record)
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until every queued record is on disk (tests, shutdown, reports)."""
+        with self._flushed:
+            return self._flushed.wait_for(lambda: self._pending == 0, timeout)
+
+    def close(self) -> None:
+        self._queue.put(_STOP)
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        db = sqlite3.connect(self.path, check_same_thread=False)
+        db.execute("PRAGMA synchronous=NORMAL")
+        stop = False
+        while not stop:
+            items = [self._queue.get()]
+            while len(items) < self._batch:
+                try:
+                    items.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            records = [i for i in items if i is not _STOP]
+            stop = len(records) != len(items)
+            if records:
+                try:
+                    with db:
+                        db.executemany(_INSERT, [r.row() for r in records])
+                except sqlite3.Error:
+                    # Keep the gateway serving; the lost rows are named in the log.
+                    log.exception(
+                        "request log write failed for %s", [r.request_id for r in records]
+                    )
+            with self._flushed:
+                self._pending -= len(records)
+                self._flushed.notify_all()
+        db.close()
+
+
+def read_records(path: str | Path) -> list[dict[str, Any]]:
+    """All rows as dicts, JSON columns decoded (for tests and reports)."""
+    db = sqlite3.connect(path)
+    db.row_factory = sqlite3.Row
+    try:
+        rows = [dict(r) for r in db.execute("SELECT * FROM requests ORDER BY ts")]
+    finally:
+        db.close()
+    for r in rows:
+        r["fallbacks"] = orjson.loads(r["fallbacks"])
+        r["extra"] = orjson.loads(r["extra"])
+    return rows

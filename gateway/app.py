@@ -1,0 +1,164 @@
+"""The FastAPI application: OpenAI endpoints, health, metrics."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from gateway.accounting.request_log import RequestLog
+from gateway.errors import ApiError
+from gateway.metrics import Metrics
+from gateway.pipeline import Services, handle
+from gateway.reloader import PolicyHolder
+from gateway.runtime import Runtime
+from policies.loader import example_policy_path
+
+log = logging.getLogger("routegate")
+
+
+@dataclass
+class Settings:
+    policy_path: Path = field(default_factory=example_policy_path)
+    log_path: Path = Path("routegate-requests.sqlite")
+    watch_policy: bool = True
+
+
+def _json(data: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(data), status_code=status, media_type="application/json")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # One HTTP client for every upstream call: pooled keep-alive connections.
+        client = httpx.AsyncClient(
+            limits=httpx.Limits(max_connections=2000, max_keepalive_connections=512),
+            timeout=httpx.Timeout(120.0, connect=5.0),
+        )
+        metrics = Metrics()
+        holder = PolicyHolder(settings.policy_path, client, metrics)
+        await holder.load()  # a bad policy at start-up is fatal: PolicyError names the lines
+        request_log = RequestLog(settings.log_path)
+        app.state.holder = holder
+        app.state.services = Services(request_log, metrics)
+        app.state.started = time.time()
+        if settings.watch_policy:
+            holder.watch()
+        try:
+            yield
+        finally:
+            await holder.aclose()
+            await client.aclose()
+            request_log.close()
+
+    app = FastAPI(
+        title="Routegate", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None
+    )
+
+    def runtime_of(request: Request) -> Runtime:
+        runtime = request.app.state.holder.current
+        if runtime is None:
+            raise ApiError(503, "No policy is loaded", code="not_ready")
+        return runtime
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> Response:
+        return exc.response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        return ApiError(
+            exc.status_code, str(exc.detail), code="not_found" if exc.status_code == 404 else None
+        ).response()
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
+        return ApiError(400, str(exc.errors()[0].get("msg")), code="invalid_value").response()
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        return await handle(request, "chat", runtime_of(request), request.app.state.services)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        return await handle(request, "completions", runtime_of(request), request.app.state.services)
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> Response:
+        runtime = runtime_of(request)
+        created = int(runtime.loaded_at)
+        data: list[dict[str, Any]] = []
+        for name, cfg in runtime.policy.models.items():
+            data.append(
+                {
+                    "id": name,
+                    "object": "model",
+                    "created": created,
+                    "owned_by": "routegate",
+                    "routegate": {
+                        "kind": "model",
+                        "provider": cfg.provider,
+                        "healthy": runtime.backends[name].healthy(),
+                        "description": cfg.description,
+                    },
+                }
+            )
+        for name, route in runtime.policy.routes.items():
+            data.append(
+                {
+                    "id": name,
+                    "object": "model",
+                    "created": created,
+                    "owned_by": "routegate",
+                    "routegate": {
+                        "kind": "route",
+                        "strategy": route.kind,
+                        "models": list(route.models),
+                        "description": route.description,
+                    },
+                }
+            )
+        return _json({"object": "list", "data": data})
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        return _json({"status": "ok"})
+
+    @app.get("/readyz")
+    async def readyz(request: Request) -> Response:
+        holder: PolicyHolder = request.app.state.holder
+        runtime = holder.current
+        healthy = runtime.healthy_models() if runtime else []
+        body = {
+            "status": "ready" if healthy else "not_ready",
+            "policy_version": runtime.version if runtime else None,
+            "healthy_models": healthy,
+            "last_reload_error": str(holder.last_error) if holder.last_error else None,
+        }
+        return _json(body, 200 if healthy else 503)
+
+    @app.get("/metrics")
+    async def metrics(request: Request) -> Response:
+        services: Services = request.app.state.services
+        runtime = request.app.state.holder.current
+        if runtime is not None:
+            for name, backend in runtime.backends.items():
+                services.metrics.backend_healthy.labels(name).set(1 if backend.healthy() else 0)
+        return Response(generate_latest(services.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app

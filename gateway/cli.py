@@ -1,0 +1,134 @@
+"""The `routegate` command."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from policies.loader import PolicyError, example_policy_path, load_policy
+
+app = typer.Typer(help="Routegate: an OpenAI-compatible LLM routing gateway.", no_args_is_help=True)
+policy_app = typer.Typer(help="Check and inspect policy files.", no_args_is_help=True)
+demo_app = typer.Typer(
+    help="The demonstration models behind the example policy.", no_args_is_help=True
+)
+app.add_typer(policy_app, name="policy")
+app.add_typer(demo_app, name="demo")
+
+err = Console(stderr=True, highlight=False)
+out = Console(highlight=False)
+
+
+@app.command()
+def serve(
+    policy: Annotated[
+        Path | None, typer.Option(help="Policy YAML; the bundled example policy if omitted.")
+    ] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
+    log: Annotated[Path, typer.Option("--log", help="SQLite request log.")] = Path(
+        "routegate-requests.sqlite"
+    ),
+    watch: Annotated[bool, typer.Option(help="Reload the policy when its file changes.")] = True,
+    access_log: Annotated[bool, typer.Option(help="Log every request line.")] = False,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
+) -> None:
+    """Run the gateway (one uvicorn worker)."""
+    import uvicorn
+
+    from gateway.app import Settings, create_app
+
+    path = policy or example_policy_path()
+    try:
+        load_policy(path)  # fail before binding the port, with the validator's messages
+    except PolicyError as exc:
+        for problem in exc.problems:
+            err.print(str(problem))
+        raise typer.Exit(1) from None
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    for noisy in ("httpx", "watchfiles", "LiteLLM"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    err.print(f"routegate: policy {path} -> http://{host}:{port}/v1  (request log: {log})")
+    uvicorn.run(
+        create_app(Settings(policy_path=path, log_path=log, watch_policy=watch)),
+        host=host,
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        access_log=access_log,
+        log_level=log_level,
+        timeout_graceful_shutdown=30,
+    )
+
+
+@policy_app.command("validate")
+def policy_validate(
+    files: Annotated[list[Path], typer.Argument(help="Policy YAML files.")],
+) -> None:
+    """Exit 0 if every file is a valid policy; else print FILE:LINE:COL field: message, exit 1."""
+    bad = False
+    for file in files:
+        try:
+            policy = load_policy(file)
+        except PolicyError as exc:
+            bad = True
+            for problem in exc.problems:
+                out.print(str(problem), markup=False)
+            continue
+        out.print(
+            f"{file}: ok ({len(policy.models)} models, {len(policy.routes)} routes)", markup=False
+        )
+    raise typer.Exit(1 if bad else 0)
+
+
+@demo_app.command("models")
+def demo_models(
+    out_dir: Annotated[Path, typer.Option("--out", help="Where to write them.")] = Path(
+        "var/models"
+    ),
+    force: Annotated[bool, typer.Option(help="Rebuild even if present.")] = False,
+) -> None:
+    """Generate the two tiny demonstration models (random weights, own tokenizer)."""
+    from gateway.demo.tiny_models import build_tiny_models
+
+    for name, folder in build_tiny_models(out_dir, force=force).items():
+        out.print(f"{name}: {folder}")
+
+
+@demo_app.command("up")
+def demo_up(
+    models_dir: Annotated[Path, typer.Option(help="Model folder.")] = Path("var/models"),
+    log_dir: Annotated[Path, typer.Option(help="vLLM server logs.")] = Path("var/logs"),
+    host: Annotated[str, typer.Option(help="Gateway address.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Gateway port.")] = 8080,
+    log: Annotated[Path, typer.Option("--log", help="SQLite request log.")] = Path(
+        "routegate-requests.sqlite"
+    ),
+) -> None:
+    """Build the demo models, serve them on vLLM (ports 8101, 8102), then run the gateway."""
+    from gateway.demo.vllm_servers import run_demo_servers
+
+    servers = run_demo_servers(models_dir, log_dir)
+    try:
+        serve(
+            policy=None,
+            host=host,
+            port=port,
+            log=log,
+            watch=True,
+            access_log=False,
+            log_level="info",
+        )
+    finally:
+        for server in servers:
+            server.stop()
+
+
+if __name__ == "__main__":
+    app()

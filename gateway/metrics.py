@@ -1,0 +1,57 @@
+"""Prometheus metrics, one registry per app so tests and reloads do not collide."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        labels = ("route", "model", "status")
+        self.requests = Counter(
+            "routegate_requests", "Requests answered", labels, registry=self.registry
+        )
+        self.errors = Counter(
+            "routegate_errors", "Requests that ended in an error", labels, registry=self.registry
+        )
+        self.latency = Histogram(
+            "routegate_request_latency_seconds",
+            "Time from request to last byte",
+            ("route", "model"),
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.ttft = Histogram(
+            "routegate_time_to_first_token_seconds",
+            "Time from request to the first streamed chunk",
+            ("route", "model"),
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.tokens = Counter(
+            "routegate_tokens", "Tokens", ("route", "model", "kind"), registry=self.registry
+        )
+        self.cost = Counter(
+            "routegate_cost_usd", "Spend in USD", ("route", "model"), registry=self.registry
+        )
+        self.fallbacks = Counter(
+            "routegate_fallbacks",
+            "Models given up on for another",
+            ("route", "model"),
+            registry=self.registry,
+        )
+        self.backend_healthy = Gauge(
+            "routegate_backend_healthy",
+            "1 if the model has a usable endpoint",
+            ("model",),
+            registry=self.registry,
+        )
+        self.policy_reloads = Counter(
+            "routegate_policy_reloads",
+            "Policy reload attempts",
+            ("result",),
+            registry=self.registry,
+        )

@@ -1,0 +1,258 @@
+"""One request through the gateway: request -> policy -> router -> cascade -> backend -> accounting.
+
+Each step is a call into its own module; this file only wires them and says what happened in
+headers, the request log and metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from cascades.fallback import Attempt, ChainFailed, Outcome, first_success
+from gateway.accounting.request_log import RequestLog, RequestRecord
+from gateway.backends.base import Kind, UpstreamCall, UpstreamStream, Usage
+from gateway.errors import ApiError
+from gateway.metrics import Metrics
+from gateway.request_schema import parse_request
+from gateway.runtime import Runtime
+from routers.base import RouteContext
+
+log = logging.getLogger("routegate.pipeline")
+
+H_REQUEST_ID = "x-routegate-request-id"
+H_ROUTE = "x-routegate-route"
+H_MODEL = "x-routegate-model"
+H_COST = "x-routegate-cost-usd"
+H_FALLBACKS = "x-routegate-fallbacks"
+
+
+@dataclass(slots=True)
+class Services:
+    """What the pipeline needs besides the policy: where records and metrics go."""
+
+    request_log: RequestLog
+    metrics: Metrics
+
+
+def new_request_id() -> str:
+    return "rg-" + secrets.token_hex(12)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, f"Request body is larger than {limit} bytes", code="request_too_large")
+    body = await request.body()
+    if len(body) > limit:
+        raise ApiError(413, f"Request body is larger than {limit} bytes", code="request_too_large")
+    return body
+
+
+def plan(runtime: Runtime, body: dict[str, Any], kind: Kind) -> tuple[str | None, list[Attempt]]:
+    """Policy + router: the route name (None for a model asked by name) and the models to try."""
+    name = body["model"]
+    policy = runtime.policy
+    if name in policy.models:
+        route, models = None, runtime.chain_for_model(name)
+    elif name in runtime.routers:
+        route = name
+        models = runtime.routers[name].route(body, RouteContext(route)).models
+    else:
+        raise ApiError(
+            404,
+            f"The model '{name}' does not exist: it is neither a model nor a route of this "
+            "gateway (see GET /v1/models)",
+            code="model_not_found",
+            param="model",
+        )
+    defaults = policy.defaults
+    attempts = []
+    for model in models:
+        cfg = policy.models[model]
+        call = UpstreamCall(
+            kind,
+            body,
+            cfg.timeout_s if cfg.timeout_s is not None else defaults.timeout_s,
+            cfg.retries if cfg.retries is not None else defaults.retries,
+        )
+        attempts.append(Attempt(model, call))
+    return route, attempts
+
+
+class Accounting:
+    """Cost, request log row and metrics for one request: written exactly once."""
+
+    def __init__(self, services: Services, runtime: Runtime, record: RequestRecord, t0: float):
+        self._services = services
+        self._runtime = runtime
+        self.record = record
+        self._t0 = t0
+        self._done = False
+
+    def cost(self, model: str, usage: Usage, provider_cost: float | None) -> float:
+        price = self._runtime.prices.get(model)
+        if price is not None:
+            return price(usage.prompt_tokens, usage.completion_tokens, provider_cost)
+        return provider_cost or 0.0
+
+    def finish(
+        self,
+        *,
+        status: int,
+        model: str | None,
+        usage: Usage | None = None,
+        provider_cost: float | None = None,
+        endpoint: str | None = None,
+        fallbacks: list[str] | None = None,
+        error: str | None = None,
+    ) -> float:
+        if self._done:
+            return self.record.cost_usd
+        self._done = True
+        rec = self.record
+        rec.status, rec.model, rec.endpoint, rec.error = status, model, endpoint, error
+        rec.fallbacks = fallbacks or []
+        rec.latency_ms = (time.perf_counter() - self._t0) * 1000
+        if usage is not None and model is not None:
+            rec.prompt_tokens = usage.prompt_tokens
+            rec.completion_tokens = usage.completion_tokens
+            rec.usage_exact = usage.exact
+            rec.cost_usd = self.cost(model, usage, provider_cost)
+        self._services.request_log.write(rec)
+
+        m = self._services.metrics
+        route, model_label = rec.route or "", model or ""
+        m.requests.labels(route, model_label, str(status)).inc()
+        if status >= 400:
+            m.errors.labels(route, model_label, str(status)).inc()
+        m.latency.labels(route, model_label).observe(rec.latency_ms / 1000)
+        if rec.ttft_ms is not None:
+            m.ttft.labels(route, model_label).observe(rec.ttft_ms / 1000)
+        for fallen in rec.fallbacks:
+            m.fallbacks.labels(route, fallen).inc()
+        if usage is not None:
+            m.tokens.labels(route, model_label, "prompt").inc(rec.prompt_tokens)
+            m.tokens.labels(route, model_label, "completion").inc(rec.completion_tokens)
+            m.cost.labels(route, model_label).inc(rec.cost_usd)
+        return rec.cost_usd
+
+
+def _headers(rec: RequestRecord, model: str | None, cost: float | None) -> dict[str, str]:
+    h = {H_REQUEST_ID: rec.request_id, H_ROUTE: rec.route or "", H_MODEL: model or ""}
+    if cost is not None:
+        h[H_COST] = f"{cost:.10f}"
+    if rec.fallbacks:
+        h[H_FALLBACKS] = ",".join(rec.fallbacks)
+    return h
+
+
+async def handle(request: Request, kind: Kind, runtime: Runtime, services: Services) -> Response:
+    t0 = time.perf_counter()
+    rec = RequestRecord(new_request_id(), time.time(), kind, stream=False)
+    acct = Accounting(services, runtime, rec, t0)
+    try:
+        raw = await read_body(request, runtime.policy.defaults.max_request_bytes)
+        body = parse_request(raw, kind)
+        rec.stream = bool(body.get("stream"))
+        route, attempts = plan(runtime, body, kind)
+        rec.route = route
+    except ApiError as err:
+        acct.finish(status=err.status, model=None, error=err.message)
+        return err.response(_headers(rec, None, None))
+
+    try:
+        if rec.stream:
+            stream = await first_success(attempts, runtime.backends, _open_stream)
+            return _stream_response(stream, body, acct, t0)
+        done = await first_success(attempts, runtime.backends, _complete)
+    except ChainFailed as failed:
+        err = failed.error
+        rec.fallbacks = failed.fallbacks
+        acct.finish(
+            status=err.status,
+            model=failed.model,
+            endpoint=",".join(err.attempts) or None,
+            fallbacks=failed.fallbacks,
+            error=err.message,
+        )
+        api = ApiError(err.status, err.message, code=err.code, param=err.param)
+        return api.response(_headers(rec, failed.model, 0.0))
+
+    result = done.result
+    rec.fallbacks = done.fallbacks
+    cost = acct.finish(
+        status=200,
+        model=done.model,
+        usage=result.usage,
+        provider_cost=result.provider_cost_usd,
+        endpoint=result.endpoint,
+        fallbacks=done.fallbacks,
+    )
+    return Response(
+        orjson.dumps(result.body),
+        media_type="application/json",
+        headers=_headers(rec, done.model, cost),
+    )
+
+
+def _complete(backend: Any, call: UpstreamCall) -> Any:
+    return backend.complete(call)
+
+
+def _open_stream(backend: Any, call: UpstreamCall) -> Any:
+    return backend.open_stream(call)
+
+
+def _stream_response(
+    outcome: Outcome[UpstreamStream], body: dict[str, Any], acct: Accounting, t0: float
+) -> StreamingResponse:
+    rec = acct.record
+    rec.fallbacks = outcome.fallbacks
+    rec.ttft_ms = (time.perf_counter() - t0) * 1000
+    stream = outcome.result
+    wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+
+    async def events() -> AsyncIterator[bytes]:
+        status, error = 499, "client disconnected"  # unless the stream runs to its end
+        try:
+            async for chunk in stream:
+                if not chunk.get("choices") and chunk.get("usage") and not wants_usage:
+                    continue  # the client did not ask for the usage chunk
+                yield b"data: " + orjson.dumps(chunk) + b"\n\n"
+            status, error = 200, None
+        except Exception as exc:  # the upstream broke mid-stream: tell the client in-band
+            status, error = 502, str(exc)
+            api = ApiError(502, f"upstream stream failed: {exc}", code="upstream_error")
+            yield b"data: " + api.body() + b"\n\n"
+        finally:
+            # Shielded: on a client disconnect this task is being cancelled, and closing the
+            # upstream (which aborts generation there) and the accounting must still happen.
+            with anyio.CancelScope(shield=True):
+                await stream.aclose()
+            cost = acct.finish(
+                status=status,
+                model=outcome.model,
+                usage=stream.usage,
+                provider_cost=stream.provider_cost_usd,
+                endpoint=stream.endpoint,
+                fallbacks=outcome.fallbacks,
+                error=error,
+            )
+        # Streams cannot carry the final cost in a header: it comes as an SSE comment, which
+        # OpenAI clients ignore, and in the request log.
+        yield f": {H_COST}={cost:.10f}\n\ndata: [DONE]\n\n".encode()
+
+    headers = _headers(rec, outcome.model, None)
+    headers["cache-control"] = "no-cache"
+    headers["x-accel-buffering"] = "no"
+    return StreamingResponse(events(), media_type="text/event-stream", headers=headers)

@@ -1,0 +1,102 @@
+"""Keeps the serving policy current: reload on file change or SIGHUP.
+
+A bad edit is rejected with the validator's messages and the old policy keeps serving. The old
+runtime's background work stops after a grace period; requests that started on it keep their
+reference and finish on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from pathlib import Path
+
+import httpx
+from watchfiles import awatch
+
+from gateway.metrics import Metrics
+from gateway.runtime import Runtime, build_runtime
+from policies.loader import PolicyError, Problem, parse_policy
+
+log = logging.getLogger("routegate.policy")
+
+
+class PolicyHolder:
+    def __init__(self, path: Path, client: httpx.AsyncClient, metrics: Metrics):
+        self.path = path
+        self._client = client
+        self._metrics = metrics
+        self._lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.current: Runtime | None = None
+        self.last_error: PolicyError | None = None
+
+    async def load(self) -> Runtime:
+        """Read, validate and start the policy file; raise PolicyError and keep the old one."""
+        async with self._lock:
+            text = await asyncio.to_thread(self._read)
+            try:
+                policy = parse_policy(text, str(self.path))
+            except PolicyError as exc:
+                self.last_error = exc
+                self._metrics.policy_reloads.labels("rejected").inc()
+                raise
+            runtime = build_runtime(policy, text, str(self.path), self._client)
+            await runtime.start()
+            old, self.current, self.last_error = self.current, runtime, None
+            self._metrics.policy_reloads.labels("applied").inc()
+            if old is not None:
+                # Requests still running on the old runtime keep working: closing it stops only
+                # its health checks, and the HTTP client is shared.
+                self._spawn(old.aclose())
+            log.info("policy %s version %s is serving", self.path, runtime.version)
+            return runtime
+
+    def _read(self) -> str:
+        try:
+            return self.path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise PolicyError([Problem(str(self.path), 1, 1, "(file)", str(exc))]) from None
+
+    async def reload(self) -> bool:
+        try:
+            await self.load()
+            return True
+        except PolicyError as exc:
+            log.error("policy reload rejected, the previous policy keeps serving:\n%s", exc)
+            return False
+
+    def watch(self) -> None:
+        """Reload on SIGHUP and when the file changes."""
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self.reload()))
+        self._spawn(self._watch_file())
+
+    async def _watch_file(self) -> None:
+        # Watch the folder, as editors often replace the file rather than write into it, but
+        # react to the policy file only (the request log may live in the same folder).
+        target = str(self.path.resolve())
+        async for _ in awatch(
+            self.path.parent,
+            debounce=300,
+            recursive=False,
+            watch_filter=lambda _change, changed: str(Path(changed).resolve()) == target,
+        ):
+            await self.reload()
+
+    def _spawn(self, coro) -> None:  # type: ignore[no-untyped-def]
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def aclose(self) -> None:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.current is not None:
+            await self.current.aclose()

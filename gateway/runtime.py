@@ -1,0 +1,73 @@
+"""A loaded policy, ready to serve: its backends, price table and routers, built once.
+
+Each request takes the current Runtime at its start and keeps it to the end, so a reload never
+changes a request half-way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import time
+from dataclasses import dataclass, field
+
+import httpx
+
+from gateway.accounting.pricing import CostFn, price_table
+from gateway.backends.base import Backend
+from gateway.backends.vllm_pool import VllmPool
+from policies.schema import LitellmModel, Policy
+from routers.base import Router
+from routers.fixed import FixedRouter
+
+
+@dataclass
+class Runtime:
+    policy: Policy
+    version: str  # short hash of the policy text
+    source: str
+    backends: dict[str, Backend]
+    prices: dict[str, CostFn]
+    routers: dict[str, Router]
+    loaded_at: float = field(default_factory=time.time)
+
+    def chain_for_model(self, name: str) -> list[str]:
+        """A model asked for by name: it, then its declared fallbacks."""
+        return [name, *self.policy.models[name].fallbacks]
+
+    def healthy_models(self) -> list[str]:
+        return [name for name, b in self.backends.items() if b.healthy()]
+
+    async def start(self) -> None:
+        await asyncio.gather(*(b.start() for b in self.backends.values()))
+
+    async def aclose(self) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.gather(*(b.aclose() for b in self.backends.values()))
+
+
+def _backend(name: str, policy: Policy, client: httpx.AsyncClient) -> Backend:
+    config = policy.models[name]
+    if isinstance(config, LitellmModel):
+        from gateway.backends.remote import LitellmBackend
+
+        return LitellmBackend(name, config)
+    return VllmPool(
+        name,
+        config,
+        client,
+        health_interval_s=policy.defaults.health_interval_s,
+        cooldown_s=policy.defaults.cooldown_s,
+    )
+
+
+def build_runtime(policy: Policy, text: str, source: str, client: httpx.AsyncClient) -> Runtime:
+    return Runtime(
+        policy=policy,
+        version=hashlib.sha256(text.encode()).hexdigest()[:12],
+        source=source,
+        backends={name: _backend(name, policy, client) for name in policy.models},
+        prices=price_table(policy),
+        routers={name: FixedRouter(route.models) for name, route in policy.routes.items()},
+    )

@@ -1,0 +1,26 @@
+"""The route interface: given a request, which models to try, in order.
+
+Fixed routes live here now; learned routers (complexity, graph) implement the same interface.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass(slots=True)
+class RoutingDecision:
+    models: list[str]  # first choice, then fallbacks in order
+    # Per-model predictions behind the choice, e.g. {"m": {"quality": .8, "cost_usd": 1e-4}}.
+    predictions: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class RouteContext:
+    route: str
+    price_multiplier: float = 1.0  # lambda from budget pacing; 1.0 when no pacing applies
+
+
+class Router(Protocol):
+    def route(self, body: dict[str, Any], ctx: RouteContext) -> RoutingDecision: ...
