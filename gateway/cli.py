@@ -47,7 +47,7 @@ def serve(
         load_policy(path)  # fail before binding the port, with the validator's messages
     except PolicyError as exc:
         for problem in exc.problems:
-            err.print(str(problem))
+            typer.echo(str(problem), err=True)
         raise typer.Exit(1) from None
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -78,12 +78,11 @@ def policy_validate(
             policy = load_policy(file)
         except PolicyError as exc:
             bad = True
+            # Plain lines, never wrapped: editors and CI parse FILE:LINE:COL.
             for problem in exc.problems:
-                out.print(str(problem), markup=False)
+                typer.echo(str(problem))
             continue
-        out.print(
-            f"{file}: ok ({len(policy.models)} models, {len(policy.routes)} routes)", markup=False
-        )
+        typer.echo(f"{file}: ok ({len(policy.models)} models, {len(policy.routes)} routes)")
     raise typer.Exit(1 if bad else 0)
 
 

@@ -120,6 +120,9 @@ def parse_policy(text: str, file: str = "<policy>") -> Policy:
         problems = []
         for err in exc.errors(include_url=False):
             loc = _clean_loc(tree, err["loc"])
+            if err["type"] == "union_tag_invalid":
+                # Point at the tag field itself ("provider: tgi"), not the model as a whole.
+                loc = (*loc, str(err["ctx"]["discriminator"]).strip("'"))
             line, col = _position(tree, loc)
             problems.append(Problem(file, line + 1, col + 1, _field_name(loc), err["msg"]))
         raise PolicyError(problems) from None

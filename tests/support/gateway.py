@@ -1,0 +1,72 @@
+"""Run the real `routegate serve` command as a subprocess, as a user would."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.support.upstream import free_port
+
+
+class GatewayProcess:
+    def __init__(self, policy: Path, workdir: Path, env: dict[str, str] | None = None):
+        self.policy = policy
+        self.port = free_port()
+        self.log_path = workdir / "requests.sqlite"
+        self.stderr_path = workdir / "gateway.log"
+        self._env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 60) -> GatewayProcess:
+        cmd = [
+            sys.executable,
+            "-m",
+            "gateway.cli",
+            "serve",
+            "--policy",
+            str(self.policy),
+            "--port",
+            str(self.port),
+            "--log",
+            str(self.log_path),
+        ]
+        with self.stderr_path.open("wb") as err:
+            self.proc = subprocess.Popen(cmd, stdout=err, stderr=subprocess.STDOUT, env=self._env)
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gateway exited {self.proc.returncode}:\n{self.output()}")
+            try:
+                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"gateway did not start:\n{self.output()}")
+
+    def output(self) -> str:
+        return self.stderr_path.read_text(errors="replace")[-4000:]
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()

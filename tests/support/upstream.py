@@ -1,0 +1,151 @@
+"""A controllable OpenAI-compatible upstream for tests of failure handling.
+
+Real HTTP on 127.0.0.1 (uvicorn in a thread). Tests set `mode` to make it fail the way a sick
+vLLM server does; everything else is exercised against real vLLM in tests/integration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Upstream:
+    name: str = "up"
+    mode: str = "ok"  # ok | 500 | 400 | 429 | slow | unhealthy | drip
+    delay_s: float = 0.0
+    hits: int = 0
+    health_hits: int = 0
+    disconnects: int = 0
+    bodies: list[dict[str, Any]] = field(default_factory=list)
+    port: int = field(default_factory=free_port)
+    _server: uvicorn.Server | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def _answer(self, body: dict[str, Any], kind: str) -> dict[str, Any]:
+        usage = {"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12}
+        if kind == "chat":
+            choice = {
+                "index": 0,
+                "message": {"role": "assistant", "content": f"hi from {self.name}"},
+                "finish_reason": "stop",
+                "logprobs": None,
+            }
+            obj = "chat.completion"
+        else:
+            choice = {
+                "index": 0,
+                "text": f"hi from {self.name}",
+                "finish_reason": "stop",
+                "logprobs": None,
+            }
+            obj = "text_completion"
+        return {
+            "id": "x-1",
+            "object": obj,
+            "created": 1,
+            "model": body.get("model"),
+            "choices": [choice],
+            "usage": usage,
+        }
+
+    async def _completion(self, request: Request) -> Response:
+        kind = "chat" if request.url.path.endswith("chat/completions") else "completions"
+        body = orjson.loads(await request.body())
+        self.hits += 1
+        self.bodies.append(body)
+        if self.mode in {"500", "400", "429"}:
+            err = {
+                "error": {
+                    "message": f"{self.name} says {self.mode}",
+                    "type": "x",
+                    "param": "max_tokens" if self.mode == "400" else None,
+                    "code": 1,
+                }
+            }
+            return Response(orjson.dumps(err), int(self.mode), media_type="application/json")
+        if self.mode == "slow":
+            await asyncio.sleep(self.delay_s)
+        if not body.get("stream"):
+            return Response(orjson.dumps(self._answer(body, kind)), media_type="application/json")
+        return StreamingResponse(self._stream(body, kind), media_type="text/event-stream")
+
+    async def _stream(self, body: dict[str, Any], kind: str):  # type: ignore[no-untyped-def]
+        obj = "chat.completion.chunk" if kind == "chat" else "text_completion"
+        n = 200 if self.mode == "drip" else 5
+        try:
+            for i in range(n):
+                delta = {"delta": {"content": f"t{i} "}} if kind == "chat" else {"text": f"t{i} "}
+                usage = {"prompt_tokens": 7, "completion_tokens": i + 1, "total_tokens": 8 + i}
+                chunk = {
+                    "id": "x",
+                    "object": obj,
+                    "created": 1,
+                    "model": body.get("model"),
+                    "choices": [{"index": 0, **delta, "finish_reason": None}],
+                    "usage": usage,
+                }
+                yield b"data: " + orjson.dumps(chunk) + b"\n\n"
+                if self.mode == "drip":
+                    await asyncio.sleep(0.05)
+            final = {
+                "id": "x",
+                "object": obj,
+                "created": 1,
+                "model": body.get("model"),
+                "choices": [],
+                "usage": {"prompt_tokens": 7, "completion_tokens": n, "total_tokens": 7 + n},
+            }
+            yield b"data: " + orjson.dumps(final) + b"\n\ndata: [DONE]\n\n"
+        except asyncio.CancelledError:
+            self.disconnects += 1
+            raise
+
+    async def _health(self, request: Request) -> Response:
+        self.health_hits += 1
+        return Response(status_code=503 if self.mode == "unhealthy" else 200)
+
+    def start(self) -> Upstream:
+        app = Starlette(
+            routes=[
+                Route("/v1/chat/completions", self._completion, methods=["POST"]),
+                Route("/v1/completions", self._completion, methods=["POST"]),
+                Route("/health", self._health),
+            ]
+        )
+        self._server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error", lifespan="off")
+        )
+        threading.Thread(target=self._server.run, daemon=True).start()
+        deadline = time.time() + 10
+        while not self._server.started:
+            if time.time() > deadline:
+                raise RuntimeError("test upstream did not start")
+            time.sleep(0.02)
+        return self
+
+    def stop(self) -> None:
+        if self._server:
+            self._server.should_exit = True
+            time.sleep(0.2)

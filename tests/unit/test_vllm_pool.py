@@ -1,0 +1,133 @@
+"""Endpoint choice and retry rules of the vLLM pool, over real HTTP to test upstreams."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+
+import httpx
+import pytest
+
+from gateway.backends.base import UpstreamCall, UpstreamError
+from gateway.backends.vllm_pool import VllmPool
+from policies.schema import VllmModel
+from tests.support.upstream import Upstream, free_port
+
+BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+
+
+@pytest.fixture
+def ups() -> Iterator[list[Upstream]]:
+    started = [Upstream("a").start(), Upstream("b").start()]
+    yield started
+    for up in started:
+        up.stop()
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient() as c:
+        yield c
+
+
+def pool(urls: list[str], client: httpx.AsyncClient, cooldown_s: float = 30) -> VllmPool:
+    cfg = VllmModel(
+        provider="vllm", endpoints=urls, pricing={"input_per_1m": 1, "output_per_1m": 1}
+    )
+    return VllmPool("m", cfg, client, health_interval_s=60, cooldown_s=cooldown_s)
+
+
+def call(retries: int = 1, timeout_s: float = 5) -> UpstreamCall:
+    return UpstreamCall("chat", BODY, timeout_s, retries)
+
+
+async def test_concurrent_requests_spread_by_outstanding(
+    ups: list[Upstream], client: httpx.AsyncClient
+) -> None:
+    for up in ups:
+        up.mode, up.delay_s = "slow", 0.3
+    p = pool([u.base_url for u in ups], client)
+    for _ in range(3):
+        await asyncio.gather(*(p.complete(call()) for _ in range(4)))
+    # Fewest-outstanding choice puts exactly two of each wave of four on each endpoint.
+    assert [u.hits for u in ups] == [6, 6]
+
+
+async def test_connect_error_retries_on_next_endpoint_and_cools_down(
+    ups: list[Upstream], client: httpx.AsyncClient
+) -> None:
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    p = pool([dead, ups[0].base_url], client)
+    answers = [await p.complete(call()) for _ in range(6)]
+    assert all(a.endpoint == ups[0].base_url for a in answers)
+    assert ups[0].hits == 6
+    # The dead endpoint was tried at most once: afterwards it is cooling down, tried last.
+    assert p.endpoints[0].failures == 1
+
+
+async def test_5xx_retries_elsewhere_but_4xx_does_not(
+    ups: list[Upstream], client: httpx.AsyncClient
+) -> None:
+    ups[0].mode = "500"
+    p = pool([u.base_url for u in ups], client)
+    for _ in range(4):
+        assert (await p.complete(call())).endpoint == ups[1].base_url
+    assert ups[0].hits == 1  # failed once, then cooled down
+
+    ups[0].mode = ups[1].mode = "400"
+    p2 = pool([u.base_url for u in ups], client)
+    before = ups[0].hits + ups[1].hits
+    with pytest.raises(UpstreamError) as exc:
+        await p2.complete(call())
+    assert exc.value.status == 400 and not exc.value.retryable and exc.value.param == "max_tokens"
+    assert ups[0].hits + ups[1].hits == before + 1
+
+
+async def test_retries_are_bounded(ups: list[Upstream], client: httpx.AsyncClient) -> None:
+    for up in ups:
+        up.mode = "500"
+    p = pool([u.base_url for u in ups], client)
+    with pytest.raises(UpstreamError) as exc:
+        await p.complete(call(retries=0))
+    assert exc.value.status == 502 and exc.value.retryable
+    assert ups[0].hits + ups[1].hits == 1
+
+
+async def test_timeout_is_504(ups: list[Upstream], client: httpx.AsyncClient) -> None:
+    ups[0].mode, ups[0].delay_s = "slow", 2
+    p = pool([ups[0].base_url], client)
+    with pytest.raises(UpstreamError) as exc:
+        await p.complete(call(retries=0, timeout_s=0.3))
+    assert exc.value.status == 504
+
+
+async def test_health_probe_marks_down_and_back_up(
+    ups: list[Upstream], client: httpx.AsyncClient
+) -> None:
+    p = pool([ups[0].base_url], client, cooldown_s=0)
+    await p.probe_all()
+    assert p.healthy()
+    ups[0].mode = "unhealthy"
+    await p.probe_all()
+    assert not p.healthy()
+    # Still tried as a last resort rather than refusing outright.
+    ups[0].mode = "ok"
+    assert (await p.complete(call())).endpoint == ups[0].base_url
+    await p.probe_all()
+    assert p.healthy()
+
+
+async def test_stream_opens_on_a_working_endpoint(
+    ups: list[Upstream], client: httpx.AsyncClient
+) -> None:
+    ups[0].mode = "500"
+    p = pool([u.base_url for u in ups], client)
+    for _ in range(3):
+        stream = await p.open_stream(UpstreamCall("chat", {**BODY, "stream": True}, 5, 1))
+        chunks = [c async for c in stream]
+        assert stream.endpoint == ups[1].base_url
+        assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 5
+        assert stream.usage.completion_tokens == 5 and stream.usage.exact
+    assert all(p.endpoints[i].outstanding == 0 for i in range(2))
+    sent = ups[1].bodies[-1]
+    assert sent["stream_options"] == {"include_usage": True, "continuous_usage_stats": True}
