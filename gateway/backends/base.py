@@ -84,3 +84,22 @@ class Backend(Protocol):
     async def complete(self, call: UpstreamCall) -> Completion: ...
 
     async def open_stream(self, call: UpstreamCall) -> UpstreamStream: ...
+
+
+# The gateway's own credentials or model names, not the client's request, are at fault here:
+# another model may well answer, and the client must not see a confusing 401.
+_GATEWAY_FAULTS = {401, 403, 404}
+
+
+def http_error(
+    status: int, message: str, code: str | None, param: str | None, endpoint: str
+) -> UpstreamError:
+    """The one rule for an upstream's HTTP error answer, shared by every backend."""
+    if status >= 500 or status in _GATEWAY_FAULTS:
+        if status in _GATEWAY_FAULTS:
+            message = f"upstream {endpoint} refused the gateway ({status}): {message}"
+        return UpstreamError(502, message, "upstream_error", True, None, [endpoint])
+    if status == 429:
+        return UpstreamError(429, message, code or "rate_limit_exceeded", True, param, [endpoint])
+    # The client's own mistake: no other endpoint or model fixes it.
+    return UpstreamError(status, message, code or "upstream_error", False, param, [endpoint])

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import orjson
 
-from gateway.backends.base import Completion, UpstreamCall, UpstreamError, Usage
+from gateway.backends.base import Completion, UpstreamCall, UpstreamError, Usage, http_error
 from policies.schema import VllmModel
 
 log = logging.getLogger("routegate.vllm")
@@ -44,16 +44,14 @@ class Endpoint:
 
 
 def _error_from_response(status: int, payload: bytes, endpoint: str) -> UpstreamError:
-    message, code, param = f"upstream answered {status}", "upstream_error", None
+    message, code, param = f"upstream answered {status}", None, None
     with contextlib.suppress(ValueError, AttributeError, TypeError):
         err = orjson.loads(payload)
         err = err.get("error", err)
         message = str(err.get("message") or message)
-        code = str(err.get("code") or err.get("type") or code)
+        code = str(err.get("code") or err.get("type") or "") or None
         param = err.get("param")
-    if status >= 500:
-        return UpstreamError(502, message, "upstream_error", True, None, [endpoint])
-    return UpstreamError(status, message, code, status == 429, param, [endpoint])
+    return http_error(status, message, code, param, endpoint)
 
 
 class VllmPool:

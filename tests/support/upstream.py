@@ -75,7 +75,7 @@ class Upstream:
         body = orjson.loads(await request.body())
         self.hits += 1
         self.bodies.append(body)
-        if self.mode in {"500", "400", "429"}:
+        if self.mode in {"500", "400", "401", "404", "429"}:
             err = {
                 "error": {
                     "message": f"{self.name} says {self.mode}",

@@ -131,3 +131,14 @@ async def test_stream_opens_on_a_working_endpoint(
     assert all(p.endpoints[i].outstanding == 0 for i in range(2))
     sent = ups[1].bodies[-1]
     assert sent["stream_options"] == {"include_usage": True, "continuous_usage_stats": True}
+
+
+@pytest.mark.parametrize("status", ["401", "404"])
+async def test_gateway_side_faults_move_on_as_502(ups: list[Upstream], client: httpx.AsyncClient, status: str) -> None:
+    # A wrong key or served name at one endpoint is the gateway's fault, not the client's.
+    ups[0].mode = status
+    p = pool([ups[0].base_url], client)
+    with pytest.raises(UpstreamError) as exc:
+        await p.complete(call(retries=0))
+    assert exc.value.status == 502 and exc.value.retryable
+    assert f"refused the gateway ({status})" in exc.value.message
