@@ -1,0 +1,73 @@
+"""Session fixtures for integration tests: tiny demo models and real vLLM servers serving them.
+
+The servers are started once per test session (~15-30 s on 2 cores), and only when a test asks
+for them, so unit-test runs pay nothing.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+# Light imports only (httpx); torch/transformers/vllm load inside the fixtures that need them.
+from gateway.demo.vllm_servers import (
+    VllmServer,
+    VllmServerError,
+    free_port,
+    start_servers,
+    stop_servers,
+)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def tiny_models() -> dict[str, Path]:
+    """name -> folder of the tiny demo models, built once and cached across sessions."""
+    if importlib.util.find_spec("transformers") is None:
+        pytest.fail("transformers is not installed: run `bash deploy/setup.sh`", pytrace=False)
+    from gateway.demo.tiny_models import build_tiny_models
+
+    # Cached under var/ (git-ignored): the build is deterministic, so later sessions reuse it.
+    out = Path(os.environ.get("ROUTEGATE_TEST_MODELS", REPO_ROOT / "var" / "test-models"))
+    return build_tiny_models(out)
+
+
+@pytest.fixture(scope="session")
+def vllm_server_handles(
+    tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[list[VllmServer]]:
+    """The running servers (tiny-small, tiny-large), for tests needing more than URLs (log
+    paths, ports, RSS). Shared by the whole session, so tests must not stop them."""
+    if importlib.util.find_spec("vllm") is None:
+        pytest.fail("vLLM is not installed: run `bash deploy/setup.sh`", pytrace=False)
+
+    ports: list[int] = []
+    while len(ports) < len(tiny_models):  # distinct even if the OS hands one out twice
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    specs = [
+        (name, folder, port)
+        for (name, folder), port in zip(tiny_models.items(), ports, strict=True)
+    ]
+    log_dir = tmp_path_factory.mktemp("vllm-logs")
+    timeout = float(os.environ.get("ROUTEGATE_VLLM_TIMEOUT", "240"))
+    try:
+        servers = start_servers(specs, log_dir, timeout=timeout)
+    except VllmServerError as exc:  # the message carries each failing server's log tail
+        pytest.fail(f"could not start the vLLM test servers:\n{exc}", pytrace=False)
+    try:
+        yield servers
+    finally:
+        stop_servers(servers)
+
+
+@pytest.fixture(scope="session")
+def vllm_servers(vllm_server_handles: list[VllmServer]) -> dict[str, str]:
+    """Served model name -> base URL (`http://127.0.0.1:PORT/v1`) of the real vLLM servers."""
+    return {s.name: s.base_url for s in vllm_server_handles}
