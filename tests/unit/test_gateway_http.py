@@ -339,3 +339,43 @@ def test_policy_reload_rejects_bad_edit_and_applies_good(
         assert "reload rejected" in gw.output()
     finally:
         gw.stop()
+
+
+def test_in_flight_request_finishes_on_the_policy_it_started_with(
+    upstreams: dict[str, Upstream], tmp_path: Path
+) -> None:
+    import threading
+
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(write_policy(upstreams))
+    gw = GatewayProcess(policy, tmp_path).start()
+    try:
+        for name in ("a1", "a2"):
+            upstreams[name].mode, upstreams[name].delay_s = "slow", 2.5
+        c = openai.OpenAI(base_url=gw.url + "/v1", api_key="x", max_retries=0)
+        result: dict[str, object] = {}
+        worker = threading.Thread(
+            target=lambda: result.update(
+                r=c.chat.completions.create(model="fast", messages=MESSAGES)
+            )
+        )
+        worker.start()
+        time.sleep(0.2)
+        # The new policy no longer has the model the running request is using.
+        version = httpx.get(gw.url + "/readyz").json()["policy_version"]
+        policy.write_text(
+            "models:\n  strong:\n    provider: vllm\n"
+            f"    endpoints: [{upstreams['b'].base_url}]\n"
+            "    pricing: {input_per_1m: 1, output_per_1m: 1}\n"
+        )
+        deadline = time.time() + 5
+        while httpx.get(gw.url + "/readyz").json()["policy_version"] == version:
+            assert time.time() < deadline, "the new policy was not applied"
+            time.sleep(0.05)
+        assert worker.is_alive(), "the request should still be running across the reload"
+        worker.join(10)
+        assert result["r"].choices[0].message.content in {"hi from a1", "hi from a2"}  # type: ignore[attr-defined]
+        with pytest.raises(openai.NotFoundError):
+            c.chat.completions.create(model="fast", messages=MESSAGES)
+    finally:
+        gw.stop()
