@@ -102,37 +102,39 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def models(request: Request) -> Response:
         runtime = runtime_of(request)
         created = int(runtime.loaded_at)
-        data: list[dict[str, Any]] = []
-        for name, cfg in runtime.policy.models.items():
-            data.append(
+
+        def entry(name: str, about: dict[str, Any]) -> dict[str, Any]:
+            return {
+                "id": name,
+                "object": "model",
+                "created": created,
+                "owned_by": "routegate",
+                "routegate": about,
+            }
+
+        data = [
+            entry(
+                name,
                 {
-                    "id": name,
-                    "object": "model",
-                    "created": created,
-                    "owned_by": "routegate",
-                    "routegate": {
-                        "kind": "model",
-                        "provider": cfg.provider,
-                        "healthy": runtime.backends[name].healthy(),
-                        "description": cfg.description,
-                    },
-                }
+                    "kind": "model",
+                    "provider": cfg.provider,
+                    "description": cfg.description,
+                    "healthy": runtime.backends[name].healthy(),
+                },
             )
-        for name, route in runtime.policy.routes.items():
-            data.append(
+            for name, cfg in runtime.policy.models.items()
+        ] + [
+            entry(
+                name,
                 {
-                    "id": name,
-                    "object": "model",
-                    "created": created,
-                    "owned_by": "routegate",
-                    "routegate": {
-                        "kind": "route",
-                        "strategy": route.kind,
-                        "models": list(route.models),
-                        "description": route.description,
-                    },
-                }
+                    "kind": "route",
+                    "strategy": route.kind,
+                    "models": list(route.models),
+                    "description": route.description,
+                },
             )
+            for name, route in runtime.policy.routes.items()
+        ]
         return _json({"object": "list", "data": data})
 
     @app.get("/healthz")

@@ -24,13 +24,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import itertools
 import logging
 import os
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 import httpx
 import orjson
@@ -46,6 +47,8 @@ from gateway.backends.base import (
 from policies.schema import LitellmModel
 
 log = logging.getLogger("routegate.remote")
+
+T = TypeVar("T")
 
 # OpenAI request parameters handed to litellm as such (litellm maps them per provider).
 _CHAT_PARAMS = frozenset(
@@ -395,16 +398,17 @@ class LitellmBackend:
             return 0
 
     # -- calls ------------------------------------------------------------------------------
-    async def complete(self, call: UpstreamCall) -> Completion:
-        kwargs = self._kwargs(call, stream=False)
+    async def _retrying(
+        self, call: UpstreamCall, once: Callable[[], Awaitable[T]]
+    ) -> tuple[T, list[str]]:
+        """Run `once` until it succeeds or the retry rule says stop; also the endpoints tried."""
         tried: list[str] = []
-        attempt = 0
-        while True:
+        for attempt in itertools.count():
             tried.append(self.endpoint)
             try:
-                # litellm's timeout bounds each network wait; this bounds the whole call.
+                # litellm's timeout bounds each network wait; this bounds the whole attempt.
                 async with asyncio.timeout(call.timeout_s):
-                    response = await self._send(call.kind, kwargs)
+                    result = await once()
             except Exception as exc:
                 err = _to_upstream_error(exc, self.name, self.endpoint)
                 err.attempts = tried
@@ -414,10 +418,15 @@ class LitellmBackend:
                     raise err from None
                 log.info("%s: retrying after %s", self.name, err)
                 await asyncio.sleep(delay)
-                attempt += 1
                 continue
             self._note(None)
-            return self._completion(call, response)
+            return result, tried
+        raise AssertionError("unreachable")
+
+    async def complete(self, call: UpstreamCall) -> Completion:
+        kwargs = self._kwargs(call, stream=False)
+        response, _ = await self._retrying(call, lambda: self._send(call.kind, kwargs))
+        return self._completion(call, response)
 
     def _completion(self, call: UpstreamCall, response: Any) -> Completion:
         body = _shape_body(call.kind, _dump(response))
@@ -435,32 +444,22 @@ class LitellmBackend:
 
     async def open_stream(self, call: UpstreamCall) -> LitellmStream:
         kwargs = self._kwargs(call, stream=True)
-        tried: list[str] = []
-        attempt = 0
-        while True:
-            tried.append(self.endpoint)
+
+        async def once() -> LitellmStream:
             stream = LitellmStream(self, call)
             try:
-                async with asyncio.timeout(call.timeout_s):
-                    stream.raw = await self._send(call.kind, kwargs)
-                    # Read up to the first chunk here, so a failure before any byte is an
-                    # error the gateway can still fall back from.
-                    await stream.prime()
-            except Exception as exc:
+                stream.raw = await self._send(call.kind, kwargs)
+                # Read up to the first chunk here, so a failure before any byte is an error
+                # the gateway can still fall back from.
+                await stream.prime()
+            except BaseException:
                 await stream.aclose()
-                err = _to_upstream_error(exc, self.name, self.endpoint)
-                err.attempts = tried
-                self._note(err)
-                delay = self._retry_delay(err, attempt, call)
-                if delay is None:
-                    raise err from None
-                log.info("%s: retrying after %s", self.name, err)
-                await asyncio.sleep(delay)
-                attempt += 1
-                continue
-            self._note(None)
-            stream.attempts = tried
+                raise
             return stream
+
+        stream, tried = await self._retrying(call, once)
+        stream.attempts = tried
+        return stream
 
 
 # -- streams ----------------------------------------------------------------------------------

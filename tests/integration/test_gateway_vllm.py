@@ -12,7 +12,6 @@ import httpx
 import openai
 import pytest
 
-from gateway.accounting.request_log import read_records
 from gateway.demo.vllm_servers import VllmServer, free_port, start_servers, stop_servers
 from tests.support.gateway import GatewayProcess
 
@@ -76,7 +75,9 @@ def gateway(
     policy = work / "policy.yaml"
     policy.write_text(
         POLICY.format(
-            small=vllm_servers["tiny-small"], large=vllm_servers["tiny-large"], replica=replica.base_url
+            small=vllm_servers["tiny-small"],
+            large=vllm_servers["tiny-large"],
+            replica=replica.base_url,
         )
     )
     gw = GatewayProcess(policy, work, env={"ROUTEGATE_TEST_REMOTE_KEY": "sk-test"}).start()
@@ -94,23 +95,15 @@ def expected_cost(model: str, prompt: int, completion: int) -> float:
     return prompt * inp + completion * out
 
 
-def log_row(gateway: GatewayProcess, request_id: str) -> dict:
-    deadline = time.time() + 5
-    while time.time() < deadline:
-        for row in read_records(gateway.log_path):
-            if row["request_id"] == request_id:
-                return row
-        time.sleep(0.05)
-    raise AssertionError(f"no request log row for {request_id}")
-
-
 def test_ready_with_real_backends(gateway: GatewayProcess) -> None:
     ready = httpx.get(gateway.url + "/readyz").json()
     assert ready["status"] == "ready"
     assert {"tiny-small", "tiny-large"} <= set(ready["healthy_models"])
 
 
-def test_chat_with_logprobs_is_answered_and_priced(client: openai.OpenAI, gateway: GatewayProcess) -> None:
+def test_chat_with_logprobs_is_answered_and_priced(
+    client: openai.OpenAI, gateway: GatewayProcess
+) -> None:
     raw = client.chat.completions.with_raw_response.create(
         model="best", messages=MESSAGES, max_tokens=8, logprobs=True, top_logprobs=3, temperature=0
     )
@@ -125,7 +118,7 @@ def test_chat_with_logprobs_is_answered_and_priced(client: openai.OpenAI, gatewa
     cost = expected_cost("tiny-large", resp.usage.prompt_tokens, resp.usage.completion_tokens)
     assert float(raw.headers["x-routegate-cost-usd"]) == pytest.approx(cost, rel=1e-6)
 
-    row = log_row(gateway, raw.headers["x-routegate-request-id"])
+    row = gateway.record(raw.headers["x-routegate-request-id"])
     assert (row["model"], row["route"], row["status"]) == ("tiny-large", "best", 200)
     assert row["completion_tokens"] == resp.usage.completion_tokens
     assert row["cost_usd"] == pytest.approx(cost, rel=1e-6)
@@ -165,7 +158,7 @@ def test_chat_stream_with_usage(client: openai.OpenAI, gateway: GatewayProcess) 
     with_tokens = [c for c in content if c.choices[0].logprobs and c.choices[0].logprobs.content]
     assert sum(len(c.choices[0].logprobs.content) for c in with_tokens) == usage.completion_tokens
 
-    row = log_row(gateway, raw.headers["x-routegate-request-id"])
+    row = gateway.record(raw.headers["x-routegate-request-id"])
     assert row["stream"] == 1 and row["status"] == 200 and row["ttft_ms"] > 0
     assert row["completion_tokens"] == usage.completion_tokens
     assert row["cost_usd"] == pytest.approx(
@@ -188,7 +181,9 @@ def test_litellm_path_to_the_same_server(client: openai.OpenAI, gateway: Gateway
     resp = raw.parse()
     assert raw.headers["x-routegate-model"] == "tiny-large-remote"
     assert resp.model == "tiny-large-remote" and resp.usage.completion_tokens >= 1
-    cost = expected_cost("tiny-large-remote", resp.usage.prompt_tokens, resp.usage.completion_tokens)
+    cost = expected_cost(
+        "tiny-large-remote", resp.usage.prompt_tokens, resp.usage.completion_tokens
+    )
     assert float(raw.headers["x-routegate-cost-usd"]) == pytest.approx(cost, rel=1e-6)
 
     stream = client.chat.completions.create(
@@ -203,7 +198,9 @@ def test_litellm_path_to_the_same_server(client: openai.OpenAI, gateway: Gateway
     assert any(c.choices and c.choices[0].delta.content for c in chunks)
 
 
-def test_killed_server_fails_over(client: openai.OpenAI, gateway: GatewayProcess, replica: VllmServer) -> None:
+def test_killed_server_fails_over(
+    client: openai.OpenAI, gateway: GatewayProcess, replica: VllmServer
+) -> None:
     """Runs last in this module: it kills the replica for good."""
     replica.stop()
     # Another endpoint of the same model takes over.
@@ -219,7 +216,7 @@ def test_killed_server_fails_over(client: openai.OpenAI, gateway: GatewayProcess
     )
     assert raw.headers["x-routegate-model"] == "tiny-large"
     assert raw.headers["x-routegate-fallbacks"] == "tiny-small-replica"
-    row = log_row(gateway, raw.headers["x-routegate-request-id"])
+    row = gateway.record(raw.headers["x-routegate-request-id"])
     assert row["fallbacks"] == ["tiny-small-replica"] and row["status"] == 200
     # The health checks notice, and readiness says which models are still up.
     time.sleep(1.5)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 
+from gateway.accounting.request_log import read_records
 from tests.support.upstream import free_port
 
 
@@ -54,6 +55,16 @@ class GatewayProcess:
             time.sleep(0.1)
         self.stop()
         raise RuntimeError(f"gateway did not start:\n{self.output()}")
+
+    def record(self, request_id: str, timeout: float = 5) -> dict:
+        """The request log row of a request (the writer thread batches, so poll briefly)."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            for row in read_records(self.log_path):
+                if row["request_id"] == request_id:
+                    return row
+            time.sleep(0.05)
+        raise AssertionError(f"no request log row for {request_id}")
 
     def output(self) -> str:
         return self.stderr_path.read_text(errors="replace")[-4000:]

@@ -12,7 +12,6 @@ import httpx
 import openai
 import pytest
 
-from gateway.accounting.request_log import read_records
 from tests.support.gateway import GatewayProcess
 from tests.support.upstream import Upstream
 
@@ -86,17 +85,6 @@ def client(gateway: GatewayProcess) -> openai.OpenAI:
     return openai.OpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0)
 
 
-def record(gateway: GatewayProcess, request_id: str, timeout: float = 5) -> dict:
-    """The request log row for a request (the writer thread batches, so poll briefly)."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        for row in read_records(gateway.log_path):
-            if row["request_id"] == request_id:
-                return row
-        time.sleep(0.05)
-    raise AssertionError(f"no request log row for {request_id}")
-
-
 def test_route_answers_with_headers_cost_and_log(
     client: openai.OpenAI, gateway: GatewayProcess, upstreams: dict[str, Upstream]
 ) -> None:
@@ -112,7 +100,7 @@ def test_route_answers_with_headers_cost_and_log(
     sent = (upstreams["a1"].bodies + upstreams["a2"].bodies)[-1]
     assert sent["model"] == "fast-served" and sent["messages"] == MESSAGES
 
-    row = record(gateway, raw.headers["x-routegate-request-id"])
+    row = gateway.record(raw.headers["x-routegate-request-id"])
     assert row["route"] == "cheap" and row["model"] == "fast" and row["status"] == 200
     assert (row["prompt_tokens"], row["completion_tokens"]) == (7, 5)
     assert row["cost_usd"] == pytest.approx(FAST_COST)
@@ -223,7 +211,7 @@ def test_model_failure_falls_back_and_says_so(
     assert raw.headers["x-routegate-model"] == "strong"
     assert raw.headers["x-routegate-fallbacks"] == "fast"
     assert float(raw.headers["x-routegate-cost-usd"]) == pytest.approx(STRONG_COST)
-    row = record(gateway, raw.headers["x-routegate-request-id"])
+    row = gateway.record(raw.headers["x-routegate-request-id"])
     assert row["fallbacks"] == ["fast"] and row["model"] == "strong"
 
 
@@ -268,7 +256,7 @@ def test_client_disconnect_cancels_upstream_and_is_counted(
     while upstreams["b"].disconnects == before and time.time() < deadline:
         time.sleep(0.05)
     assert upstreams["b"].disconnects == before + 1, "upstream generation was not cancelled"
-    row = record(gateway, request_id)
+    row = gateway.record(request_id)
     assert row["status"] == 499
     assert 1 <= row["completion_tokens"] < 200
     assert row["cost_usd"] > 0

@@ -136,7 +136,9 @@ async def test_stream_opens_on_a_working_endpoint(
 
 
 @pytest.mark.parametrize("status", ["401", "404"])
-async def test_gateway_side_faults_move_on_as_502(ups: list[Upstream], client: httpx.AsyncClient, status: str) -> None:
+async def test_gateway_side_faults_move_on_as_502(
+    ups: list[Upstream], client: httpx.AsyncClient, status: str
+) -> None:
     # A wrong key or served name at one endpoint is the gateway's fault, not the client's.
     ups[0].mode = status
     p = pool([ups[0].base_url], client)
