@@ -10,7 +10,8 @@ import logging
 import queue
 import sqlite3
 import threading
-from dataclasses import asdict, dataclass, field
+import time
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -42,31 +43,6 @@ CREATE TABLE IF NOT EXISTS requests (
 CREATE INDEX IF NOT EXISTS requests_ts ON requests(ts);
 """
 
-_COLUMNS = [
-    "request_id",
-    "ts",
-    "api_key_id",
-    "endpoint_kind",
-    "route",
-    "model",
-    "endpoint",
-    "stream",
-    "prompt_tokens",
-    "completion_tokens",
-    "usage_exact",
-    "cost_usd",
-    "latency_ms",
-    "ttft_ms",
-    "status",
-    "error",
-    "fallbacks",
-    "extra",
-]
-_INSERT = (
-    f"INSERT OR REPLACE INTO requests ({', '.join(_COLUMNS)}) "
-    f"VALUES ({', '.join('?' * len(_COLUMNS))})"
-)
-
 
 @dataclass(slots=True)
 class RequestRecord:
@@ -90,24 +66,32 @@ class RequestRecord:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def row(self) -> tuple[Any, ...]:
-        d = asdict(self)
-        d["stream"] = int(self.stream)
-        d["usage_exact"] = int(self.usage_exact)
-        d["fallbacks"] = orjson.dumps(self.fallbacks).decode()
-        d["extra"] = orjson.dumps(self.extra).decode()
-        return tuple(d[c] for c in _COLUMNS)
+        # Runs in the writer thread. In field order (the columns'); asdict() would deep-copy.
+        return (
+            self.request_id, self.ts, self.endpoint_kind, int(self.stream), self.api_key_id,
+            self.route, self.model, self.endpoint, self.prompt_tokens, self.completion_tokens,
+            int(self.usage_exact), self.cost_usd, self.latency_ms, self.ttft_ms, self.status,
+            self.error, orjson.dumps(self.fallbacks).decode(), orjson.dumps(self.extra).decode(),
+        )  # fmt: skip
 
 
+# The table's columns are the record's fields, in the order row() gives them.
+_COLUMNS = [f.name for f in fields(RequestRecord)]
+_INSERT = (
+    f"INSERT OR REPLACE INTO requests ({', '.join(_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(_COLUMNS))})"
+)
 _STOP = object()
 
 
 class RequestLog:
     """Append-only SQLite request log fed through a queue by a single writer thread."""
 
-    def __init__(self, path: str | Path, *, batch: int = 256):
+    def __init__(self, path: str | Path, *, batch: int = 512, window_s: float = 0.05):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._batch = batch
+        self._window_s = window_s
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._flushed = threading.Condition()
         self._pending = 0
@@ -142,9 +126,16 @@ class RequestLog:
         stop = False
         while not stop:
             items = [self._queue.get()]
-            while len(items) < self._batch:
+            # Gather what arrives within a short window: one commit per window, not per row.
+            deadline = time.monotonic() + self._window_s
+            while len(items) < self._batch and items[-1] is not _STOP:
+                remaining = deadline - time.monotonic()
                 try:
-                    items.append(self._queue.get_nowait())
+                    items.append(
+                        self._queue.get(timeout=remaining)
+                        if remaining > 0
+                        else self._queue.get_nowait()
+                    )
                 except queue.Empty:
                     break
             records = [i for i in items if i is not _STOP]

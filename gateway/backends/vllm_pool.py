@@ -15,6 +15,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import httpx
 import orjson
 
@@ -41,6 +42,22 @@ class Endpoint:
 
     def usable(self, now: float) -> bool:
         return self.healthy and now >= self.down_until
+
+
+def _transport_error(exc: httpx.HTTPError, model: str) -> UpstreamError:
+    """A failed exchange: timeout (504) or unreachable (503).
+
+    The aiohttp transport reports any broken connection as ConnectTimeout, so whether it was
+    really a timeout is read from the cause.
+    """
+    cause = exc.__cause__
+    broken = isinstance(cause, aiohttp.ClientConnectionError) and not isinstance(
+        cause, aiohttp.ServerTimeoutError
+    )
+    timed_out = isinstance(exc, httpx.TimeoutException) and not broken
+    if timed_out:
+        return UpstreamError(504, f"{model} timed out", "upstream_timeout")
+    return UpstreamError(503, f"{model} unreachable: {cause or exc!r}", "upstream_unavailable")
 
 
 def _error_from_response(status: int, payload: bytes, endpoint: str) -> UpstreamError:
@@ -156,15 +173,9 @@ class VllmPool:
                     headers={"content-type": "application/json"},
                     timeout=call.timeout_s,
                 )
-            except httpx.TimeoutException:
-                self._mark_failed(endpoint)
-                last = UpstreamError(504, f"{self.name} timed out", "upstream_timeout")
-                continue
             except httpx.HTTPError as exc:
                 self._mark_failed(endpoint)
-                last = UpstreamError(
-                    503, f"{self.name} unreachable: {exc!r}", "upstream_unavailable"
-                )
+                last = _transport_error(exc, self.name)
                 continue
             finally:
                 endpoint.outstanding -= 1
@@ -246,14 +257,9 @@ class VllmStream:
             self._first = await self._next_chunk()
             if self._first is None:
                 raise UpstreamError(502, f"{pool.name} closed the stream before any data")
-        except httpx.TimeoutException:
-            await self.aclose()
-            raise UpstreamError(504, f"{pool.name} timed out", "upstream_timeout") from None
         except httpx.HTTPError as exc:
             await self.aclose()
-            raise UpstreamError(
-                503, f"{pool.name} unreachable: {exc!r}", "upstream_unavailable"
-            ) from None
+            raise _transport_error(exc, pool.name) from None
         except BaseException:
             await self.aclose()
             raise
@@ -265,6 +271,10 @@ class VllmStream:
                 continue
             data = line[5:].strip()
             if data == "[DONE]":
+                # Read the response to its end so its connection goes back to the pool;
+                # only a stream abandoned half-way closes the connection.
+                async for _ in self._lines:
+                    pass
                 return None
             chunk = orjson.loads(data)
             if "error" in chunk and "choices" not in chunk:

@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from gateway.backends.base import UpstreamCall, UpstreamError
+from gateway.backends.http_client import new_upstream_client
 from gateway.backends.vllm_pool import VllmPool
 from policies.schema import VllmModel
 from tests.support.upstream import Upstream, free_port
@@ -26,7 +27,7 @@ def ups() -> Iterator[list[Upstream]]:
 
 @pytest.fixture
 async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient() as c:
+    async with new_upstream_client() as c:  # the gateway's own client and transport
         yield c
 
 
