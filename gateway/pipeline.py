@@ -161,6 +161,24 @@ async def handle(request: Request, kind: Kind, runtime: Runtime, services: Servi
     rec = RequestRecord(new_request_id(), time.time(), kind, stream=False)
     acct = Accounting(services, runtime, rec, t0)
     try:
+        return await _handle(request, kind, runtime, rec, acct, t0)
+    except Exception as exc:
+        # A bug must still give the client an OpenAI error and leave a request log row.
+        log.exception("request %s failed inside the gateway", rec.request_id)
+        acct.finish(status=500, model=rec.model, error=f"internal error: {exc!r}")
+        err = ApiError(500, "Internal error in the gateway", code="internal_error")
+        return err.response(_headers(rec, rec.model, None))
+
+
+async def _handle(
+    request: Request,
+    kind: Kind,
+    runtime: Runtime,
+    rec: RequestRecord,
+    acct: Accounting,
+    t0: float,
+) -> Response:
+    try:
         raw = await read_body(request, runtime.policy.defaults.max_request_bytes)
         body = parse_request(raw, kind)
         rec.stream = bool(body.get("stream"))
@@ -177,7 +195,6 @@ async def handle(request: Request, kind: Kind, runtime: Runtime, services: Servi
         done = await first_success(attempts, runtime.backends, _complete)
     except ChainFailed as failed:
         err = failed.error
-        rec.fallbacks = failed.fallbacks
         acct.finish(
             status=err.status,
             model=failed.model,
@@ -189,7 +206,6 @@ async def handle(request: Request, kind: Kind, runtime: Runtime, services: Servi
         return api.response(_headers(rec, failed.model, 0.0))
 
     result = done.result
-    rec.fallbacks = done.fallbacks
     cost = acct.finish(
         status=200,
         model=done.model,

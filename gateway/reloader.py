@@ -1,8 +1,8 @@
 """Keeps the serving policy current: reload on file change or SIGHUP.
 
 A bad edit is rejected with the validator's messages and the old policy keeps serving. The old
-runtime's background work stops after a grace period; requests that started on it keep their
-reference and finish on it.
+runtime's health checks stop at once; requests that started on it keep their reference and
+finish on it (its backends work without them, and the HTTP client is shared).
 """
 
 from __future__ import annotations
@@ -11,14 +11,16 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 import httpx
 from watchfiles import awatch
 
 from gateway.metrics import Metrics
 from gateway.runtime import Runtime, build_runtime
-from policies.loader import PolicyError, Problem, parse_policy
+from policies.loader import PolicyError, parse_policy, read_policy_text
 
 log = logging.getLogger("routegate.policy")
 
@@ -36,7 +38,7 @@ class PolicyHolder:
     async def load(self) -> Runtime:
         """Read, validate and start the policy file; raise PolicyError and keep the old one."""
         async with self._lock:
-            text = await asyncio.to_thread(self._read)
+            text = await asyncio.to_thread(read_policy_text, self.path)
             try:
                 policy = parse_policy(text, str(self.path))
             except PolicyError as exc:
@@ -53,12 +55,6 @@ class PolicyHolder:
                 self._spawn(old.aclose())
             log.info("policy %s version %s is serving", self.path, runtime.version)
             return runtime
-
-    def _read(self) -> str:
-        try:
-            return self.path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise PolicyError([Problem(str(self.path), 1, 1, "(file)", str(exc))]) from None
 
     async def reload(self) -> bool:
         try:
@@ -87,7 +83,7 @@ class PolicyHolder:
         ):
             await self.reload()
 
-    def _spawn(self, coro) -> None:  # type: ignore[no-untyped-def]
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

@@ -140,13 +140,15 @@ def parse_policy(text: str, file: str = "<policy>") -> Policy:
     return policy
 
 
-def load_policy(path: str | Path) -> Policy:
-    path = Path(path)
+def read_policy_text(path: str | Path) -> str:
     try:
-        text = path.read_text(encoding="utf-8")
+        return Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise PolicyError([Problem(str(path), 1, 1, "(file)", exc.strerror or str(exc))]) from None
-    return parse_policy(text, str(path))
+
+
+def load_policy(path: str | Path) -> Policy:
+    return parse_policy(read_policy_text(path), str(path))
 
 
 def example_policy_path() -> Path:

@@ -188,7 +188,12 @@ class VllmPool:
                     self._mark_failed(endpoint)
                 last = err
                 continue
-            body = orjson.loads(resp.content)
+            try:
+                body = orjson.loads(resp.content)
+            except orjson.JSONDecodeError:
+                self._mark_failed(endpoint)
+                last = UpstreamError(502, f"{self.name} answered with invalid JSON")
+                continue
             body["model"] = self.name
             u = body.get("usage") or {}
             usage = Usage(u.get("prompt_tokens", 0), u.get("completion_tokens", 0), bool(u))

@@ -30,7 +30,7 @@ def free_port() -> int:
 @dataclass
 class Upstream:
     name: str = "up"
-    mode: str = "ok"  # ok | 500 | 400 | 429 | slow | unhealthy | drip
+    mode: str = "ok"  # ok | 500 | 400 | 401 | 404 | 429 | slow | unhealthy | drip | garbage
     delay_s: float = 0.0
     hits: int = 0
     health_hits: int = 0
@@ -85,6 +85,8 @@ class Upstream:
                 }
             }
             return Response(orjson.dumps(err), int(self.mode), media_type="application/json")
+        if self.mode == "garbage":
+            return Response(b"<html>proxy error</html>", media_type="application/json")
         if self.mode == "slow":
             await asyncio.sleep(self.delay_s)
         if not body.get("stream"):

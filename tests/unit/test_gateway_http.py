@@ -226,6 +226,20 @@ def test_stream_falls_back_before_first_byte(
     assert len([c for c in raw.parse() if c.choices]) == 5
 
 
+def test_invalid_upstream_json_is_a_502_that_falls_back(
+    client: openai.OpenAI, gateway: GatewayProcess, upstreams: dict[str, Upstream]
+) -> None:
+    upstreams["a1"].mode = upstreams["a2"].mode = "garbage"
+    raw = client.chat.completions.with_raw_response.create(model="fast", messages=MESSAGES)
+    assert raw.headers["x-routegate-model"] == "strong"
+    upstreams["b"].mode = "garbage"
+    with pytest.raises(openai.InternalServerError) as exc:
+        client.chat.completions.create(model="strong", messages=MESSAGES)
+    assert exc.value.status_code == 502 and "invalid JSON" in exc.value.message
+    row = gateway.record(exc.value.response.headers["x-routegate-request-id"])
+    assert row["status"] == 502 and row["model"] == "strong"
+
+
 def test_everything_down_is_502_and_timeout_504(
     client: openai.OpenAI, upstreams: dict[str, Upstream]
 ) -> None:
