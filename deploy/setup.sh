@@ -8,6 +8,24 @@ PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null || PY=python3
 "$PY" -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is needed"'
 
+# The Redis state-store tests start their own throw-away redis-server: only the binary is needed.
+if ! command -v redis-server >/dev/null; then
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null; then SUDO=sudo; fi
+  if command -v apt-get >/dev/null && { [ "$(id -u)" -eq 0 ] || [ -n "$SUDO" ]; }; then
+    echo "setup: installing redis-server"
+    $SUDO apt-get update -qq
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+    # The package starts a system-wide service where systemd runs; nothing here needs it.
+    if [ -d /run/systemd/system ]; then
+      $SUDO systemctl disable --now redis-server >/dev/null 2>&1 || true
+    fi
+  else
+    echo "setup: WARNING: redis-server is missing and cannot be installed here;" \
+      "install it (Debian: apt-get install redis-server) to run the Redis state tests" >&2
+  fi
+fi
+
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 # shellcheck disable=SC1091
 . .venv/bin/activate

@@ -71,3 +71,44 @@ def vllm_server_handles(
 def vllm_servers(vllm_server_handles: list[VllmServer]) -> dict[str, str]:
     """Served model name -> base URL (`http://127.0.0.1:PORT/v1`) of the real vLLM servers."""
     return {s.name: s.base_url for s in vllm_server_handles}
+
+
+# -- the shared state store: in-process, and a real redis-server -------------------------------
+# Imported here rather than at the top so this section stays one appended block.
+import uuid  # noqa: E402
+from collections.abc import AsyncIterator  # noqa: E402
+
+from gateway.state import MemoryState, State, open_state  # noqa: E402
+from tests.support.redis_server import (  # noqa: E402
+    RedisServerError,
+    start_redis_server,
+    stop_redis_server,
+)
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of a real redis-server started once per session (only when a test asks for it)."""
+    try:
+        server = start_redis_server(tmp_path_factory.mktemp("redis"))
+    except RedisServerError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        yield server.url
+    finally:
+        stop_redis_server(server)
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def state(request: pytest.FixtureRequest) -> AsyncIterator[State]:
+    """A fresh, empty State of each kind. Redis tests share one server, each under its own key
+    prefix, so they never see each other's keys."""
+    if request.param == "memory":
+        store: State = MemoryState()
+    else:
+        url = request.getfixturevalue("redis_url")
+        store = await open_state(url, prefix=f"test-{uuid.uuid4().hex[:12]}")
+    try:
+        yield store
+    finally:
+        await store.aclose()

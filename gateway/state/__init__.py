@@ -1,0 +1,50 @@
+"""Shared state (keys, budgets, rate windows, pacing) behind one interface: see `base`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gateway.state.base import (
+    PacingState,
+    Reservation,
+    State,
+    VirtualKey,
+    WindowResult,
+    from_micros,
+    to_micros,
+)
+from gateway.state.memory import MemoryState
+from gateway.state.redis_store import RedisState, StateUnavailable, redact_url
+
+__all__ = [
+    "MemoryState",
+    "PacingState",
+    "RedisState",
+    "Reservation",
+    "State",
+    "StateUnavailable",
+    "VirtualKey",
+    "WindowResult",
+    "from_micros",
+    "open_state",
+    "to_micros",
+]
+
+
+async def open_state(
+    url: str | None, *, memory_path: Path | None = None, prefix: str = "routegate"
+) -> State:
+    """The store `url` names: None or "memory" -> in-process (persisted to `memory_path` when
+    given); "redis://..." or "rediss://..." -> Redis, checked with a PING so a wrong URL fails at
+    start-up rather than on the first request."""
+    if url is None or url.strip() in ("", "memory", "memory://"):
+        return MemoryState(memory_path)
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        state = RedisState(url, prefix=prefix)
+        try:
+            await state.ping()
+        except StateUnavailable:
+            await state.aclose()
+            raise
+        return state
+    raise ValueError(f"unknown state store URL {redact_url(url)!r}: use 'memory' or a redis:// URL")

@@ -1,0 +1,136 @@
+"""Shared state: virtual keys, budget counters, rate windows and pacing state.
+
+Two implementations with one behaviour: `MemoryState` (one process, the embedded default) and
+`RedisState` (several gateway replicas). Every operation that must hold under concurrency is a
+single atomic step in both (one Lua script in Redis; no await inside the critical section in
+memory). The same test suite runs against both.
+
+Money is in USD floats in the interface; implementations store integer micro-dollars
+(`to_micros`) so that concurrent additions are exact.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+def to_micros(usd: float) -> int:
+    """USD -> integer micro-dollars, rounding up: a reservation never under-counts."""
+    micros = usd * 1_000_000
+    whole = int(micros)
+    return whole + (1 if micros > whole + 1e-9 else 0)
+
+
+def from_micros(micros: int) -> float:
+    return micros / 1_000_000
+
+
+@dataclass(slots=True)
+class VirtualKey:
+    id: str  # public id, e.g. "key_3f9a1c2b"; what logs and reports show
+    team: str
+    secret_hash: str  # sha256 hex of the secret; the secret itself is never stored
+    secret_prefix: str  # first characters of the secret, to recognise it in listings
+    budget_usd: float | None = None  # None: no budget
+    period: str = "month"  # day | week | month | total
+    rpm: int | None = None  # requests per minute
+    tpm: int | None = None  # tokens (prompt + completion) per minute
+    routes: list[str] | None = None  # None: every route and model
+    name: str | None = None
+    created_at: float = 0.0
+    revoked_at: float | None = None
+    pacing: dict[str, object] | None = None  # a PacingConfig as a dict, when the key is paced
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None
+
+
+@dataclass(slots=True)
+class Reservation:
+    ok: bool
+    spent_usd: float  # settled spend in the budget window, after this call
+    reserved_usd: float  # open reservations in the window, including this one if ok
+    limit_usd: float
+
+
+@dataclass(slots=True)
+class WindowResult:
+    ok: bool
+    used: float  # weighted count in the sliding window, including this hit if ok
+    retry_after_s: float = 0.0  # when refused: how long until the hit would fit
+
+
+@dataclass(slots=True)
+class PacingState:
+    price_multiplier: float = 1.0  # lambda
+    integral: float = 0.0  # the PI controller's accumulated error
+    updated_at: float = 0.0  # unix time of the last update
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+class State(Protocol):
+    # -- virtual keys -----------------------------------------------------------------------
+    async def put_key(self, key: VirtualKey) -> None:
+        """Create or replace a key (by id), and index it by its secret hash."""
+
+    async def key_by_hash(self, secret_hash: str) -> VirtualKey | None: ...
+
+    async def key_by_id(self, key_id: str) -> VirtualKey | None: ...
+
+    async def list_keys(self) -> list[VirtualKey]: ...
+
+    async def revoke_key(self, key_id: str, at: float) -> bool:
+        """Mark revoked; False if there is no such key."""
+
+    async def has_keys(self) -> bool:
+        """True once any key was ever created (the gateway then requires one)."""
+
+    # -- hard budgets: reserve, then settle -------------------------------------------------
+    async def reserve(
+        self,
+        budget: str,  # e.g. "key:key_3f9a1c2b:2026-11" (owner and period window)
+        reservation_id: str,
+        amount_usd: float,
+        limit_usd: float,
+        ttl_s: float,
+        now: float,
+    ) -> Reservation:
+        """Atomically: drop expired reservations of `budget`; if settled spend + open
+        reservations + amount <= limit, record the reservation (expiring at now + ttl_s)."""
+
+    async def settle(self, budget: str, reservation_id: str, actual_usd: float) -> float:
+        """Atomically: remove the reservation (if still there) and add the actual cost to the
+        settled spend. Returns the settled spend. Always adds: spend is never lost, even when
+        the reservation expired meanwhile. Idempotent per reservation id is NOT required:
+        the caller settles once."""
+
+    async def release(self, budget: str, reservation_id: str) -> None:
+        """Drop a reservation without spending (the request never reached a model)."""
+
+    async def budget_usage(self, budget: str, now: float) -> tuple[float, float]:
+        """(settled spend, open unexpired reservations) of a budget, in USD."""
+
+    # -- rate limits: sliding windows -------------------------------------------------------
+    async def window_hit(
+        self, name: str, amount: float, limit: float, window_s: float, now: float
+    ) -> WindowResult:
+        """Atomically add `amount` to the sliding window `name` if the weighted count
+        (previous fixed window weighted by its remaining overlap, plus the current one)
+        stays <= limit; otherwise refuse and say when it would fit."""
+
+    async def window_add(self, name: str, amount: float, window_s: float, now: float) -> None:
+        """Add without checking (tokens known only after the response)."""
+
+    async def window_used(self, name: str, window_s: float, now: float) -> float: ...
+
+    # -- pacing -----------------------------------------------------------------------------
+    async def pacing_get(self, name: str) -> PacingState | None: ...
+
+    async def pacing_update(self, name: str, expected_updated_at: float, new: PacingState) -> bool:
+        """Compare-and-set: store `new` only if the stored state's updated_at equals
+        `expected_updated_at` (0.0 when none is stored). False when another replica won."""
+
+    # -- lifecycle --------------------------------------------------------------------------
+    async def aclose(self) -> None: ...
