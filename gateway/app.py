@@ -18,13 +18,16 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from gateway.access import Access
 from gateway.accounting.request_log import RequestLog
+from gateway.admin import router as admin_router
 from gateway.backends.http_client import new_upstream_client
 from gateway.errors import ApiError
 from gateway.metrics import Metrics
 from gateway.pipeline import Services, handle
 from gateway.reloader import PolicyHolder
 from gateway.runtime import Runtime
+from gateway.state import open_state
 from policies.loader import example_policy_path
 
 log = logging.getLogger("routegate")
@@ -34,6 +37,8 @@ log = logging.getLogger("routegate")
 class Settings:
     policy_path: Path = field(default_factory=example_policy_path)
     log_path: Path = Path("routegate-requests.sqlite")
+    # Where the in-process state store keeps keys and spend across restarts.
+    state_path: Path = Path("routegate-state.sqlite")
     watch_policy: bool = True
 
 
@@ -49,10 +54,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         client = new_upstream_client()
         metrics = Metrics()
         holder = PolicyHolder(settings.policy_path, client, metrics)
-        await holder.load()  # a bad policy at start-up is fatal: PolicyError names the lines
+        runtime = await holder.load()  # a bad policy is fatal here: PolicyError names the lines
+        # The state store is chosen at start-up; a reload that changes it needs a restart.
+        state = await open_state(
+            runtime.policy.state.url,
+            memory_path=settings.state_path,
+            prefix=runtime.policy.state.prefix,
+        )
         request_log = RequestLog(settings.log_path)
         app.state.holder = holder
-        app.state.services = Services(request_log, metrics)
+        app.state.services = Services(request_log, metrics, Access(state))
         app.state.started = time.time()
         if settings.watch_policy:
             holder.watch()
@@ -65,11 +76,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await holder.aclose()
             await client.aclose()
+            await state.aclose()
             request_log.close()
 
     app = FastAPI(
         title="Routegate", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None
     )
+
+    app.include_router(admin_router)
 
     def runtime_of(request: Request) -> Runtime:
         runtime = request.app.state.holder.current

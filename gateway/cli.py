@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from gateway.keys_cli import keys_app
 from policies.loader import PolicyError, example_policy_path, load_policy
 
 app = typer.Typer(help="Routegate: an OpenAI-compatible LLM routing gateway.", no_args_is_help=True)
@@ -18,6 +19,7 @@ demo_app = typer.Typer(
 )
 app.add_typer(policy_app, name="policy")
 app.add_typer(demo_app, name="demo")
+app.add_typer(keys_app, name="keys")
 
 err = Console(stderr=True, highlight=False)
 out = Console(highlight=False)
@@ -33,6 +35,9 @@ def serve(
     log: Annotated[Path, typer.Option("--log", help="SQLite request log.")] = Path(
         "routegate-requests.sqlite"
     ),
+    state_file: Annotated[
+        Path, typer.Option(help="Keys and spend of the in-process state store (state.url: memory).")
+    ] = Path("routegate-state.sqlite"),
     watch: Annotated[bool, typer.Option(help="Reload the policy when its file changes.")] = True,
     access_log: Annotated[bool, typer.Option(help="Log every request line.")] = False,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
@@ -56,7 +61,9 @@ def serve(
         logging.getLogger(noisy).setLevel(logging.WARNING)
     err.print(f"routegate: policy {path} -> http://{host}:{port}/v1  (request log: {log})")
     uvicorn.run(
-        create_app(Settings(policy_path=path, log_path=log, watch_policy=watch)),
+        create_app(
+            Settings(policy_path=path, log_path=log, state_path=state_file, watch_policy=watch)
+        ),
         host=host,
         port=port,
         loop="uvloop",
@@ -120,6 +127,7 @@ def demo_up(
             host=host,
             port=port,
             log=log,
+            state_file=Path("routegate-state.sqlite"),
             watch=True,
             access_log=False,
             log_level="info",

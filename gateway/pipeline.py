@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from cascades.fallback import Attempt, ChainFailed, Outcome, first_success
+from gateway.access import Access, Admission
 from gateway.accounting.request_log import RequestLog, RequestRecord
 from gateway.backends.base import Kind, UpstreamCall, UpstreamStream, Usage
 from gateway.errors import ApiError
@@ -38,10 +39,11 @@ H_FALLBACKS = "x-routegate-fallbacks"
 
 @dataclass(slots=True)
 class Services:
-    """What the pipeline needs besides the policy: where records and metrics go."""
+    """What the pipeline needs besides the policy: access checks, records and metrics."""
 
     request_log: RequestLog
     metrics: Metrics
+    access: Access
 
 
 def new_request_id() -> str:
@@ -90,7 +92,7 @@ def plan(runtime: Runtime, body: dict[str, Any], kind: Kind) -> tuple[str | None
 
 
 class Accounting:
-    """Cost, request log row and metrics for one request: written exactly once."""
+    """Cost, budget settlement, request log row and metrics for one request: exactly once."""
 
     def __init__(self, services: Services, runtime: Runtime, record: RequestRecord, t0: float):
         self._services = services
@@ -98,6 +100,7 @@ class Accounting:
         self.record = record
         self._t0 = t0
         self._done = False
+        self.admission: Admission | None = None
 
     def cost(self, model: str, usage: Usage, provider_cost: float | None) -> float:
         price = self._runtime.prices.get(model)
@@ -105,7 +108,7 @@ class Accounting:
             return price(usage.prompt_tokens, usage.completion_tokens, provider_cost)
         return provider_cost or 0.0
 
-    def finish(
+    async def finish(
         self,
         *,
         status: int,
@@ -128,6 +131,12 @@ class Accounting:
             rec.completion_tokens = usage.completion_tokens
             rec.usage_exact = usage.exact
             rec.cost_usd = self.cost(model, usage, provider_cost)
+        if self.admission is not None:
+            try:
+                await self.admission.settle(rec.cost_usd, rec.prompt_tokens + rec.completion_tokens)
+            except Exception as exc:  # the state store failed: the row must still be written
+                log.exception("settling %s failed", rec.request_id)
+                rec.error = f"{rec.error or ''}; budget settlement failed: {exc!r}".lstrip("; ")
         self._services.request_log.write(rec)
 
         m = self._services.metrics
@@ -161,11 +170,11 @@ async def handle(request: Request, kind: Kind, runtime: Runtime, services: Servi
     rec = RequestRecord(new_request_id(), time.time(), kind, stream=False)
     acct = Accounting(services, runtime, rec, t0)
     try:
-        return await _handle(request, kind, runtime, rec, acct, t0)
+        return await _handle(request, kind, runtime, rec, acct, t0, services)
     except Exception as exc:
         # A bug must still give the client an OpenAI error and leave a request log row.
         log.exception("request %s failed inside the gateway", rec.request_id)
-        acct.finish(status=500, model=rec.model, error=f"internal error: {exc!r}")
+        await acct.finish(status=500, model=rec.model, error=f"internal error: {exc!r}")
         err = ApiError(500, "Internal error in the gateway", code="internal_error")
         return err.response(_headers(rec, rec.model, None))
 
@@ -177,15 +186,22 @@ async def _handle(
     rec: RequestRecord,
     acct: Accounting,
     t0: float,
+    services: Services,
 ) -> Response:
     try:
+        key = await services.access.authenticate(request.headers.get("authorization"))
+        if key is not None:
+            rec.api_key_id, rec.team = key.id, key.team
         raw = await read_body(request, runtime.policy.defaults.max_request_bytes)
         body = parse_request(raw, kind)
         rec.stream = bool(body.get("stream"))
         route, attempts = plan(runtime, body, kind)
         rec.route = route
+        acct.admission = await services.access.admit(
+            key, body, runtime, [a.model for a in attempts], rec.request_id
+        )
     except ApiError as err:
-        acct.finish(status=err.status, model=None, error=err.message)
+        await acct.finish(status=err.status, model=None, error=err.message)
         return err.response(_headers(rec, None, None))
 
     try:
@@ -195,7 +211,7 @@ async def _handle(
         done = await first_success(attempts, runtime.backends, _complete)
     except ChainFailed as failed:
         err = failed.error
-        acct.finish(
+        await acct.finish(
             status=err.status,
             model=failed.model,
             endpoint=",".join(err.attempts) or None,
@@ -206,7 +222,7 @@ async def _handle(
         return api.response(_headers(rec, failed.model, 0.0))
 
     result = done.result
-    cost = acct.finish(
+    cost = await acct.finish(
         status=200,
         model=done.model,
         usage=result.usage,
@@ -252,18 +268,19 @@ def _stream_response(
             yield b"data: " + api.body() + b"\n\n"
         finally:
             # Shielded: on a client disconnect this task is being cancelled, and closing the
-            # upstream (which aborts generation there) and the accounting must still happen.
+            # upstream (which aborts generation there), settling the budget and the request
+            # log row must still happen.
             with anyio.CancelScope(shield=True):
                 await stream.aclose()
-            cost = acct.finish(
-                status=status,
-                model=outcome.model,
-                usage=stream.usage,
-                provider_cost=stream.provider_cost_usd,
-                endpoint=stream.endpoint,
-                fallbacks=outcome.fallbacks,
-                error=error,
-            )
+                cost = await acct.finish(
+                    status=status,
+                    model=outcome.model,
+                    usage=stream.usage,
+                    provider_cost=stream.provider_cost_usd,
+                    endpoint=stream.endpoint,
+                    fallbacks=outcome.fallbacks,
+                    error=error,
+                )
         # Streams cannot carry the final cost in a header: it comes as an SSE comment, which
         # OpenAI clients ignore, and in the request log.
         yield f": {H_COST}={cost:.10f}\n\ndata: [DONE]\n\n".encode()

@@ -84,6 +84,32 @@ class LitellmModel(_ModelBase):
 ModelConfig = Annotated[VllmModel | LitellmModel, Field(discriminator="provider")]
 
 
+class PacingConfig(_Strict):
+    """Spread a budget over its period: a controller compares spend with the plan and sets the
+    price multiplier lambda that cost-aware routers weigh cost by (see gateway/pacing.py)."""
+
+    budget_usd: float = Field(gt=0, description="spend planned over one period; also a hard cap")
+    period: Literal["day", "week", "month"] = "day"
+    plan: Literal["uniform", "weekday"] | list[Annotated[float, Field(ge=0)]] = Field(
+        default="uniform",
+        description="uniform, weekday (weekends get a fifth of a weekday's share), or a custom "
+        "curve: relative weights of equal slices of the period",
+    )
+    update_interval_s: float = Field(
+        default=5.0, gt=0, description="lambda changes at most this often"
+    )
+    min_multiplier: float = Field(default=0.1, gt=0)
+    max_multiplier: float = Field(default=100.0, gt=0)
+
+    @model_validator(mode="after")
+    def _sane(self) -> PacingConfig:
+        if isinstance(self.plan, list) and (len(self.plan) < 1 or sum(self.plan) <= 0):
+            raise ValueError("a custom plan needs at least one positive weight")
+        if self.min_multiplier > self.max_multiplier:
+            raise ValueError("min_multiplier is above max_multiplier")
+        return self
+
+
 class FixedRoute(_Strict):
     """The first model answers; the rest are fallbacks, tried in order."""
 
@@ -102,11 +128,26 @@ class Defaults(_Strict):
     max_request_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
     health_interval_s: float = Field(default=5.0, gt=0)
     cooldown_s: float = Field(default=10.0, ge=0)
+    reservation_ttl_s: float = Field(
+        default=600.0, gt=0, description="a budget reservation left by a dead replica expires"
+    )
+
+
+class StateConfig(_Strict):
+    """Where keys, budget counters, rate windows and pacing state live."""
+
+    url: str = Field(
+        default="memory",
+        description="'memory' (one process) or a redis:// URL shared by every replica",
+        pattern=r"^(memory|rediss?://.+)$",
+    )
+    prefix: str = Field(default="routegate", min_length=1, description="Redis key prefix")
 
 
 class Policy(_Strict):
     version: Literal[1] = 1
     defaults: Defaults = Field(default_factory=Defaults)
+    state: StateConfig = Field(default_factory=StateConfig)
     models: dict[Name, ModelConfig] = Field(min_length=1)
     routes: dict[Name, RouteConfig] = Field(default_factory=dict)
 

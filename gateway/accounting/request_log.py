@@ -38,7 +38,8 @@ CREATE TABLE IF NOT EXISTS requests (
     status INTEGER NOT NULL,         -- HTTP status given to the client (499: client went away)
     error TEXT,
     fallbacks TEXT NOT NULL DEFAULT '[]',  -- JSON list of models that failed before the answer
-    extra TEXT NOT NULL DEFAULT '{}'       -- JSON: per-step details for routers and cascades
+    extra TEXT NOT NULL DEFAULT '{}',      -- JSON: per-step details for routers and cascades
+    team TEXT                        -- the API key's team
 );
 CREATE INDEX IF NOT EXISTS requests_ts ON requests(ts);
 """
@@ -64,6 +65,7 @@ class RequestRecord:
     error: str | None = None
     fallbacks: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+    team: str | None = None
 
     def row(self) -> tuple[Any, ...]:
         # Runs in the writer thread. In field order (the columns'); asdict() would deep-copy.
@@ -72,11 +74,13 @@ class RequestRecord:
             self.route, self.model, self.endpoint, self.prompt_tokens, self.completion_tokens,
             int(self.usage_exact), self.cost_usd, self.latency_ms, self.ttft_ms, self.status,
             self.error, orjson.dumps(self.fallbacks).decode(), orjson.dumps(self.extra).decode(),
+            self.team,
         )  # fmt: skip
 
 
 # The table's columns are the record's fields, in the order row() gives them.
 _COLUMNS = [f.name for f in fields(RequestRecord)]
+_COLUMN_TYPES = {"team": "TEXT"}  # columns added after the first release, and their types
 _INSERT = (
     f"INSERT OR REPLACE INTO requests ({', '.join(_COLUMNS)}) "
     f"VALUES ({', '.join('?' * len(_COLUMNS))})"
@@ -104,6 +108,11 @@ class RequestLog:
         with sqlite3.connect(self.path) as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(SCHEMA)
+            # A log written by an older version lacks newer columns: add them.
+            have = {row[1] for row in db.execute("PRAGMA table_info(requests)")}
+            for column in _COLUMNS:
+                if column not in have:
+                    db.execute(f"ALTER TABLE requests ADD COLUMN {column} {_COLUMN_TYPES[column]}")
 
     def write(self, record: RequestRecord) -> None:
         """Never blocks: the record is queued for the writer thread."""

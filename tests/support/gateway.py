@@ -20,6 +20,7 @@ class GatewayProcess:
         self.policy = policy
         self.port = free_port()
         self.log_path = workdir / "requests.sqlite"
+        self.state_path = workdir / "state.sqlite"
         self.stderr_path = workdir / "gateway.log"
         self._env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
@@ -40,6 +41,8 @@ class GatewayProcess:
             str(self.port),
             "--log",
             str(self.log_path),
+            "--state-file",
+            str(self.state_path),
         ]
         with self.stderr_path.open("wb") as err:
             self.proc = subprocess.Popen(cmd, stdout=err, stderr=subprocess.STDOUT, env=self._env)

@@ -32,6 +32,7 @@ class Upstream:
     name: str = "up"
     mode: str = "ok"  # ok | 500 | 400 | 401 | 404 | 429 | slow | unhealthy | drip | garbage
     delay_s: float = 0.0
+    prompt_tokens: int = 7  # what the usage reports for every prompt
     hits: int = 0
     health_hits: int = 0
     disconnects: int = 0
@@ -44,7 +45,8 @@ class Upstream:
         return f"http://127.0.0.1:{self.port}/v1"
 
     def _answer(self, body: dict[str, Any], kind: str) -> dict[str, Any]:
-        usage = {"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12}
+        p = self.prompt_tokens
+        usage = {"prompt_tokens": p, "completion_tokens": 5, "total_tokens": p + 5}
         if kind == "chat":
             choice = {
                 "index": 0,
@@ -99,7 +101,8 @@ class Upstream:
         try:
             for i in range(n):
                 delta = {"delta": {"content": f"t{i} "}} if kind == "chat" else {"text": f"t{i} "}
-                usage = {"prompt_tokens": 7, "completion_tokens": i + 1, "total_tokens": 8 + i}
+                p = self.prompt_tokens
+                usage = {"prompt_tokens": p, "completion_tokens": i + 1, "total_tokens": p + i + 1}
                 chunk = {
                     "id": "x",
                     "object": obj,
@@ -117,7 +120,11 @@ class Upstream:
                 "created": 1,
                 "model": body.get("model"),
                 "choices": [],
-                "usage": {"prompt_tokens": 7, "completion_tokens": n, "total_tokens": 7 + n},
+                "usage": {
+                    "prompt_tokens": self.prompt_tokens,
+                    "completion_tokens": n,
+                    "total_tokens": self.prompt_tokens + n,
+                },
             }
             yield b"data: " + orjson.dumps(final) + b"\n\ndata: [DONE]\n\n"
         except asyncio.CancelledError:

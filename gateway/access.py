@@ -1,0 +1,208 @@
+"""Who may send this request, and may they afford it: keys, route permissions, rate limits and
+hard budgets (reserve the worst case before sending, settle to the actual cost after).
+
+Runs between the policy and the router. Every refusal is an ApiError the client can act on.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.errors import ApiError
+from gateway.keys import bearer_token, hash_secret
+from gateway.periods import resets_at, window_id
+from gateway.runtime import Runtime
+from gateway.state import State, VirtualKey, from_micros, to_micros
+
+RATE_WINDOW_S = 60.0
+
+
+def prompt_tokens_upper(body: dict[str, Any]) -> int:
+    """A bound on the prompt's token count that no tokenizer exceeds in practice: one token per
+    UTF-8 byte of the text, plus a chat template's overhead per message. Budgets use it, so
+    the reservation can only be too large, never too small."""
+    if "messages" in body:
+        total = 0
+        for message in body["messages"]:
+            content = message.get("content")
+            text = content if isinstance(content, str) else _parts_text(content)
+            total += len(text.encode()) + len(str(message.get("role", ""))) + 16
+        return total + len(_tools_text(body)) + 16
+    prompt = body.get("prompt", "")
+    if isinstance(prompt, str):
+        return len(prompt.encode())
+    if prompt and isinstance(prompt[0], list):  # several token-id prompts
+        return sum(len(p) for p in prompt)
+    if prompt and isinstance(prompt[0], int):  # one token-id prompt
+        return len(prompt)
+    return sum(len(str(p).encode()) for p in prompt)
+
+
+def prompt_tokens_typical(body: dict[str, Any]) -> int:
+    """About four characters a token: what rate limits count before the real usage is known."""
+    return max(1, prompt_tokens_upper(body) // 4)
+
+
+def _parts_text(content: Any) -> str:
+    if not content:
+        return ""
+    return " ".join(str(p.get("text", "")) if isinstance(p, dict) else str(p) for p in content)
+
+
+def _tools_text(body: dict[str, Any]) -> str:
+    tools = body.get("tools")
+    return str(tools) if tools else ""
+
+
+@dataclass
+class Admission:
+    """What a request was allowed, and what must be settled when it ends."""
+
+    state: State | None = None
+    key: VirtualKey | None = None
+    budget: str | None = None  # state name of the key's budget window
+    reservation_id: str | None = None
+    reserved_usd: float = 0.0
+    typical_prompt_tokens: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+    settled: bool = False
+
+    async def settle(self, cost_usd: float, tokens: int) -> None:
+        """Charge the actual cost (0 when no model answered) and release the rest. Once."""
+        if self.settled or self.state is None or self.key is None:
+            return
+        self.settled = True
+        now = time.time()
+        if self.budget is not None and self.reservation_id is not None:
+            await self.state.settle(self.budget, self.reservation_id, cost_usd)
+        if self.key.tpm:
+            # The typical prompt estimate was counted up front; correct it to the real usage.
+            await self.state.window_add(
+                f"tpm:{self.key.id}", tokens - self.typical_prompt_tokens, RATE_WINDOW_S, now
+            )
+
+
+class Access:
+    def __init__(self, state: State):
+        self.state = state
+        self._keys_exist = False  # once true it stays true: keys are revoked, never deleted
+
+    async def authenticate(self, authorization: str | None) -> VirtualKey | None:
+        """The caller's key; None while the gateway has no keys at all (open gateway)."""
+        token = bearer_token(authorization)
+        if token is not None:
+            key = await self.state.key_by_hash(hash_secret(token))
+            if key is not None:
+                if not key.active:
+                    raise ApiError(401, f"API key {key.id} has been revoked", code="key_revoked")
+                self._keys_exist = True
+                return key
+        if not self._keys_exist:
+            self._keys_exist = await self.state.has_keys()
+        if not self._keys_exist:
+            return None
+        if token is None:
+            raise ApiError(
+                401,
+                "Missing API key: send 'Authorization: Bearer <key>'",
+                code="missing_api_key",
+            )
+        raise ApiError(401, "Invalid API key", code="invalid_api_key")
+
+    async def admit(
+        self,
+        key: VirtualKey | None,
+        body: dict[str, Any],
+        runtime: Runtime,
+        models: list[str],
+        request_id: str,
+    ) -> Admission:
+        """Check the key's route permission, rate limits and budget; reserve the worst case.
+
+        `body` may gain `max_tokens` (the policy default) when a budget applies and the client
+        set none: a worst case needs an upper bound on the answer.
+        """
+        if key is None:
+            return Admission()
+        asked = body["model"]
+        if key.routes is not None and asked not in key.routes:
+            raise ApiError(
+                403,
+                f"API key {key.id} may not use '{asked}'; allowed: {', '.join(key.routes)}",
+                code="model_not_allowed",
+                param="model",
+            )
+        now = time.time()
+        admission = Admission(self.state, key, typical_prompt_tokens=prompt_tokens_typical(body))
+        await self._rate_limits(key, admission, now)
+        if key.budget_usd is not None:
+            await self._reserve(key, body, runtime, models, request_id, admission, now)
+        return admission
+
+    async def _rate_limits(self, key: VirtualKey, admission: Admission, now: float) -> None:
+        if key.rpm:
+            hit = await self.state.window_hit(f"rpm:{key.id}", 1, key.rpm, RATE_WINDOW_S, now)
+            if not hit.ok:
+                raise _rate_limited(f"{key.rpm} requests per minute", key, hit.retry_after_s)
+        if key.tpm:
+            hit = await self.state.window_hit(
+                f"tpm:{key.id}", admission.typical_prompt_tokens, key.tpm, RATE_WINDOW_S, now
+            )
+            if not hit.ok:
+                raise _rate_limited(f"{key.tpm} tokens per minute", key, hit.retry_after_s)
+
+    async def _reserve(
+        self,
+        key: VirtualKey,
+        body: dict[str, Any],
+        runtime: Runtime,
+        models: list[str],
+        request_id: str,
+        admission: Admission,
+        now: float,
+    ) -> None:
+        assert key.budget_usd is not None
+        if not (body.get("max_tokens") or body.get("max_completion_tokens")):
+            body["max_tokens"] = runtime.policy.defaults.max_tokens
+        completion = int(body.get("max_tokens") or body.get("max_completion_tokens"))
+        prompt = prompt_tokens_upper(body)
+        # The chain may fall back to a dearer model: reserve for the dearest.
+        worst = max(runtime.prices[m](prompt, completion, None) for m in models)
+        budget = f"key:{key.id}:{window_id(key.period, now)}"
+        res = await self.state.reserve(
+            budget,
+            request_id,
+            worst,
+            key.budget_usd,
+            runtime.policy.defaults.reservation_ttl_s,
+            now,
+        )
+        if not res.ok:
+            period = "in total" if key.period == "total" else f"this {key.period}"
+            held = ""
+            if res.reserved_usd:
+                held = f", ${res.reserved_usd:.4f} held by requests in flight"
+            raise ApiError(
+                429,
+                f"Budget exhausted for API key {key.id} (team {key.team}): "
+                f"${res.spent_usd:.4f} of ${key.budget_usd:.2f} spent {period}{held}; "
+                f"this request may cost up to ${worst:.4f}. "
+                f"The budget resets {resets_at(key.period, now)}.",
+                code="budget_exceeded",
+            )
+        admission.budget = budget
+        admission.reservation_id = request_id
+        admission.reserved_usd = from_micros(to_micros(worst))
+
+
+def _rate_limited(what: str, key: VirtualKey, retry_after_s: float) -> ApiError:
+    wait = max(1, math.ceil(retry_after_s))
+    return ApiError(
+        429,
+        f"Rate limit of {what} reached for API key {key.id}; retry after {wait} s",
+        code="rate_limit_exceeded",
+        headers={"retry-after": str(wait)},
+    )

@@ -1,0 +1,161 @@
+"""A hard budget holds across two gateway processes sharing one real Redis: 200 concurrent
+requests against a budget for about 50, and a reservation left by a killed process expires."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from gateway.accounting.request_log import read_records
+from tests.support.gateway import GatewayProcess
+from tests.support.upstream import Upstream
+
+MASTER = "master-test-key"
+COST = 7 * 1e-6 + 5 * 2e-6  # the test upstream answers 7 prompt + 5 completion tokens
+# The gateway's worst-case bound on the prompt of BODY (one token per byte plus the chat
+# template's overhead). An upstream that reports exactly that makes every answer cost exactly
+# its reservation, so the budget, not timing, decides how many fit.
+WORST_PROMPT_TOKENS = 41
+WORST = WORST_PROMPT_TOKENS * 1e-6 + 5 * 2e-6
+BODY = {"model": "cheap", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 5}
+
+POLICY = """
+version: 1
+state: {{url: "{redis}", prefix: "{prefix}"}}
+defaults: {{reservation_ttl_s: {ttl}, timeout_s: 30}}
+models:
+  fast:
+    provider: vllm
+    endpoints: [{up}]
+    pricing: {{input_per_1m: 1.0, output_per_1m: 2.0}}
+routes:
+  cheap: {{models: [fast]}}
+"""
+
+
+@pytest.fixture
+def upstream() -> Iterator[Upstream]:
+    up = Upstream("u").start()
+    yield up
+    up.stop()
+
+
+def start_pair(tmp_path: Path, redis_url: str, up: Upstream, ttl: float) -> list[GatewayProcess]:
+    prefix = f"c{time.time_ns()}"
+    gateways = []
+    for name in ("a", "b"):
+        work = tmp_path / name
+        work.mkdir()
+        policy = work / "policy.yaml"
+        policy.write_text(POLICY.format(redis=redis_url, prefix=prefix, up=up.base_url, ttl=ttl))
+        gateways.append(GatewayProcess(policy, work, env={"ROUTEGATE_MASTER_KEY": MASTER}))
+    return [g.start() for g in gateways]
+
+
+def admin(gw: GatewayProcess, method: str, path: str, json: dict | None = None) -> dict:
+    resp = httpx.request(
+        method, gw.url + path, json=json, headers={"authorization": f"Bearer {MASTER}"}
+    )
+    assert resp.status_code < 300, resp.text
+    return resp.json()
+
+
+def test_two_replicas_never_overrun_one_budget(
+    tmp_path: Path, redis_url: str, upstream: Upstream
+) -> None:
+    upstream.mode, upstream.delay_s = "slow", 0.02  # keep many requests in flight at once
+    upstream.prompt_tokens = WORST_PROMPT_TOKENS
+    a, b = start_pair(tmp_path, redis_url, upstream, ttl=60)
+    try:
+        budget = 50.5 * WORST
+        key = admin(a, "POST", "/admin/keys", {"team": "t", "budget_usd": budget, "period": "day"})
+        headers = {"authorization": f"Bearer {key['secret']}"}
+
+        async def fire() -> list[httpx.Response]:
+            limits = httpx.Limits(max_connections=200)
+            async with httpx.AsyncClient(timeout=60, limits=limits) as c:
+                return await asyncio.gather(*(
+                    c.post((a if i % 2 else b).url + "/v1/chat/completions", json=BODY, headers=headers)
+                    for i in range(200)
+                ))  # fmt: skip
+
+        responses = asyncio.run(fire())
+        statuses = [r.status_code for r in responses]
+        answered = statuses.count(200)
+        refused = statuses.count(429)
+        assert answered + refused == 200, f"unexpected statuses: {set(statuses)}"
+        assert all(
+            r.json()["error"]["code"] == "budget_exceeded"
+            for r in responses
+            if r.status_code == 429
+        )
+        # Each answer costs its reservation, so exactly 50 fit: one more would overrun the
+        # budget, one fewer would mean a reservation was lost or counted twice.
+        assert answered == 50
+
+        spent = admin(b, "GET", f"/admin/keys/{key['id']}")
+        assert spent["spent_usd"] == pytest.approx(answered * WORST, abs=1e-9)
+        assert spent["spent_usd"] <= budget
+        assert spent["reserved_usd"] == 0
+
+        # Every request is in one of the two request logs exactly once, and only answers cost.
+        a.stop()
+        b.stop()
+        rows = read_records(a.log_path) + read_records(b.log_path)
+        assert len(rows) == 200 == len({r["request_id"] for r in rows})
+        assert sorted(r["request_id"] for r in rows) == sorted(
+            r.headers["x-routegate-request-id"] for r in responses
+        )
+        assert sum(r["cost_usd"] for r in rows) == pytest.approx(answered * WORST, abs=1e-9)
+        assert all(r["cost_usd"] == 0 for r in rows if r["status"] == 429)
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_reservation_of_a_killed_replica_expires(
+    tmp_path: Path, redis_url: str, upstream: Upstream
+) -> None:
+    upstream.mode, upstream.delay_s = "slow", 30
+    a, b = start_pair(tmp_path, redis_url, upstream, ttl=2)
+    # The worst case of one request (300k completion tokens at $2/1M = $0.60) fits the budget
+    # once, so while a reservation is held a second request is refused.
+    body = {**BODY, "max_tokens": 300_000}
+    try:
+        key = admin(a, "POST", "/admin/keys", {"team": "t", "budget_usd": 1.0})
+        headers = {"authorization": f"Bearer {key['secret']}"}
+
+        def doomed_request() -> None:
+            with contextlib.suppress(httpx.HTTPError):  # its gateway is killed mid-request
+                httpx.post(a.url + "/v1/chat/completions", json=body, headers=headers, timeout=60)
+
+        threading.Thread(target=doomed_request, daemon=True).start()
+        deadline = time.time() + 5
+        while admin(b, "GET", f"/admin/keys/{key['id']}")["reserved_usd"] == 0:
+            assert time.time() < deadline, "the request never reserved"
+            time.sleep(0.05)
+        a.signal(signal.SIGKILL)  # dies holding the reservation
+        upstream.mode = "ok"
+        held = httpx.post(b.url + "/v1/chat/completions", json=body, headers=headers)
+        assert held.status_code == 429, held.text
+        assert "held by requests in flight" in held.json()["error"]["message"]
+
+        time.sleep(2.5)  # past the reservation TTL
+        usage = admin(b, "GET", f"/admin/keys/{key['id']}")
+        assert usage["reserved_usd"] == 0 and usage["spent_usd"] == 0
+        freed = httpx.post(b.url + "/v1/chat/completions", json=body, headers=headers)
+        assert freed.status_code == 200, freed.text
+        assert admin(b, "GET", f"/admin/keys/{key['id']}")["spent_usd"] == pytest.approx(
+            COST, abs=1e-9
+        )
+    finally:
+        a.stop()
+        b.stop()
