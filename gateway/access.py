@@ -15,7 +15,8 @@ from gateway.errors import ApiError
 from gateway.keys import bearer_token, hash_secret
 from gateway.periods import resets_at, window_id
 from gateway.runtime import Runtime
-from gateway.state import State, VirtualKey, from_micros, to_micros
+from gateway.state import Reservation, State, VirtualKey, from_micros, to_micros
+from policies.schema import PacingConfig
 
 RATE_WINDOW_S = 60.0
 
@@ -57,28 +58,60 @@ def _tools_text(body: dict[str, Any]) -> str:
     return str(tools) if tools else ""
 
 
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """One hard budget a request is charged to: a key's, or a paced route's."""
+
+    name: str  # state name of the current window, e.g. "key:key_3f9a:2026-11"
+    limit_usd: float
+    period: str
+    owner: str  # for messages: "API key key_3f9a (team ads)", "route 'auto'"
+
+
+def key_budget(key: VirtualKey, now: float) -> Budget | None:
+    if key.budget_usd is None:
+        return None
+    return Budget(
+        f"key:{key.id}:{window_id(key.period, now)}",
+        key.budget_usd,
+        key.period,
+        f"API key {key.id} (team {key.team})",
+    )
+
+
+def route_budget(route: str, pacing: PacingConfig, now: float) -> Budget:
+    """A paced route's budget is also a hard cap: pacing steers, the cap guarantees."""
+    return Budget(
+        f"route:{route}:{window_id(pacing.period, now)}",
+        pacing.budget_usd,
+        pacing.period,
+        f"route '{route}'",
+    )
+
+
 @dataclass
 class Admission:
     """What a request was allowed, and what must be settled when it ends."""
 
     state: State | None = None
     key: VirtualKey | None = None
-    budget: str | None = None  # state name of the key's budget window
     reservation_id: str | None = None
+    budgets: list[Budget] = field(default_factory=list)  # reserved, to settle
     reserved_usd: float = 0.0
     typical_prompt_tokens: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
     settled: bool = False
+    models: list[str] | None = None  # the chain the reservation covers, when budgets apply
 
     async def settle(self, cost_usd: float, tokens: int) -> None:
         """Charge the actual cost (0 when no model answered) and release the rest. Once."""
-        if self.settled or self.state is None or self.key is None:
+        if self.settled or self.state is None:
             return
         self.settled = True
         now = time.time()
-        if self.budget is not None and self.reservation_id is not None:
-            await self.state.settle(self.budget, self.reservation_id, cost_usd)
-        if self.key.tpm:
+        for budget in self.budgets:
+            assert self.reservation_id is not None
+            await self.state.settle(budget.name, self.reservation_id, cost_usd)
+        if self.key is not None and self.key.tpm:
             # The typical prompt estimate was counted up front; correct it to the real usage.
             await self.state.window_add(
                 f"tpm:{self.key.id}", tokens - self.typical_prompt_tokens, RATE_WINDOW_S, now
@@ -112,34 +145,35 @@ class Access:
             )
         raise ApiError(401, "Invalid API key", code="invalid_api_key")
 
-    async def admit(
-        self,
-        key: VirtualKey | None,
-        body: dict[str, Any],
-        runtime: Runtime,
-        models: list[str],
-        request_id: str,
-    ) -> Admission:
-        """Check the key's route permission, rate limits and budget; reserve the worst case.
-
-        `body` may gain `max_tokens` (the policy default) when a budget applies and the client
-        set none: a worst case needs an upper bound on the answer.
-        """
-        if key is None:
-            return Admission()
-        asked = body["model"]
-        if key.routes is not None and asked not in key.routes:
+    def check_route(self, key: VirtualKey | None, asked: str) -> None:
+        if key is not None and key.routes is not None and asked not in key.routes:
             raise ApiError(
                 403,
                 f"API key {key.id} may not use '{asked}'; allowed: {', '.join(key.routes)}",
                 code="model_not_allowed",
                 param="model",
             )
+
+    async def admit(
+        self,
+        key: VirtualKey | None,
+        budgets: list[Budget],
+        body: dict[str, Any],
+        runtime: Runtime,
+        models: list[str],
+        request_id: str,
+    ) -> Admission:
+        """Check the key's rate limits and reserve the worst case on every budget.
+
+        `body` may gain `max_tokens` (the policy default) when a budget applies and the client
+        set none: a worst case needs an upper bound on the answer.
+        """
         now = time.time()
         admission = Admission(self.state, key, typical_prompt_tokens=prompt_tokens_typical(body))
-        await self._rate_limits(key, admission, now)
-        if key.budget_usd is not None:
-            await self._reserve(key, body, runtime, models, request_id, admission, now)
+        if key is not None:
+            await self._rate_limits(key, admission, now)
+        if budgets:
+            await self._reserve(budgets, body, runtime, models, request_id, admission, now)
         return admission
 
     async def _rate_limits(self, key: VirtualKey, admission: Admission, now: float) -> None:
@@ -156,7 +190,7 @@ class Access:
 
     async def _reserve(
         self,
-        key: VirtualKey,
+        budgets: list[Budget],
         body: dict[str, Any],
         runtime: Runtime,
         models: list[str],
@@ -164,38 +198,66 @@ class Access:
         admission: Admission,
         now: float,
     ) -> None:
-        assert key.budget_usd is not None
         if not (body.get("max_tokens") or body.get("max_completion_tokens")):
             body["max_tokens"] = runtime.policy.defaults.max_tokens
         completion = int(body.get("max_tokens") or body.get("max_completion_tokens"))
         prompt = prompt_tokens_upper(body)
-        # The chain may fall back to a dearer model: reserve for the dearest.
-        worst = max(runtime.prices[m](prompt, completion, None) for m in models)
-        budget = f"key:{key.id}:{window_id(key.period, now)}"
-        res = await self.state.reserve(
-            budget,
-            request_id,
-            worst,
-            key.budget_usd,
-            runtime.policy.defaults.reservation_ttl_s,
-            now,
-        )
-        if not res.ok:
-            period = "in total" if key.period == "total" else f"this {key.period}"
-            held = ""
-            if res.reserved_usd:
-                held = f", ${res.reserved_usd:.4f} held by requests in flight"
-            raise ApiError(
-                429,
-                f"Budget exhausted for API key {key.id} (team {key.team}): "
-                f"${res.spent_usd:.4f} of ${key.budget_usd:.2f} spent {period}{held}; "
-                f"this request may cost up to ${worst:.4f}. "
-                f"The budget resets {resets_at(key.period, now)}.",
-                code="budget_exceeded",
-            )
-        admission.budget = budget
+        worst_of = {m: runtime.prices[m](prompt, completion, None) for m in models}
+        ttl = runtime.policy.defaults.reservation_ttl_s
         admission.reservation_id = request_id
-        admission.reserved_usd = from_micros(to_micros(worst))
+        chain = list(models)
+        while True:
+            # The chain may fall back to a dearer model: reserve for the dearest in it.
+            worst = max(worst_of[m] for m in chain)
+            refused = await self._reserve_all(budgets, request_id, worst, ttl, now, admission)
+            if refused is None:
+                admission.models = chain
+                admission.reserved_usd = from_micros(to_micros(worst))
+                return
+            budget, res = refused
+            # Near the end of a budget, models whose worst case no longer fits are skipped:
+            # the cheaper rest of the chain may still answer within it.
+            room = budget.limit_usd - res.spent_usd - res.reserved_usd
+            fitting = [m for m in chain if worst_of[m] <= room]
+            if not fitting or len(fitting) == len(chain):
+                raise _budget_exhausted(budget, res, worst, now)
+            chain = fitting
+
+    async def _reserve_all(
+        self,
+        budgets: list[Budget],
+        request_id: str,
+        worst: float,
+        ttl: float,
+        now: float,
+        admission: Admission,
+    ) -> tuple[Budget, Reservation] | None:
+        """Reserve `worst` on every budget, or on none: the one that refused, and why."""
+        for budget in budgets:
+            res = await self.state.reserve(
+                budget.name, request_id, worst, budget.limit_usd, ttl, now
+            )
+            if not res.ok:
+                # Budgets already reserved give their share back: nothing was sent.
+                for taken in admission.budgets:
+                    await self.state.release(taken.name, request_id)
+                admission.budgets.clear()
+                return budget, res
+            admission.budgets.append(budget)
+        return None
+
+
+def _budget_exhausted(budget: Budget, res: Reservation, worst: float, now: float) -> ApiError:
+    period = "in total" if budget.period == "total" else f"this {budget.period}"
+    held = f", ${res.reserved_usd:.4f} held by requests in flight" if res.reserved_usd else ""
+    return ApiError(
+        429,
+        f"Budget exhausted for {budget.owner}: "
+        f"${res.spent_usd:.4f} of ${budget.limit_usd:.2f} spent {period}{held}; "
+        f"this request may cost up to ${worst:.4f}. "
+        f"The budget resets {resets_at(budget.period, now)}.",
+        code="budget_exceeded",
+    )
 
 
 def _rate_limited(what: str, key: VirtualKey, retry_after_s: float) -> ApiError:

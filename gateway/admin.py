@@ -61,9 +61,8 @@ async def create(request: Request) -> Response:
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
         param = ".".join(str(p) for p in err["loc"]) or None
-        raise ApiError(
-            400, f"Invalid field '{param}': {err['msg']}", param=param, code="invalid_value"
-        ) from None
+        where = f"Invalid field '{param}'" if param else "Invalid key"
+        raise ApiError(400, f"{where}: {err['msg']}", param=param, code="invalid_value") from None
     key, secret = await create_key(_state(request), spec)
     # The only time the secret is shown.
     return _json({**public_view(key), "secret": secret}, 201)

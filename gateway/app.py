@@ -24,6 +24,7 @@ from gateway.admin import router as admin_router
 from gateway.backends.http_client import new_upstream_client
 from gateway.errors import ApiError
 from gateway.metrics import Metrics
+from gateway.pacers import Pacers
 from gateway.pipeline import Services, handle
 from gateway.reloader import PolicyHolder
 from gateway.runtime import Runtime
@@ -63,7 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         request_log = RequestLog(settings.log_path)
         app.state.holder = holder
-        app.state.services = Services(request_log, metrics, Access(state))
+        app.state.services = Services(request_log, metrics, Access(state), Pacers(state))
         app.state.started = time.time()
         if settings.watch_policy:
             holder.watch()

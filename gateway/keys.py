@@ -12,7 +12,7 @@ import time
 from dataclasses import asdict
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gateway.state import State, VirtualKey
 
@@ -32,6 +32,15 @@ class KeySpec(BaseModel):
     rpm: int | None = Field(default=None, gt=0)
     tpm: int | None = Field(default=None, gt=0)
     routes: list[str] | None = Field(default=None, min_length=1)
+    pacing: Literal["uniform", "weekday"] | None = Field(
+        default=None, description="spread the budget over its period with this plan"
+    )
+
+    @model_validator(mode="after")
+    def _pacing_needs_a_budget(self) -> KeySpec:
+        if self.pacing is not None and (self.budget_usd is None or self.period == "total"):
+            raise ValueError("pacing needs a budget_usd and a period of day, week or month")
+        return self
 
 
 def hash_secret(secret: str) -> str:
@@ -53,6 +62,11 @@ async def create_key(state: State, spec: KeySpec) -> tuple[VirtualKey, str]:
         tpm=spec.tpm,
         routes=spec.routes,
         created_at=time.time(),
+        pacing=(
+            {"budget_usd": spec.budget_usd, "period": spec.period, "plan": spec.pacing}
+            if spec.pacing
+            else None
+        ),
     )
     await state.put_key(key)
     return key, secret

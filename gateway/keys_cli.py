@@ -51,12 +51,15 @@ def _money(value: float | None) -> str:
 
 def _table(keys: list[dict[str, Any]]) -> Table:
     table = Table(
-        "id", "team", "name", "budget", "spent", "period", "rpm", "tpm", "routes", "status"
-    )
+        "id", "team", "name", "budget", "spent", "period", "pacing", "rpm", "tpm", "routes",
+        "status",
+    )  # fmt: skip
     for k in keys:
         table.add_row(
             k["id"], k["team"], k.get("name") or "", _money(k["budget_usd"]),
-            _money(k.get("spent_usd")), k["period"], str(k["rpm"] or "-"), str(k["tpm"] or "-"),
+            _money(k.get("spent_usd")), k["period"],
+            k["pacing"]["plan"] if k.get("pacing") else "-",
+            str(k["rpm"] or "-"), str(k["tpm"] or "-"),
             ",".join(k["routes"]) if k["routes"] else "all",
             "active" if k["active"] else "revoked",
         )  # fmt: skip
@@ -76,12 +79,16 @@ def create(
         str | None, typer.Option(help="Comma-separated routes/models allowed.")
     ] = None,
     name: Annotated[str | None, typer.Option(help="A label for the key.")] = None,
+    pacing: Annotated[
+        str | None,
+        typer.Option(help="Pace the budget over its period: uniform or weekday."),
+    ] = None,
 ) -> None:
     """Create a key. Its secret is printed once and never stored."""
     allowed = [r.strip() for r in routes.split(",") if r.strip()] if routes else None
     spec = {
         "team": team, "name": name, "budget_usd": budget_usd, "period": period, "rpm": rpm,
-        "tpm": tpm, "routes": allowed,
+        "tpm": tpm, "routes": allowed, "pacing": pacing,
     }  # fmt: skip
     key = _call("POST", url, master_key, "/admin/keys", spec)
     out.print(_table([key]))

@@ -19,14 +19,16 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from cascades.fallback import Attempt, ChainFailed, Outcome, first_success
-from gateway.access import Access, Admission
+from gateway.access import Access, Admission, prompt_tokens_typical
 from gateway.accounting.request_log import RequestLog, RequestRecord
 from gateway.backends.base import Kind, UpstreamCall, UpstreamStream, Usage
 from gateway.errors import ApiError
 from gateway.metrics import Metrics
+from gateway.pacers import Pacers
 from gateway.request_schema import parse_request
 from gateway.runtime import Runtime
-from routers.base import RouteContext
+from policies.schema import RouteConfig
+from routers.base import RouteContext, RoutingDecision
 
 log = logging.getLogger("routegate.pipeline")
 
@@ -35,6 +37,8 @@ H_ROUTE = "x-routegate-route"
 H_MODEL = "x-routegate-model"
 H_COST = "x-routegate-cost-usd"
 H_FALLBACKS = "x-routegate-fallbacks"
+H_MULTIPLIER = "x-routegate-price-multiplier"  # budget pacing's lambda factor, when paced
+H_QUALITY = "x-routegate-predicted-quality"  # the router's prediction for the chosen model
 
 
 @dataclass(slots=True)
@@ -44,6 +48,7 @@ class Services:
     request_log: RequestLog
     metrics: Metrics
     access: Access
+    pacers: Pacers
 
 
 def new_request_id() -> str:
@@ -60,16 +65,12 @@ async def read_body(request: Request, limit: int) -> bytes:
     return body
 
 
-def plan(runtime: Runtime, body: dict[str, Any], kind: Kind) -> tuple[str | None, list[Attempt]]:
-    """Policy + router: the route name (None for a model asked by name) and the models to try."""
-    name = body["model"]
-    policy = runtime.policy
-    if name in policy.models:
-        route, models = None, runtime.chain_for_model(name)
-    elif name in runtime.routers:
-        route = name
-        models = runtime.routers[name].route(body, RouteContext(route)).models
-    else:
+def resolve(runtime: Runtime, name: str) -> tuple[str | None, RouteConfig | None]:
+    """Policy: the route asked for (None, None for a model asked by name), or 404."""
+    if name in runtime.policy.models:
+        return None, None
+    config = runtime.policy.routes.get(name)
+    if config is None:
         raise ApiError(
             404,
             f"The model '{name}' does not exist: it is neither a model nor a route of this "
@@ -77,6 +78,19 @@ def plan(runtime: Runtime, body: dict[str, Any], kind: Kind) -> tuple[str | None
             code="model_not_found",
             param="model",
         )
+    return name, config
+
+
+def plan(
+    runtime: Runtime, body: dict[str, Any], kind: Kind, route: str | None, ctx: RouteContext
+) -> tuple[RoutingDecision, list[Attempt]]:
+    """Router: the models to try, in order, each with its upstream call."""
+    policy = runtime.policy
+    if route is None:
+        decision = RoutingDecision(runtime.chain_for_model(body["model"]))
+    else:
+        decision = runtime.routers[route].route(body, ctx)
+    models = decision.models
     defaults = policy.defaults
     attempts = []
     for model in models:
@@ -88,7 +102,7 @@ def plan(runtime: Runtime, body: dict[str, Any], kind: Kind) -> tuple[str | None
             cfg.retries if cfg.retries is not None else defaults.retries,
         )
         attempts.append(Attempt(model, call))
-    return route, attempts
+    return decision, attempts
 
 
 class Accounting:
@@ -162,6 +176,12 @@ def _headers(rec: RequestRecord, model: str | None, cost: float | None) -> dict[
         h[H_COST] = f"{cost:.10f}"
     if rec.fallbacks:
         h[H_FALLBACKS] = ",".join(rec.fallbacks)
+    extra = rec.extra
+    if "price_multiplier" in extra:
+        h[H_MULTIPLIER] = f"{extra['price_multiplier']:.4g}"
+    prediction = extra.get("predictions", {}).get(model)
+    if prediction is not None:
+        h[H_QUALITY] = f"{prediction['quality']:.4f}"
     return h
 
 
@@ -195,11 +215,25 @@ async def _handle(
         raw = await read_body(request, runtime.policy.defaults.max_request_bytes)
         body = parse_request(raw, kind)
         rec.stream = bool(body.get("stream"))
-        route, attempts = plan(runtime, body, kind)
+        route, config = resolve(runtime, body["model"])
         rec.route = route
-        acct.admission = await services.access.admit(
-            key, body, runtime, [a.model for a in attempts], rec.request_id
+        access = services.access
+        access.check_route(key, body["model"])
+        budgets = services.pacers.budgets(key, route, config, rec.ts)
+        multiplier = await services.pacers.multiplier(key, route, config)
+        ctx = RouteContext(route or body["model"], multiplier, prompt_tokens_typical(body))
+        decision, attempts = plan(runtime, body, kind, route, ctx)
+        if multiplier != 1.0:
+            rec.extra["price_multiplier"] = multiplier
+        if decision.predictions:
+            rec.extra["predictions"] = decision.predictions
+        acct.admission = await access.admit(
+            key, budgets, body, runtime, decision.models, rec.request_id
         )
+        allowed = acct.admission.models
+        if allowed is not None and len(allowed) < len(attempts):
+            rec.extra["skipped_for_budget"] = [a.model for a in attempts if a.model not in allowed]
+            attempts = [a for a in attempts if a.model in allowed]
     except ApiError as err:
         await acct.finish(status=err.status, model=None, error=err.message)
         return err.response(_headers(rec, None, None))

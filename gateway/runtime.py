@@ -17,8 +17,9 @@ import httpx
 from gateway.accounting.pricing import CostFn, price_table
 from gateway.backends.base import Backend
 from gateway.backends.vllm_pool import VllmPool
-from policies.schema import LitellmModel, Policy
+from policies.schema import CostAwareRoute, LitellmModel, Policy, RouteConfig
 from routers.base import Router
+from routers.cost_aware import CostAwareRouter
 from routers.fixed import FixedRouter
 
 
@@ -62,12 +63,20 @@ def _backend(name: str, policy: Policy, client: httpx.AsyncClient) -> Backend:
     )
 
 
+def _router(route: RouteConfig, policy: Policy, prices: dict[str, CostFn]) -> Router:
+    if isinstance(route, CostAwareRoute):
+        qualities = {m: policy.models[m].quality or 0.0 for m in route.models}
+        return CostAwareRouter(route, qualities, prices)
+    return FixedRouter(route.models)
+
+
 def build_runtime(policy: Policy, text: str, source: str, client: httpx.AsyncClient) -> Runtime:
+    prices = price_table(policy)
     return Runtime(
         policy=policy,
         version=hashlib.sha256(text.encode()).hexdigest()[:12],
         source=source,
         backends={name: _backend(name, policy, client) for name in policy.models},
-        prices=price_table(policy),
-        routers={name: FixedRouter(route.models) for name, route in policy.routes.items()},
+        prices=prices,
+        routers={name: _router(route, policy, prices) for name, route in policy.routes.items()},
     )

@@ -98,6 +98,13 @@ def _reference_problems(policy: Policy) -> list[tuple[Loc, str]]:
         for i, name in enumerate(route.models):
             if name not in policy.models:
                 found.append((("routes", route_name, "models", i), f"unknown model '{name}'"))
+            elif route.kind == "cost_aware" and policy.models[name].quality is None:
+                found.append(
+                    (
+                        ("routes", route_name, "models", i),
+                        f"model '{name}' needs a `quality` (0..1) for a cost_aware route",
+                    )
+                )
     return found
 
 
@@ -120,7 +127,9 @@ def parse_policy(text: str, file: str = "<policy>") -> Policy:
         problems = []
         for err in exc.errors(include_url=False):
             loc = _clean_loc(tree, err["loc"])
-            if err["type"] == "union_tag_invalid":
+            if err["type"] == "invalid_route_kind":
+                loc = (*loc, "kind")
+            elif err["type"] == "union_tag_invalid":
                 # Point at the tag field itself ("provider: tgi"), not the model as a whole.
                 loc = (*loc, str(err["ctx"]["discriminator"]).strip("'"))
             line, col = _position(tree, loc)

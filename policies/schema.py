@@ -60,6 +60,12 @@ class _ModelBase(_Strict):
         default_factory=list, description="models tried, in order, when this one fails"
     )
     description: str | None = None
+    quality: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="prior answer quality (0..1) that cost-aware routes weigh against cost",
+    )
 
 
 class VllmModel(_ModelBase):
@@ -116,9 +122,44 @@ class FixedRoute(_Strict):
     kind: Literal["fixed"] = "fixed"
     models: list[Name] = Field(min_length=1)
     description: str | None = None
+    pacing: PacingConfig | None = None
 
 
-RouteConfig = FixedRoute
+class CostAwareRoute(_Strict):
+    """Pick the model with the best quality - lambda x cost (or the cheapest that reaches the
+    quality floor), from each model's declared `quality` and its price. Budget pacing multiplies
+    lambda: spend ahead of plan makes the choice cheaper."""
+
+    kind: Literal["cost_aware"]
+    models: list[Name] = Field(min_length=1)
+    description: str | None = None
+    lambda_: float = Field(
+        default=100.0,
+        ge=0,
+        alias="lambda",
+        description="quality points given up per USD of expected cost",
+    )
+    quality_floor: float | None = Field(
+        default=None, ge=0, le=1, description="instead of lambda: the cheapest model reaching it"
+    )
+    expected_output_tokens: int = Field(
+        default=256, gt=0, description="answer length assumed when the request sets no max_tokens"
+    )
+    pacing: PacingConfig | None = None
+
+
+def _route_kind(value: object) -> object:
+    return value.get("kind", "fixed") if isinstance(value, dict) else getattr(value, "kind", None)
+
+
+RouteConfig = Annotated[
+    Annotated[FixedRoute, Tag("fixed")] | Annotated[CostAwareRoute, Tag("cost_aware")],
+    Discriminator(
+        _route_kind,
+        custom_error_type="invalid_route_kind",
+        custom_error_message="kind must be 'fixed' or 'cost_aware'",
+    ),
+]
 
 
 class Defaults(_Strict):

@@ -20,6 +20,7 @@ class RoutingDecision:
 class RouteContext:
     route: str
     price_multiplier: float = 1.0  # lambda from budget pacing; 1.0 when no pacing applies
+    prompt_tokens: int = 0  # an estimate of the prompt's length, for cost predictions
 
 
 class Router(Protocol):

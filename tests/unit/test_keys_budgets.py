@@ -174,6 +174,27 @@ def test_tokens_per_minute_limit(gateway: GatewayProcess) -> None:
     assert answered == 3 and "tokens per minute" in exc.value.message
 
 
+def test_a_paced_key_carries_its_price_multiplier(gateway: GatewayProcess) -> None:
+    bad = admin(gateway, "POST", "/admin/keys", {"team": "t", "pacing": "uniform"})
+    assert bad.status_code == 400 and "pacing needs a budget_usd" in bad.json()["error"]["message"]
+
+    key_id, secret = new_key(gateway, budget_usd=1.0, period="day", pacing="weekday")
+    assert admin(gateway, "GET", f"/admin/keys/{key_id}").json()["pacing"] == {
+        "budget_usd": 1.0,
+        "period": "day",
+        "plan": "weekday",
+    }
+    raw = client(gateway, secret).chat.completions.with_raw_response.create(
+        model="cheap", messages=MESSAGES
+    )
+    # Nothing spent yet: at or behind plan, so the multiplier is at most neutral.
+    assert 0 < float(raw.headers["x-routegate-price-multiplier"]) <= 1.0
+    row = gateway.record(raw.headers["x-routegate-request-id"])
+    assert row["extra"]["price_multiplier"] == pytest.approx(
+        float(raw.headers["x-routegate-price-multiplier"]), rel=1e-3
+    )
+
+
 def test_keys_cli(gateway: GatewayProcess) -> None:
     runner = CliRunner(env={"ROUTEGATE_MASTER_KEY": MASTER, "COLUMNS": "200"})
     made = runner.invoke(

@@ -108,3 +108,36 @@ def test_parse_rejects_unknown_top_level_key() -> None:
     messages = [str(p) for p in exc.value.problems]
     assert "p.yaml:2:1 routse: Extra inputs are not permitted" in messages
     assert any(m.startswith("p.yaml:1:1 models:") for m in messages)
+
+
+ROUTE_KINDS = """\
+version: 1
+models:
+  a: {provider: vllm, endpoints: ["http://h/v1"], pricing: {input_per_1m: 1, output_per_1m: 2}}
+  b:
+    provider: vllm
+    endpoints: ["http://h/v1"]
+    pricing: {input_per_1m: 1, output_per_1m: 2}
+    quality: 0.7
+routes:
+  r1: {kind: learned, models: [a]}
+  r2: {kind: cost_aware, models: [b], pacing: {budget_usd: 5, period: year}}
+"""
+
+
+def test_route_kind_and_pacing_errors_name_the_field(tmp_path: Path) -> None:
+    code, lines = validate(tmp_path, ROUTE_KINDS)
+    assert code == 1
+    assert lines == [
+        "F:10:8 routes.r1.kind: kind must be 'fixed' or 'cost_aware'",
+        "F:11:63 routes.r2.pacing.period: Input should be 'day', 'week' or 'month'",
+    ]
+
+
+def test_cost_aware_route_needs_model_qualities(tmp_path: Path) -> None:
+    text = ROUTE_KINDS.replace("{kind: learned, models: [a]}", "{kind: cost_aware, models: [b, a]}")
+    code, lines = validate(tmp_path, text.replace("period: year", "period: day"))
+    assert code == 1
+    assert lines == [
+        "F:10:38 routes.r1.models[1]: model 'a' needs a `quality` (0..1) for a cost_aware route"
+    ]

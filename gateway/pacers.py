@@ -1,0 +1,59 @@
+"""The price multiplier for one request: the pacing controllers of the paced route and key.
+
+Both a route and a key may be paced; the stricter (larger) multiplier wins, so neither plan is
+overrun. Spend is read from the same budget counters the hard budgets use, so pacing and the
+hard cap can never disagree about what was spent.
+"""
+
+from __future__ import annotations
+
+import time
+
+from gateway.access import Budget, key_budget, route_budget
+from gateway.pacing import PacingController
+from gateway.state import State, VirtualKey
+from policies.schema import PacingConfig, RouteConfig
+
+
+class Pacers:
+    def __init__(self, state: State):
+        self._state = state
+        self._controllers: dict[str, PacingController] = {}
+
+    def budgets(
+        self, key: VirtualKey | None, route: str | None, config: RouteConfig | None, now: float
+    ) -> list[Budget]:
+        """The hard budgets this request is charged to: the key's and the paced route's."""
+        out = []
+        if key is not None and (kb := key_budget(key, now)) is not None:
+            out.append(kb)
+        if route is not None and config is not None and config.pacing is not None:
+            out.append(route_budget(route, config.pacing, now))
+        return out
+
+    async def multiplier(
+        self, key: VirtualKey | None, route: str | None, config: RouteConfig | None
+    ) -> float:
+        """1.0 when nothing is paced."""
+        now = time.time()
+        factors = []
+        if route is not None and config is not None and config.pacing is not None:
+            budget = route_budget(route, config.pacing, now)
+            factors.append(await self._factor(f"route:{route}", config.pacing, budget))
+        if key is not None and key.pacing is not None:
+            pacing = PacingConfig.model_validate(key.pacing)
+            budget = key_budget(key, now)
+            if budget is not None:
+                factors.append(await self._factor(f"key:{key.id}", pacing, budget))
+        return max(factors, default=1.0)
+
+    async def _factor(self, name: str, pacing: PacingConfig, budget: Budget) -> float:
+        controller = self._controllers.get(name)
+        if controller is None or controller.config != pacing:
+            controller = PacingController(self._state, name, pacing)
+            self._controllers[name] = controller
+        return await controller.multiplier(lambda: self._spent(budget))
+
+    async def _spent(self, budget: Budget) -> float:
+        spent, _reserved = await self._state.budget_usage(budget.name, time.time())
+        return spent
