@@ -6,6 +6,7 @@ headers, the request log and metrics.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import secrets
 import time
@@ -81,7 +82,7 @@ def resolve(runtime: Runtime, name: str) -> tuple[str | None, RouteConfig | None
     return name, config
 
 
-def plan(
+async def plan(
     runtime: Runtime, body: dict[str, Any], kind: Kind, route: str | None, ctx: RouteContext
 ) -> tuple[RoutingDecision, list[Attempt]]:
     """Router: the models to try, in order, each with its upstream call."""
@@ -89,7 +90,9 @@ def plan(
     if route is None:
         decision = RoutingDecision(runtime.chain_for_model(body["model"]))
     else:
-        decision = runtime.routers[route].route(body, ctx)
+        routed = runtime.routers[route].route(body, ctx)
+        # Learned routers score off the event loop and are awaited; the rest answer at once.
+        decision = await routed if inspect.isawaitable(routed) else routed
     models = decision.models
     defaults = policy.defaults
     attempts = []
@@ -222,7 +225,7 @@ async def _handle(
         budgets = services.pacers.budgets(key, route, config, rec.ts)
         multiplier = await services.pacers.multiplier(key, route, config)
         ctx = RouteContext(route or body["model"], multiplier, prompt_tokens_typical(body))
-        decision, attempts = plan(runtime, body, kind, route, ctx)
+        decision, attempts = await plan(runtime, body, kind, route, ctx)
         if multiplier != 1.0:
             rec.extra["price_multiplier"] = multiplier
         if decision.predictions:

@@ -19,7 +19,7 @@ import httpx
 from watchfiles import awatch
 
 from gateway.metrics import Metrics
-from gateway.runtime import Runtime, build_runtime
+from gateway.runtime import Runtime, build_runtime, load_learned_routers
 from policies.loader import PolicyError, parse_policy, read_policy_text
 
 log = logging.getLogger("routegate.policy")
@@ -41,11 +41,12 @@ class PolicyHolder:
             text = await asyncio.to_thread(read_policy_text, self.path)
             try:
                 policy = parse_policy(text, str(self.path))
+                learned = await asyncio.to_thread(load_learned_routers, policy, str(self.path))
             except PolicyError as exc:
                 self.last_error = exc
                 self._metrics.policy_reloads.labels("rejected").inc()
                 raise
-            runtime = build_runtime(policy, text, str(self.path), self._client)
+            runtime = build_runtime(policy, text, str(self.path), self._client, learned)
             await runtime.start()
             old, self.current, self.last_error = self.current, runtime, None
             self._metrics.policy_reloads.labels("applied").inc()

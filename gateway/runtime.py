@@ -17,7 +17,8 @@ import httpx
 from gateway.accounting.pricing import CostFn, price_table
 from gateway.backends.base import Backend
 from gateway.backends.vllm_pool import VllmPool
-from policies.schema import CostAwareRoute, LitellmModel, Policy, RouteConfig
+from policies.loader import PolicyError, Problem, router_dir
+from policies.schema import CostAwareRoute, LearnedRoute, LitellmModel, Policy, RouteConfig
 from routers.base import Router
 from routers.cost_aware import CostAwareRouter
 from routers.fixed import FixedRouter
@@ -63,6 +64,28 @@ def _backend(name: str, policy: Policy, client: httpx.AsyncClient) -> Backend:
     )
 
 
+def load_learned_routers(policy: Policy, source: str) -> dict[str, Router]:
+    """The learned routes' routers, artifacts loaded and warmed up. Slow (model loading): run it
+    in a thread. A broken artifact is a PolicyError, so the old policy keeps serving."""
+    from routers.learned import LearnedRouter, load_predictor
+
+    prices = price_table(policy)
+    out: dict[str, Router] = {}
+    for name, route in policy.routes.items():
+        if not isinstance(route, LearnedRoute):
+            continue
+        try:
+            router = LearnedRouter(
+                route, load_predictor(router_dir(source, route.router)), policy, prices
+            )
+            router.warm_up()
+        except Exception as exc:
+            problem = Problem(source, 1, 1, f"routes.{name}.router", f"cannot load: {exc}")
+            raise PolicyError([problem]) from exc
+        out[name] = router
+    return out
+
+
 def _router(route: RouteConfig, policy: Policy, prices: dict[str, CostFn]) -> Router:
     if isinstance(route, CostAwareRoute):
         qualities = {m: policy.models[m].quality or 0.0 for m in route.models}
@@ -70,13 +93,24 @@ def _router(route: RouteConfig, policy: Policy, prices: dict[str, CostFn]) -> Ro
     return FixedRouter(route.models)
 
 
-def build_runtime(policy: Policy, text: str, source: str, client: httpx.AsyncClient) -> Runtime:
+def build_runtime(
+    policy: Policy,
+    text: str,
+    source: str,
+    client: httpx.AsyncClient,
+    learned: dict[str, Router] | None = None,
+) -> Runtime:
+    """`learned`: the routers of learned routes, from `load_learned_routers`."""
     prices = price_table(policy)
+    learned = learned or {}
     return Runtime(
         policy=policy,
         version=hashlib.sha256(text.encode()).hexdigest()[:12],
         source=source,
         backends={name: _backend(name, policy, client) for name in policy.models},
         prices=prices,
-        routers={name: _router(route, policy, prices) for name, route in policy.routes.items()},
+        routers={
+            name: learned[name] if name in learned else _router(route, policy, prices)
+            for name, route in policy.routes.items()
+        },
     )

@@ -11,7 +11,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError
 
-from policies.schema import Policy
+from policies.schema import LearnedRoute, Policy
 
 Loc = tuple[str | int, ...]
 
@@ -82,7 +82,51 @@ def _clean_loc(tree: Any, loc: Loc) -> Loc:
     return tuple(out)
 
 
-def _reference_problems(policy: Policy) -> list[tuple[Loc, str]]:
+def router_dir(policy_file: str, router: str) -> Path:
+    """A learned route's artifact directory: relative paths start at the policy file's folder."""
+    path = Path(router)
+    if path.is_absolute() or policy_file.startswith("<"):
+        return path
+    return Path(policy_file).resolve().parent / path
+
+
+def _learned_route_problems(
+    route_name: str, route: LearnedRoute, policy: Policy, policy_file: str
+) -> list[tuple[Loc, str]]:
+    from routers.artifact import ArtifactError, read_manifest
+
+    try:
+        manifest = read_manifest(router_dir(policy_file, route.router))
+    except ArtifactError as exc:
+        return [(("routes", route_name, "router"), str(exc))]
+    known = set(manifest["models"])
+    found: list[tuple[Loc, str]] = []
+    for i, name in enumerate(route.models):
+        config = policy.models.get(name)
+        if config is None or route.model_map.get(name, name) in known:
+            continue
+        if manifest["kind"] == "graph" and config.description:
+            continue  # the graph router places a new model from its description
+        hint = "map it with model_map" + (
+            "" if manifest["kind"] != "graph" else " or give the model a description"
+        )
+        found.append(
+            (
+                ("routes", route_name, "models", i),
+                f"the {manifest['kind']} router was not trained on "
+                f"'{route.model_map.get(name, name)}' (it knows {', '.join(sorted(known))}): "
+                + hint,
+            )
+        )
+    for name in route.model_map:
+        if name not in route.models:
+            found.append(
+                (("routes", route_name, "model_map", name), f"'{name}' is not in this route")
+            )
+    return found
+
+
+def _reference_problems(policy: Policy, policy_file: str) -> list[tuple[Loc, str]]:
     found: list[tuple[Loc, str]] = []
     for model_name, model in policy.models.items():
         for i, fallback in enumerate(model.fallbacks):
@@ -105,6 +149,8 @@ def _reference_problems(policy: Policy) -> list[tuple[Loc, str]]:
                         f"model '{name}' needs a `quality` (0..1) for a cost_aware route",
                     )
                 )
+        if isinstance(route, LearnedRoute):
+            found += _learned_route_problems(route_name, route, policy, policy_file)
     return found
 
 
@@ -136,7 +182,7 @@ def parse_policy(text: str, file: str = "<policy>") -> Policy:
             problems.append(Problem(file, line + 1, col + 1, _field_name(loc), err["msg"]))
         raise PolicyError(problems) from None
 
-    refs = _reference_problems(policy)
+    refs = _reference_problems(policy, file)
     if refs:
         raise PolicyError(
             [

@@ -148,16 +148,42 @@ class CostAwareRoute(_Strict):
     pacing: PacingConfig | None = None
 
 
+class LearnedRoute(_Strict):
+    """A trained router (`routegate routers train`) predicts each model's quality for the
+    request; the choice maximises quality - lambda x cost (or takes the cheapest model reaching
+    the quality floor), with cost from this policy's prices and lambda times pacing's
+    multiplier."""
+
+    kind: Literal["learned"]
+    router: str = Field(
+        min_length=1, description="router artifact directory, relative to this policy file"
+    )
+    models: list[Name] = Field(min_length=1)
+    model_map: dict[Name, str] = Field(
+        default_factory=dict,
+        description="policy model -> the model's name in the router's training records",
+    )
+    description: str | None = None
+    lambda_: float = Field(
+        default=100.0, ge=0, alias="lambda", description="quality points per USD"
+    )
+    quality_floor: float | None = Field(default=None, ge=0, le=1)
+    expected_output_tokens: int = Field(default=256, gt=0)
+    pacing: PacingConfig | None = None
+
+
 def _route_kind(value: object) -> object:
     return value.get("kind", "fixed") if isinstance(value, dict) else getattr(value, "kind", None)
 
 
 RouteConfig = Annotated[
-    Annotated[FixedRoute, Tag("fixed")] | Annotated[CostAwareRoute, Tag("cost_aware")],
+    Annotated[FixedRoute, Tag("fixed")]
+    | Annotated[CostAwareRoute, Tag("cost_aware")]
+    | Annotated[LearnedRoute, Tag("learned")],
     Discriminator(
         _route_kind,
         custom_error_type="invalid_route_kind",
-        custom_error_message="kind must be 'fixed' or 'cost_aware'",
+        custom_error_message="kind must be 'fixed', 'cost_aware' or 'learned'",
     ),
 ]
 

@@ -5,6 +5,7 @@ Fixed routes live here now; learned routers (complexity, graph) implement the sa
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -24,4 +25,8 @@ class RouteContext:
 
 
 class Router(Protocol):
-    def route(self, body: dict[str, Any], ctx: RouteContext) -> RoutingDecision: ...
+    def route(
+        self, body: dict[str, Any], ctx: RouteContext
+    ) -> RoutingDecision | Awaitable[RoutingDecision]:
+        """Cheap routers answer directly; heavy ones (learned) return an awaitable and score
+        off the event loop."""

@@ -120,7 +120,7 @@ models:
     pricing: {input_per_1m: 1, output_per_1m: 2}
     quality: 0.7
 routes:
-  r1: {kind: learned, models: [a]}
+  r1: {kind: magic, models: [a]}
   r2: {kind: cost_aware, models: [b], pacing: {budget_usd: 5, period: year}}
 """
 
@@ -129,13 +129,13 @@ def test_route_kind_and_pacing_errors_name_the_field(tmp_path: Path) -> None:
     code, lines = validate(tmp_path, ROUTE_KINDS)
     assert code == 1
     assert lines == [
-        "F:10:8 routes.r1.kind: kind must be 'fixed' or 'cost_aware'",
+        "F:10:8 routes.r1.kind: kind must be 'fixed', 'cost_aware' or 'learned'",
         "F:11:63 routes.r2.pacing.period: Input should be 'day', 'week' or 'month'",
     ]
 
 
 def test_cost_aware_route_needs_model_qualities(tmp_path: Path) -> None:
-    text = ROUTE_KINDS.replace("{kind: learned, models: [a]}", "{kind: cost_aware, models: [b, a]}")
+    text = ROUTE_KINDS.replace("{kind: magic, models: [a]}", "{kind: cost_aware, models: [b, a]}")
     code, lines = validate(tmp_path, text.replace("period: year", "period: day"))
     assert code == 1
     assert lines == [

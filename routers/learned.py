@@ -1,0 +1,99 @@
+"""A learned route in the gateway: a trained predictor scores the request's candidate models,
+and the shared objective picks one.
+
+Predicted quality comes from the router artifact; expected cost from this policy's prices
+(the training records' prices describe the data, not what this gateway pays). Scoring runs in
+a worker thread through a micro-batcher, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gateway.accounting.pricing import CostFn
+from policies.schema import LearnedRoute, Policy
+from routers import artifact
+from routers.base import RouteContext, RoutingDecision
+from routers.batcher import MicroBatcher
+from routers.objective import rank_models
+from routers.predictors import Predictor, Queries
+
+_cache_lock = threading.Lock()
+_loaded: dict[tuple[str, float], Predictor] = {}
+
+
+def load_predictor(directory: Path) -> Predictor:
+    """An artifact, loaded once per process while its manifest is unchanged (policy reloads
+    that keep the same router cost nothing)."""
+    manifest = directory / artifact.MANIFEST
+    key = (str(directory.resolve()), manifest.stat().st_mtime)
+    with _cache_lock:
+        if key not in _loaded:
+            _loaded[key] = artifact.load(directory)
+        return _loaded[key]
+
+
+def request_text(body: dict[str, Any]) -> str:
+    """What the router reads: the last user message of a chat, or the prompt."""
+    messages = body.get("messages")
+    if messages is not None:
+        for message in reversed(messages):
+            if message.get("role") == "user":
+                content = message.get("content")
+                if isinstance(content, str):
+                    return content
+                if isinstance(content, list):
+                    return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+        return ""
+    prompt = body.get("prompt", "")
+    return prompt if isinstance(prompt, str) else str(prompt)
+
+
+class LearnedRouter:
+    def __init__(
+        self, config: LearnedRoute, predictor: Predictor, policy: Policy, prices: dict[str, CostFn]
+    ):
+        self._config = config
+        self._predictor = predictor
+        self._models = list(config.models)
+        self._names = [config.model_map.get(m, m) for m in self._models]
+        add_model = getattr(predictor, "add_model", None)
+        for model, name in zip(self._models, self._names, strict=True):
+            if name not in predictor.models and add_model is not None:
+                # Inductive: a model known only by its description joins without retraining.
+                add_model(name, policy.models[model].description or model)
+        self._prices = {m: prices.get(m) for m in self._models}
+        self._batcher: MicroBatcher[tuple[str, int], np.ndarray] = MicroBatcher(self._score)
+
+    def _score(self, items: list[tuple[str, int]]) -> list[np.ndarray]:
+        queries = Queries(
+            [text for text, _ in items],
+            [None] * len(items),
+            np.array([tokens for _, tokens in items], dtype=float),
+        )
+        return list(self._predictor.predict_quality(queries, self._names))
+
+    def warm_up(self) -> None:
+        """Load the embedding model and run one prediction before the first request."""
+        self._score([("warm up", 2)])
+
+    async def route(self, body: dict[str, Any], ctx: RouteContext) -> RoutingDecision:
+        quality = await self._batcher.submit((request_text(body), ctx.prompt_tokens))
+        completion = int(
+            body.get("max_tokens")
+            or body.get("max_completion_tokens")
+            or self._config.expected_output_tokens
+        )
+        predictions: dict[str, dict[str, float]] = {}
+        for j, model in enumerate(self._models):
+            price = self._prices[model]
+            cost = price(ctx.prompt_tokens, completion, None) if price is not None else 0.0
+            predictions[model] = {"quality": float(quality[j]), "cost_usd": cost}
+        lam = self._config.lambda_ * ctx.price_multiplier
+        return RoutingDecision(
+            rank_models(predictions, lam, self._config.quality_floor), predictions
+        )

@@ -1,0 +1,191 @@
+"""Routing records: the one data format every router trains and is judged on.
+
+JSONL, one line per (query, model) pair:
+`{"query_id", "query", "task", "model", "quality" (0..1), "cost_usd", "input_tokens",
+"output_tokens"}`. Model descriptions, optional, come in a side file (JSON object or JSONL of
+`{"model", "description"}`). See docs/routing-records.md.
+
+`RecordTable` pivots records into query x model matrices (NaN where a pair is missing), the
+shape every router and the evaluator work on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class RecordError(ValueError):
+    """A bad records file: the message names the file, the line and the field."""
+
+
+class RoutingRecord(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    query_id: str = Field(min_length=1)
+    query: str
+    task: str = Field(min_length=1)
+    model: str = Field(min_length=1)
+    quality: float = Field(ge=0, le=1)
+    cost_usd: float = Field(ge=0)
+    input_tokens: int = Field(ge=0)
+    output_tokens: int = Field(ge=0)
+
+
+def load_records(path: str | Path) -> list[RoutingRecord]:
+    """Every record of a JSONL file, or RecordError naming the first bad line and field."""
+    path = Path(path)
+    try:
+        lines = path.read_bytes().splitlines()
+    except OSError as exc:
+        raise RecordError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    records: list[RoutingRecord] = []
+    seen: set[tuple[str, str]] = set()
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            data = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            raise RecordError(f"{path}:{number}: not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise RecordError(f"{path}:{number}: expected a JSON object")
+        try:
+            record = RoutingRecord.model_validate(data)
+        except ValidationError as exc:
+            err = exc.errors(include_url=False)[0]
+            field = ".".join(str(p) for p in err["loc"]) or "(record)"
+            raise RecordError(f"{path}:{number}: {field}: {err['msg']}") from None
+        pair = (record.query_id, record.model)
+        if pair in seen:
+            raise RecordError(
+                f"{path}:{number}: query_id: ({record.query_id!r}, {record.model!r}) appears twice"
+            )
+        seen.add(pair)
+        records.append(record)
+    if not records:
+        raise RecordError(f"{path}: no records")
+    return records
+
+
+def load_descriptions(path: str | Path) -> dict[str, str]:
+    """Model -> description, from a JSON object or JSONL of {"model", "description"}."""
+    path = Path(path)
+    text = path.read_bytes()
+    try:
+        data = orjson.loads(text)
+        if isinstance(data, dict):
+            return {str(k): str(v) for k, v in data.items()}
+    except orjson.JSONDecodeError:
+        pass
+    out: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = orjson.loads(line)
+            out[str(row["model"])] = str(row["description"])
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            raise RecordError(
+                f'{path}:{number}: expected {{"model": ..., "description": ...}}'
+            ) from None
+    return out
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass
+class RecordTable:
+    """Records as matrices: row i is query `query_ids[i]`, column j is model `models[j]`."""
+
+    query_ids: list[str]
+    queries: list[str]
+    tasks: list[str]
+    models: list[str]
+    quality: np.ndarray  # [n_queries, n_models], NaN where the pair is missing
+    cost: np.ndarray  # [n_queries, n_models] USD, NaN where missing
+    input_tokens: np.ndarray  # [n_queries] (the first record's count for the query)
+    output_tokens: np.ndarray  # [n_queries, n_models], NaN where missing
+
+    @classmethod
+    def from_records(cls, records: list[RoutingRecord]) -> RecordTable:
+        models = sorted({r.model for r in records})
+        col = {m: j for j, m in enumerate(models)}
+        row: dict[str, int] = {}
+        queries: list[str] = []
+        tasks: list[str] = []
+        inputs: list[int] = []
+        for r in records:
+            if r.query_id not in row:
+                row[r.query_id] = len(row)
+                queries.append(r.query)
+                tasks.append(r.task)
+                inputs.append(r.input_tokens)
+        shape = (len(row), len(models))
+        quality = np.full(shape, np.nan)
+        cost = np.full(shape, np.nan)
+        out_tokens = np.full(shape, np.nan)
+        for r in records:
+            i, j = row[r.query_id], col[r.model]
+            quality[i, j], cost[i, j], out_tokens[i, j] = r.quality, r.cost_usd, r.output_tokens
+        return cls(
+            list(row), queries, tasks, models, quality, cost, np.array(inputs, float), out_tokens
+        )
+
+    @classmethod
+    def load(cls, path: str | Path) -> RecordTable:
+        return cls.from_records(load_records(path))
+
+    def __len__(self) -> int:
+        return len(self.query_ids)
+
+    def subset(self, rows: np.ndarray | list[int]) -> RecordTable:
+        idx = np.asarray(rows, dtype=int)
+        return RecordTable(
+            [self.query_ids[i] for i in idx],
+            [self.queries[i] for i in idx],
+            [self.tasks[i] for i in idx],
+            list(self.models),
+            self.quality[idx],
+            self.cost[idx],
+            self.input_tokens[idx],
+            self.output_tokens[idx],
+        )
+
+    def complete_rows(self) -> np.ndarray:
+        """Rows with a record for every model: the only ones a replay can judge fairly."""
+        return np.flatnonzero(~np.isnan(self.quality).any(axis=1))
+
+
+def split_by_query(
+    table: RecordTable, seed: int, test_fraction: float = 0.3
+) -> tuple[RecordTable, RecordTable]:
+    """Train and test tables with no query in both."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(table))
+    n_test = round(len(table) * test_fraction)
+    return table.subset(np.sort(order[n_test:])), table.subset(np.sort(order[:n_test]))
+
+
+def split_by_task(
+    table: RecordTable, seed: int, test_fraction: float = 0.3
+) -> tuple[RecordTable, RecordTable]:
+    """Train and test tables with no task (subject) in both: for judging induction to tasks
+    never seen in training."""
+    rng = np.random.default_rng(seed)
+    tasks = sorted(set(table.tasks))
+    held = set(rng.permutation(tasks)[: max(1, round(len(tasks) * test_fraction))])
+    test = [i for i, t in enumerate(table.tasks) if t in held]
+    train = [i for i, t in enumerate(table.tasks) if t not in held]
+    return table.subset(train), table.subset(test)
