@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 
 from gateway.keys_cli import keys_app
+from gateway.routers_cli import routers_app
 from policies.loader import PolicyError, example_policy_path, load_policy
 
 app = typer.Typer(help="Routegate: an OpenAI-compatible LLM routing gateway.", no_args_is_help=True)
@@ -20,6 +21,7 @@ demo_app = typer.Typer(
 app.add_typer(policy_app, name="policy")
 app.add_typer(demo_app, name="demo")
 app.add_typer(keys_app, name="keys")
+app.add_typer(routers_app, name="routers")
 
 err = Console(stderr=True, highlight=False)
 out = Console(highlight=False)

@@ -1,12 +1,19 @@
 """The complexity router: per-model answer-quality predictors on what the query looks like.
 
-Features are the query's sentence embedding (all-MiniLM-L6-v2) and cheap lexical features
-(length, code, maths, question type). For each model a logistic regression predicts whether
-its answer will be good (quality >= 0.5 in the records; graded qualities weigh the two
-classes), and a Platt scaling fitted on out-of-fold scores calibrates the probability, so
-predicted qualities of different models can be compared with each other and with cost.
+Features of a query:
+- its sentence embedding (all-MiniLM-L6-v2, unit length);
+- cheap lexical features (length, code, maths, question type), standardised and scaled down
+  so they refine rather than dominate;
+- neighbourhood difficulty: for each model, the similarity-weighted mean quality of the `k`
+  most similar training queries (out-of-fold in training, so a query never sees itself).
+  Embeddings alone tell the subject; the neighbours tell how hard that corner of it was.
 
-The fitted coefficients are plain arrays: the artifact is an `.npz`, not a pickle.
+For each model a logistic regression predicts a good answer (graded qualities weigh the two
+classes), and Platt scaling fitted on out-of-fold scores calibrates it, so predictions of
+different models compare with each other and with cost. Measured choices (C, k, the scales)
+are in docs/routers.md.
+
+Everything is plain arrays: the artifact is an `.npz`, not a pickle.
 """
 
 from __future__ import annotations
@@ -22,16 +29,42 @@ from routers.predictors import CostModel, Queries
 from routers.records import RecordTable
 
 WEIGHTS = "complexity.npz"
-DEFAULTS: dict[str, Any] = {"C": 0.5, "folds": 5, "lexical": True}
+DEFAULTS: dict[str, Any] = {
+    "C": 0.05,
+    "folds": 5,
+    "lexical": True,
+    "lexical_scale": 0.1,
+    "neighbours": 40,
+    "neighbour_scale": 5.0,
+}
 
 
-def query_features(queries: Queries, lexical: bool) -> np.ndarray:
-    parts = [queries.ensure_embeddings()]
-    if lexical:
-        from routers.features import lexical_features
+def neighbour_quality(
+    bank: np.ndarray, quality: np.ndarray, emb: np.ndarray, k: int, exclude_self: bool = False
+) -> np.ndarray:
+    """[n, n_models]: similarity-weighted mean quality of each query's k nearest bank queries
+    (cosine; embeddings are unit length). Missing qualities (NaN) are left out."""
+    k = min(k, len(bank) - int(exclude_self))
+    out = np.empty((len(emb), quality.shape[1]))
+    for start in range(0, len(emb), 1024):  # bounded memory for large training sets
+        sims = emb[start : start + 1024] @ bank.T
+        if exclude_self:
+            rows = np.arange(start, min(start + 1024, len(emb)))
+            sims[rows - start, rows] = -np.inf
+        idx = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        w = np.maximum(np.take_along_axis(sims, idx, axis=1), 1e-3)[:, :, None]
+        q = quality[idx]  # [b, k, m]
+        seen = ~np.isnan(q)
+        out[start : start + 1024] = (np.where(seen, q, 0) * w).sum(1) / np.maximum(
+            (seen * w).sum(1), 1e-9
+        )
+    return out
 
-        parts.append(lexical_features(queries.texts))
-    return np.hstack(parts).astype(np.float64)
+
+def _lexical(queries: Queries) -> np.ndarray:
+    from routers.features import lexical_features
+
+    return lexical_features(queries.texts).astype(np.float64)
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -58,12 +91,15 @@ class ComplexityRouter:
         intercept: np.ndarray,  # [n_models]
         platt: np.ndarray,  # [n_models, 2]
         cost_model: CostModel,
+        bank: np.ndarray,  # [n_train, dim] training embeddings, for neighbourhood difficulty
+        bank_quality: np.ndarray,  # [n_train, n_models]
     ):
         self.models = models
         self.params = params
         self._mean, self._scale = mean, scale
         self._coef, self._intercept, self._platt = coef, intercept, platt
         self._cost = cost_model
+        self._bank, self._bank_quality = bank, bank_quality
         self._column = {m: j for j, m in enumerate(models)}
 
     @classmethod
@@ -76,15 +112,28 @@ class ComplexityRouter:
         **params: Any,
     ) -> ComplexityRouter:
         p = {**DEFAULTS, **params}
-        x_all = query_features(Queries.from_table(table), bool(p["lexical"]))
-        mean = x_all.mean(axis=0)
-        scale = x_all.std(axis=0) + 1e-6
-        x_all = (x_all - mean) / scale
-        n_features = x_all.shape[1]
-        coef = np.zeros((len(table.models), n_features))
-        intercept = np.zeros(len(table.models))
-        platt = np.zeros((len(table.models), 2))
-        for j in range(len(table.models)):
+        queries = Queries.from_table(table)
+        bank = queries.ensure_embeddings().astype(np.float32)
+        lexical = _lexical(queries) if p["lexical"] else np.zeros((len(table), 0))
+        lex_mean, lex_scale = lexical.mean(axis=0), lexical.std(axis=0) + 1e-6
+        router = cls(
+            list(table.models),
+            p,
+            lex_mean,
+            lex_scale,
+            np.zeros(0),
+            np.zeros(0),
+            np.zeros(0),
+            CostModel.fit(table),
+            bank,
+            table.quality.astype(np.float32),
+        )
+        x_all = router._features(bank, lexical, exclude_self=True)
+        n_models = len(table.models)
+        coef = np.zeros((n_models, x_all.shape[1]))
+        intercept = np.zeros(n_models)
+        platt = np.zeros((n_models, 2))
+        for j in range(n_models):
             seen = ~np.isnan(table.quality[:, j])
             x, q = x_all[seen], table.quality[seen, j]
             # Graded quality q counts as a good answer with weight q and a bad one with 1 - q.
@@ -100,14 +149,29 @@ class ComplexityRouter:
             oof = np.zeros(len(yy))
             folds = StratifiedKFold(int(p["folds"]), shuffle=True, random_state=seed)
             for fit_idx, held_idx in folds.split(xx, yy):
-                lr = LogisticRegression(C=float(p["C"]), max_iter=2000)
+                lr = LogisticRegression(C=float(p["C"]), max_iter=3000)
                 lr.fit(xx[fit_idx], yy[fit_idx], sample_weight=ww[fit_idx])
                 oof[held_idx] = lr.decision_function(xx[held_idx])
             platt[j] = _platt(oof, yy, ww)
-            lr = LogisticRegression(C=float(p["C"]), max_iter=2000)
+            lr = LogisticRegression(C=float(p["C"]), max_iter=3000)
             lr.fit(xx, yy, sample_weight=ww)
             coef[j], intercept[j] = lr.coef_[0], lr.intercept_[0]
-        return cls(list(table.models), p, mean, scale, coef, intercept, platt, CostModel.fit(table))
+        router._coef, router._intercept, router._platt = coef, intercept, platt
+        return router
+
+    def _features(
+        self, emb: np.ndarray, lexical: np.ndarray, exclude_self: bool = False
+    ) -> np.ndarray:
+        p = self.params
+        parts = [emb.astype(np.float64)]
+        if p["lexical"]:
+            parts.append((lexical - self._mean) / self._scale * float(p["lexical_scale"]))
+        if int(p["neighbours"]) > 0:
+            near = neighbour_quality(
+                self._bank, self._bank_quality, emb, int(p["neighbours"]), exclude_self
+            )
+            parts.append(near * float(p["neighbour_scale"]))
+        return np.hstack(parts)
 
     def _columns(self, models: list[str]) -> list[int]:
         missing = [m for m in models if m not in self._column]
@@ -120,7 +184,9 @@ class ComplexityRouter:
 
     def predict_quality(self, queries: Queries, models: list[str]) -> np.ndarray:
         cols = self._columns(models)
-        x = (query_features(queries, bool(self.params["lexical"])) - self._mean) / self._scale
+        emb = queries.ensure_embeddings().astype(np.float32)
+        lexical = _lexical(queries) if self.params["lexical"] else np.zeros((len(queries), 0))
+        x = self._features(emb, lexical)
         scores = x @ self._coef[cols].T + self._intercept[cols]
         a, b = self._platt[cols, 0], self._platt[cols, 1]
         return _sigmoid(a * scores + b)
@@ -136,6 +202,8 @@ class ComplexityRouter:
             coef=self._coef,
             intercept=self._intercept,
             platt=self._platt,
+            bank=self._bank.astype(np.float16),  # half the size; neighbours barely move
+            bank_quality=self._bank_quality,
         )
         return {"file": WEIGHTS, "cost_model": self._cost.to_json()}
 
@@ -152,4 +220,6 @@ class ComplexityRouter:
                 w["intercept"],
                 w["platt"],
                 CostModel.from_json(weights["cost_model"]),
+                w["bank"].astype(np.float32),
+                w["bank_quality"],
             )

@@ -45,7 +45,7 @@ def load_records(path: str | Path) -> list[RoutingRecord]:
     except OSError as exc:
         raise RecordError(f"{path}: cannot read: {exc.strerror or exc}") from None
     records: list[RoutingRecord] = []
-    seen: set[tuple[str, str]] = set()
+    seen: dict[tuple[str, str], tuple[int, RoutingRecord]] = {}
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -63,10 +63,14 @@ def load_records(path: str | Path) -> list[RoutingRecord]:
             raise RecordError(f"{path}:{number}: {field}: {err['msg']}") from None
         pair = (record.query_id, record.model)
         if pair in seen:
+            first_line, first = seen[pair]
+            if first == record:
+                continue  # an exact copy of an earlier line (public data sets have some)
             raise RecordError(
-                f"{path}:{number}: query_id: ({record.query_id!r}, {record.model!r}) appears twice"
+                f"{path}:{number}: query_id: ({record.query_id!r}, {record.model!r}) "
+                f"differs from line {first_line}"
             )
-        seen.add(pair)
+        seen[pair] = (number, record)
         records.append(record)
     if not records:
         raise RecordError(f"{path}: no records")

@@ -1,0 +1,186 @@
+"""`routegate routers ...`: train router artifacts on routing records and evaluate them offline
+by replaying the records (no model is called)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import orjson
+import typer
+from rich.console import Console
+
+routers_app = typer.Typer(
+    help="Train learned routers on routing records and evaluate them offline.",
+    no_args_is_help=True,
+)
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+Data = Annotated[Path, typer.Option("--data", help="Routing records (JSONL).")]
+Descriptions = Annotated[
+    Path | None,
+    typer.Option("--descriptions", help="Model descriptions (JSON object or JSONL)."),
+]
+Split = Annotated[
+    str, typer.Option("--split", help="query: held-out queries; task: held-out tasks (subjects).")
+]
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.echo(message, err=True)  # plain, unwrapped: FILE:LINE stays parseable
+    return typer.Exit(1)
+
+
+def _parse_params(pairs: list[str]) -> dict[str, Any]:
+    """`k=v` pairs; values are JSON where they parse (numbers, booleans), else strings."""
+    params: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"{pair!r}: expected KEY=VALUE", param_hint="--param")
+        try:
+            params[key] = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            params[key] = value
+    return params
+
+
+def _check_split(split: str) -> None:
+    if split not in ("query", "task"):
+        raise typer.BadParameter(f"{split!r}: use query or task", param_hint="--split")
+
+
+@routers_app.command("train")
+def train(
+    router: Annotated[str, typer.Option("--router", help="complexity, graph, knn or mf.")],
+    data: Data,
+    out_dir: Annotated[Path, typer.Option("--out", help="Artifact directory to write.")],
+    descriptions: Descriptions = None,
+    seed: Annotated[int, typer.Option(help="Training seed (and the split's).")] = 0,
+    test_fraction: Annotated[
+        float, typer.Option(help="Share held out of training (0: train on all).")
+    ] = 0.0,
+    split: Split = "query",
+    param: Annotated[
+        list[str] | None, typer.Option("--param", help="Training parameter KEY=VALUE (repeat).")
+    ] = None,
+) -> None:
+    """Train a router on routing records and save it as an artifact."""
+    from routers import artifact
+    from routers.records import (
+        RecordError,
+        RecordTable,
+        file_sha256,
+        load_descriptions,
+        split_by_query,
+        split_by_task,
+    )
+
+    _check_split(split)
+    params = _parse_params(param or [])
+    if not 0 <= test_fraction < 1:
+        raise typer.BadParameter("must be in [0, 1)", param_hint="--test-fraction")
+    try:
+        cls = artifact.predictor_class(router)
+        table = RecordTable.load(data)
+        desc = load_descriptions(descriptions) if descriptions else None
+    except (RecordError, artifact.ArtifactError) as exc:
+        raise _fail(str(exc)) from None
+    except ImportError as exc:
+        raise _fail(f"router kind {router!r} is not available: {exc}") from None
+    held = 0
+    if test_fraction > 0:
+        splitter = split_by_query if split == "query" else split_by_task
+        table, test = splitter(table, seed, test_fraction)
+        held = len(test)
+    err.print(f"training {router} on {len(table)} queries x {len(table.models)} models ...")
+    start = time.perf_counter()
+    try:
+        predictor = cls.train(table, seed=seed, descriptions=desc, **params)
+    except (ValueError, TypeError) as exc:
+        raise _fail(f"error: {router}: {exc}") from None
+    seconds = time.perf_counter() - start
+    artifact.save(
+        predictor,
+        out_dir,
+        data_sha256=file_sha256(data),
+        data_path=str(data),
+        train_query_ids=list(table.query_ids),
+        seed=seed,
+        extra={"training": {"test_fraction": test_fraction, "split": split, "seconds": seconds}},
+    )
+    out.print(f"{router} router -> {out_dir}")
+    out.print(f"  models:  {', '.join(predictor.models)}")
+    held_text = f" ({held} held out by {split})" if held else ""
+    out.print(f"  queries: {len(table)} trained on{held_text}")
+    out.print(f"  params:  {orjson.dumps(predictor.params).decode()}")
+    out.print(f"  time:    {seconds:.1f}s")
+
+
+@routers_app.command("eval")
+def evaluate(
+    data: Data,
+    routers: Annotated[
+        list[str],
+        typer.Option("--routers", help="Router artifact directories, comma-separated (repeat)."),
+    ],
+    seeds: Annotated[int, typer.Option(help="Number of random splits (seeds 0..N-1).")] = 5,
+    test_fraction: Annotated[float, typer.Option(help="Share of queries held out.")] = 0.3,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write curves and metrics here.")
+    ] = None,
+    plot_out: Annotated[
+        Path | None, typer.Option("--plot", help="Write the quality-cost plot (PNG) here.")
+    ] = None,
+    descriptions: Descriptions = None,
+    split: Split = "query",
+    as_is: Annotated[
+        bool,
+        typer.Option(
+            "--as-is", help="Judge the saved artifacts themselves on queries none trained on."
+        ),
+    ] = False,
+    lambdas: Annotated[int, typer.Option(help="Lambda grid size (x2, plus ends).")] = 100,
+) -> None:
+    """Replay the records: train each router's kind afresh per seed, judge on held-out queries."""
+    from routers import artifact
+    from routers import evaluate as ev
+    from routers.records import RecordError, RecordTable, load_descriptions
+
+    _check_split(split)
+    if seeds < 1:
+        raise typer.BadParameter("must be at least 1", param_hint="--seeds")
+    if not 0 < test_fraction < 1:
+        raise typer.BadParameter("must be in (0, 1)", param_hint="--test-fraction")
+    dirs = [d.strip() for item in routers for d in item.split(",") if d.strip()]
+    try:
+        recipes = ev.load_recipes(dirs)
+        table = RecordTable.load(data)
+        desc = load_descriptions(descriptions) if descriptions else None
+    except (RecordError, artifact.ArtifactError) as exc:
+        raise _fail(str(exc)) from None
+    try:
+        results = ev.evaluate(
+            table,
+            recipes,
+            seeds=list(range(seeds)),
+            test_fraction=test_fraction,
+            split=split,
+            descriptions=desc,
+            as_is=as_is,
+            n_lambdas=lambdas,
+            progress=lambda msg: err.print(msg),
+        )
+    except (ValueError, KeyError, TypeError, ImportError, artifact.ArtifactError) as exc:
+        raise _fail(f"error: {exc}") from None
+    # Piped or logged output keeps whole rows rather than the 80 columns rich assumes.
+    wide = out if out.is_terminal else Console(highlight=False, width=200)
+    wide.print(ev.results_table(results))
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_bytes(orjson.dumps(results, option=orjson.OPT_SERIALIZE_NUMPY))
+        out.print(f"curves and metrics: {json_out}")
+    if plot_out is not None:
+        out.print(f"plot: {ev.plot(results, plot_out)}")
