@@ -418,7 +418,10 @@ def evaluate(
 
             def make(r: Recipe, seed: int = seed, train: RecordTable = train) -> Predictor:
                 cls = artifact.predictor_class(r.kind)
-                return cls.train(train, seed=seed, descriptions=descriptions, **r.params)
+                # An artifact may record the descriptions it was trained with; explicit ones win.
+                params = dict(r.params)
+                known = {**(params.pop("descriptions", None) or {}), **(descriptions or {})}
+                return cls.train(train, seed=seed, descriptions=known or None, **params)
 
             makers = {r.name: (lambda r=r, make=make: make(r)) for r in recipes}
             with reuse_embeddings(queries.texts, queries.embeddings):
