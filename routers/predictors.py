@@ -40,9 +40,14 @@ class Queries:
 
     def ensure_embeddings(self) -> np.ndarray:
         if self.embeddings is None:
-            from routers.embedding import embed
+            from routers import embedding
 
-            self.embeddings = embed(self.texts)
+            # Training and evaluation batches are embedded once and kept on disk; a request's
+            # handful of texts is not worth a cache file.
+            if len(self.texts) > 32:
+                self.embeddings = embedding.embed_cached(self.texts)
+            else:
+                self.embeddings = embedding.embed(self.texts)
         return self.embeddings
 
 

@@ -83,7 +83,8 @@ def load_descriptions(path: str | Path) -> dict[str, str]:
     text = path.read_bytes()
     try:
         data = orjson.loads(text)
-        if isinstance(data, dict):
+        # A JSON object maps model -> description, unless it is a one-line JSONL file.
+        if isinstance(data, dict) and set(data) != {"model", "description"}:
             return {str(k): str(v) for k, v in data.items()}
     except orjson.JSONDecodeError:
         pass
