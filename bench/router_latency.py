@@ -111,8 +111,10 @@ def router_targets() -> dict[str, Callable[[str], Any]]:
     import numpy as np
 
     from routers import artifact
+    from routers.learned import serve_single_threaded
     from routers.predictors import Queries
 
+    serve_single_threaded()  # as the gateway serves
     out: dict[str, Callable[[str], Any]] = {}
     for directory in sorted(ARTIFACTS.glob("*-default")):
         predictor = artifact.load(directory)
