@@ -128,3 +128,31 @@ def test_validate_names_a_model_the_router_does_not_know(tmp_path: Path) -> None
     result = CliRunner().invoke(app, ["policy", "validate", str(missing)])
     assert result.exit_code == 1 and "routes.auto.router: " in result.output
     assert "not a router artifact" in result.output
+
+
+def test_graph_router_places_a_model_known_only_by_its_description() -> None:
+    import numpy as np
+
+    from routers import artifact
+    from routers.predictors import Queries
+
+    graph = artifact.load(ARTIFACT.parent / "graph-default")
+    graph.add_model(
+        "frontier",
+        "GPT-4o, a large proprietary frontier model from OpenAI: the strongest and most "
+        "expensive option, with excellent reasoning, science and professional knowledge.",
+    )
+    graph.add_model(
+        "small", "Llama 3 8B Instruct: a small open-weight model, cheap and fast, basic knowledge."
+    )
+    queries = Queries([EASY], [None], np.array([20.0]))
+    q = dict(
+        zip(
+            [STRONG, WEAK, "frontier", "small"],
+            graph.predict_quality(queries, [STRONG, WEAK, "frontier", "small"])[0],
+            strict=True,
+        )
+    )
+    assert q["frontier"] > q["small"]
+    assert abs(q["frontier"] - q[STRONG]) < abs(q["frontier"] - q[WEAK])
+    assert abs(q["small"] - q[WEAK]) < abs(q["small"] - q[STRONG])

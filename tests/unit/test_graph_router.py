@@ -1,0 +1,236 @@
+"""The graph router on a small synthetic table: training, the cached inference path, artifacts,
+and induction to new queries, tasks and models (by description).
+
+Synthetic world: a strong model is right on almost everything; a weak one on easy subjects
+only. Texts are real sentences, embedded with all-MiniLM-L6-v2 like production queries.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from routers import artifact
+from routers.graph import GraphRouter, describe_task
+from routers.predictors import Queries
+from routers.records import RecordTable, split_by_query, split_by_task
+
+STRONG, WEAK = "big-frontier", "tiny-fast"
+DESCRIPTIONS = {
+    STRONG: "A very large frontier language model with excellent reasoning, maths and expert "
+    "science knowledge.",
+    WEAK: "A tiny, fast and cheap language model with weak reasoning, for simple chit-chat.",
+}
+# subject -> (question templates, is hard)
+SUBJECTS: dict[str, tuple[list[str], bool]] = {
+    "arithmetic": (
+        ["What is {a} plus {b}?", "Compute {a} times {b}.", "What is {a} minus {b}?"],
+        False,
+    ),
+    "colours": (["What colour do you get mixing red and {c}?", "Is the sky {c} at noon?"], False),
+    "greetings": (["Say hello to {n} politely.", "How do I greet {n} in the morning?"], False),
+    "quantum_field_theory": (
+        [
+            "Derive the one-loop beta function of {n} theory with {a} fermion flavours.",
+            "Compute the renormalised propagator in {n} gauge theory at order {a}.",
+        ],
+        True,
+    ),
+    "number_theory": (
+        [
+            "Prove that there are infinitely many primes congruent to {a} modulo {b}.",
+            "Find all integer solutions of x^{a} + y^{a} = {b} z^2 and prove there are no others.",
+        ],
+        True,
+    ),
+    "organic_chemistry": (
+        [
+            "Propose a stereoselective total synthesis of {n} alkaloid in {a} steps.",
+            "Predict the major product of the {n} rearrangement of a {c} cyclohexanone.",
+        ],
+        True,
+    ),
+}
+NAMES = ["Alice", "Bob", "Yang-Mills", "Dirac", "Kim", "Strychnine", "Cope", "Beckmann"]
+COLOURS = ["blue", "yellow", "green", "white", "substituted"]
+PARAMS = {"epochs": 150, "patience": 30}
+DEFAULT_TRAIN = Path(__file__).resolve().parents[2] / "routers" / "data" / "default_train.jsonl"
+
+
+def synthetic_table(n_per_subject: int = 80, seed: int = 0) -> RecordTable:
+    rng = np.random.default_rng(seed)
+    ids, texts, tasks, quality, cost, tokens = [], [], [], [], [], []
+    for subject, (templates, hard) in SUBJECTS.items():
+        for k in range(n_per_subject):
+            text = templates[k % len(templates)].format(
+                a=int(rng.integers(2, 99)),
+                b=int(rng.integers(2, 99)),
+                c=COLOURS[int(rng.integers(len(COLOURS)))],
+                n=NAMES[int(rng.integers(len(NAMES)))],
+            )
+            n_tokens = len(text.split()) + 5
+            ids.append(f"{subject}-{k}")
+            texts.append(text)
+            tasks.append(f"synth/{subject}")
+            tokens.append(n_tokens)
+            p_weak = 0.15 if hard else 0.9
+            quality.append([float(rng.random() < 0.92), float(rng.random() < p_weak)])
+            cost.append([n_tokens * 1e-5, n_tokens * 2e-7])
+    return RecordTable(
+        ids,
+        texts,
+        tasks,
+        [STRONG, WEAK],
+        np.array(quality),
+        np.array(cost),
+        np.array(tokens, float),
+        np.ones((len(ids), 2)),
+    )
+
+
+@pytest.fixture(scope="module")
+def table() -> RecordTable:
+    return synthetic_table()
+
+
+@pytest.fixture(scope="module")
+def split(table: RecordTable) -> tuple[RecordTable, RecordTable]:
+    return split_by_query(table, seed=0, test_fraction=0.3)
+
+
+@pytest.fixture(scope="module")
+def router(split: tuple[RecordTable, RecordTable]) -> GraphRouter:
+    return GraphRouter.train(split[0], seed=0, descriptions=DESCRIPTIONS, **PARAMS)
+
+
+def queries_of(table: RecordTable, tasks: bool = True) -> Queries:
+    q = Queries.from_table(table)
+    if not tasks:
+        q.tasks = [None] * len(q)
+    return q
+
+
+def test_describe_task() -> None:
+    assert describe_task("mmlu/college_physics") == (
+        "MMLU multiple-choice questions on college physics"
+    )
+    assert describe_task("legal") == "legal questions"
+
+
+def test_predictions_have_the_right_shape_and_range(router, split) -> None:
+    test = split[1]
+    quality = router.predict_quality(queries_of(test), [WEAK, STRONG])
+    cost = router.predict_cost(queries_of(test), [WEAK, STRONG])
+    assert quality.shape == cost.shape == (len(test), 2)
+    assert np.all((quality >= 0) & (quality <= 1))
+    assert np.all(cost > 0)
+    # Cost head: the strong model is priced ~50x the weak one in the records.
+    assert np.median(cost[:, 1] / cost[:, 0]) > 10
+    assert router.predict_quality(queries_of(test.subset([])), [WEAK]).shape == (0, 1)
+
+
+def test_better_than_a_constant_on_held_out_queries(router, split) -> None:
+    test = split[1]
+    quality = router.predict_quality(queries_of(test), [STRONG, WEAK])
+    assert roc_auc_score(test.quality[:, 1], quality[:, 1]) > 0.75
+    # Without tasks (the gateway's case) the query text alone still separates them.
+    blind = router.predict_quality(queries_of(test, tasks=False), [STRONG, WEAK])
+    assert roc_auc_score(test.quality[:, 1], blind[:, 1]) > 0.7
+
+
+def test_cached_path_equals_message_passing_on_the_extended_graph(router, split) -> None:
+    q = queries_of(split[1].subset(range(40)))
+    q.tasks[:5] = [None] * 5
+    q.tasks[5:8] = ["synth/brand_new_subject"] * 3
+    fast = router._edges(q, [STRONG, WEAK])
+    reference = router._reference_edges(q, [STRONG, WEAK])
+    np.testing.assert_allclose(fast, reference, rtol=1e-5, atol=1e-5)
+    # A query's prediction does not depend on the rest of its batch.
+    single = router.predict_quality(queries_of(split[1].subset([3])), [STRONG, WEAK])
+    batch = router.predict_quality(queries_of(split[1].subset(range(10))), [STRONG, WEAK])
+    np.testing.assert_allclose(single[0], batch[3], rtol=1e-6)
+
+
+def test_save_load_round_trip(router, split, tmp_path) -> None:
+    router.add_model("mid-size", "A mid-sized open model.")
+    artifact.save(
+        router, tmp_path, data_sha256="0" * 64, data_path="synthetic", train_query_ids=[], seed=0
+    )
+    loaded = artifact.load(tmp_path)
+    assert isinstance(loaded, GraphRouter)
+    assert loaded.models == [STRONG, WEAK]
+    q = queries_of(split[1])
+    models = [STRONG, WEAK, "mid-size"]
+    np.testing.assert_array_equal(
+        loaded.predict_quality(q, models), router.predict_quality(q, models)
+    )
+    np.testing.assert_array_equal(loaded.predict_cost(q, models), router.predict_cost(q, models))
+    assert list(tmp_path.glob("*.pkl")) == []
+
+
+def test_deterministic_for_a_seed(split) -> None:
+    small = split[0].subset(range(200))
+    a = GraphRouter.train(small, seed=3, descriptions=DESCRIPTIONS, hidden=16, epochs=30)
+    b = GraphRouter.train(small, seed=3, descriptions=DESCRIPTIONS, hidden=16, epochs=30)
+    q = queries_of(split[1])
+    np.testing.assert_array_equal(
+        a.predict_quality(q, [STRONG, WEAK]), b.predict_quality(q, [STRONG, WEAK])
+    )
+    assert a.params["hidden"] == 16 and a.params["epochs"] == 30
+
+
+def test_held_out_task_gets_predictions(table) -> None:
+    train, test = split_by_task(table, seed=1, test_fraction=0.34)
+    assert not set(train.tasks) & set(test.tasks)
+    router = GraphRouter.train(train, seed=0, descriptions=DESCRIPTIONS, **PARAMS)
+    quality = router.predict_quality(queries_of(test), [STRONG, WEAK])
+    assert quality.shape == (len(test), 2) and np.all(np.isfinite(quality))
+    assert set(test.tasks) <= set(router._task)  # joined as new task nodes
+    # The strong model stays ahead on subjects never seen.
+    assert quality[:, 0].mean() > quality[:, 1].mean()
+
+
+def test_unknown_model_needs_a_description(router, split) -> None:
+    q = queries_of(split[1].subset(range(3)))
+    with pytest.raises(KeyError, match="add_model"):
+        router.predict_quality(q, ["never-heard-of"])
+
+
+def test_model_added_by_description(router, split) -> None:
+    test = split[1]
+    hard = [i for i, t in enumerate(test.tasks) if SUBJECTS[t.split("/")[1]][1]]
+    router.add_model(
+        "frontier-2",
+        "A large frontier language model with excellent reasoning and expert knowledge of "
+        "maths and science.",
+    )
+    router.add_model(
+        "small-2", "A small, fast and cheap language model with weak reasoning, for chit-chat."
+    )
+    router.add_model(  # again: a no-op
+        "small-2", "A small, fast and cheap language model with weak reasoning, for chit-chat."
+    )
+    quality = router.predict_quality(queries_of(test.subset(hard)), ["frontier-2", "small-2"])
+    assert np.all((quality >= 0) & (quality <= 1))
+    assert quality[:, 0].mean() > quality[:, 1].mean() + 0.05
+    assert "frontier-2" not in router.models  # trained models only
+
+
+@pytest.mark.skipif(not DEFAULT_TRAIN.exists(), reason="no shipped routing records")
+def test_real_records_beat_a_constant() -> None:
+    """On 1,000 real MMLU questions (the shipped subset), held-out queries' correctness is
+    ranked better than chance for both models, and cost comes out per model."""
+    table = RecordTable.load(DEFAULT_TRAIN)
+    _, sample = split_by_query(table, seed=0, test_fraction=0.5)
+    train, test = split_by_query(sample, seed=0, test_fraction=0.3)
+    router = GraphRouter.train(train, seed=0)
+    q = queries_of(test)
+    quality = router.predict_quality(q, test.models)
+    for j in range(len(test.models)):
+        assert roc_auc_score(test.quality[:, j], quality[:, j]) > 0.6
+    cost = router.predict_cost(q, test.models)
+    strong = int(np.argmax(test.cost.mean(axis=0)))
+    assert np.mean(cost[:, strong]) > 10 * np.mean(cost[:, 1 - strong])
