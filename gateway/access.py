@@ -42,9 +42,10 @@ def prompt_tokens_upper(body: dict[str, Any]) -> int:
     return sum(len(str(p).encode()) for p in prompt)
 
 
-def prompt_tokens_typical(body: dict[str, Any]) -> int:
-    """About four characters a token: what rate limits count before the real usage is known."""
-    return max(1, prompt_tokens_upper(body) // 4)
+def typical_from_upper(upper: int) -> int:
+    """About four characters a token: what rate limits and routers count before the real
+    usage is known."""
+    return max(1, upper // 4)
 
 
 def _parts_text(content: Any) -> str:
@@ -159,6 +160,7 @@ class Access:
         key: VirtualKey | None,
         budgets: list[Budget],
         body: dict[str, Any],
+        prompt_upper: int,
         runtime: Runtime,
         models: list[str],
         request_id: str,
@@ -169,11 +171,14 @@ class Access:
         set none: a worst case needs an upper bound on the answer.
         """
         now = time.time()
-        admission = Admission(self.state, key, typical_prompt_tokens=prompt_tokens_typical(body))
+        typical = typical_from_upper(prompt_upper)
+        admission = Admission(self.state, key, typical_prompt_tokens=typical)
         if key is not None:
             await self._rate_limits(key, admission, now)
         if budgets:
-            await self._reserve(budgets, body, runtime, models, request_id, admission, now)
+            await self._reserve(
+                budgets, body, prompt_upper, runtime, models, request_id, admission, now
+            )
         return admission
 
     async def _rate_limits(self, key: VirtualKey, admission: Admission, now: float) -> None:
@@ -192,6 +197,7 @@ class Access:
         self,
         budgets: list[Budget],
         body: dict[str, Any],
+        prompt: int,
         runtime: Runtime,
         models: list[str],
         request_id: str,
@@ -201,7 +207,6 @@ class Access:
         if not (body.get("max_tokens") or body.get("max_completion_tokens")):
             body["max_tokens"] = runtime.policy.defaults.max_tokens
         completion = int(body.get("max_tokens") or body.get("max_completion_tokens"))
-        prompt = prompt_tokens_upper(body)
         worst_of = {m: runtime.prices[m](prompt, completion, None) for m in models}
         ttl = runtime.policy.defaults.reservation_ttl_s
         admission.reservation_id = request_id

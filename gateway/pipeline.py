@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from cascades.fallback import Attempt, ChainFailed, Outcome, first_success
-from gateway.access import Access, Admission, prompt_tokens_typical
+from gateway.access import Access, Admission, prompt_tokens_upper, typical_from_upper
 from gateway.accounting.request_log import RequestLog, RequestRecord
 from gateway.backends.base import Kind, UpstreamCall, UpstreamStream, Usage
 from gateway.errors import ApiError
@@ -224,14 +224,16 @@ async def _handle(
         access.check_route(key, body["model"])
         budgets = services.pacers.budgets(key, route, config, rec.ts)
         multiplier = await services.pacers.multiplier(key, route, config)
-        ctx = RouteContext(route or body["model"], multiplier, prompt_tokens_typical(body))
+        # The prompt is walked once: budgets reserve on the bound, routers cost the typical.
+        prompt_upper = prompt_tokens_upper(body)
+        ctx = RouteContext(route or body["model"], multiplier, typical_from_upper(prompt_upper))
         decision, attempts = await plan(runtime, body, kind, route, ctx)
         if multiplier != 1.0:
             rec.extra["price_multiplier"] = multiplier
         if decision.predictions:
             rec.extra["predictions"] = decision.predictions
         acct.admission = await access.admit(
-            key, budgets, body, runtime, decision.models, rec.request_id
+            key, budgets, body, prompt_upper, runtime, decision.models, rec.request_id
         )
         allowed = acct.admission.models
         if allowed is not None and len(allowed) < len(attempts):
