@@ -11,7 +11,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError
 
-from policies.schema import LearnedRoute, Policy
+from policies.schema import CascadeRoute, EadRoute, LearnedRoute, Policy, VllmModel
 
 Loc = tuple[str | int, ...]
 
@@ -139,6 +139,9 @@ def _reference_problems(policy: Policy, policy_file: str) -> list[tuple[Loc, str
                     (("models", model_name, "fallbacks", i), "a model cannot fall back to itself")
                 )
     for route_name, route in policy.routes.items():
+        if isinstance(route, EadRoute):
+            found += _ead_route_problems(route_name, route, policy)
+            continue
         for i, name in enumerate(route.models):
             if name not in policy.models:
                 found.append((("routes", route_name, "models", i), f"unknown model '{name}'"))
@@ -151,6 +154,28 @@ def _reference_problems(policy: Policy, policy_file: str) -> list[tuple[Loc, str
                 )
         if isinstance(route, LearnedRoute):
             found += _learned_route_problems(route_name, route, policy, policy_file)
+        if isinstance(route, CascadeRoute):
+            judge = route.confidence.judge_model
+            if judge is not None and judge not in policy.models:
+                loc = ("routes", route_name, "confidence", "judge_model")
+                found.append((loc, f"unknown model '{judge}'"))
+    return found
+
+
+def _ead_route_problems(route_name: str, route: EadRoute, policy: Policy) -> list[tuple[Loc, str]]:
+    """Both EAD models continue raw text through vLLM's completions API."""
+    found: list[tuple[Loc, str]] = []
+    for field in ("small", "large"):
+        name = getattr(route, field)
+        model = policy.models.get(name)
+        if model is None:
+            found.append((("routes", route_name, field), f"unknown model '{name}'"))
+        elif not isinstance(model, VllmModel):
+            found.append(
+                (("routes", route_name, field), f"model '{name}' must be a vLLM model for ead")
+            )
+    if route.small == route.large:
+        found.append((("routes", route_name, "large"), "small and large are the same model"))
     return found
 
 

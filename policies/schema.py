@@ -116,6 +116,29 @@ class PacingConfig(_Strict):
         return self
 
 
+class CacheConfig(_Strict):
+    """An exact-match response cache for a route, stored in the state store (memory or Redis).
+
+    Keyed by the normalised request (route, messages or prompt, sampling parameters) and the
+    scope; a hit costs nothing. Eviction weighs what a miss would cost (the answer's price with
+    the model the route picked), after "On Optimal Caching and Model Multiplexing for Large
+    Model Inference"."""
+
+    eviction: Literal["gdsf", "lec", "lru"] = Field(
+        default="gdsf",
+        description="gdsf: Greedy-Dual-Size-Frequency; lec: Least-Expected-Cost; lru: baseline",
+    )
+    max_bytes: int = Field(default=64 * 1024 * 1024, gt=0, description="stored answers, in all")
+    ttl_s: float = Field(default=3600.0, gt=0, description="an answer is served this long")
+    scope: Literal["key", "team", "global"] = Field(
+        default="key",
+        description="who shares cached answers: each API key alone, its team, or everyone",
+    )
+    cache_sampled: bool = Field(
+        default=False, description="also cache requests with temperature > 0"
+    )
+
+
 class FixedRoute(_Strict):
     """The first model answers; the rest are fallbacks, tried in order."""
 
@@ -123,6 +146,7 @@ class FixedRoute(_Strict):
     models: list[Name] = Field(min_length=1)
     description: str | None = None
     pacing: PacingConfig | None = None
+    cache: CacheConfig | None = None
 
 
 class CostAwareRoute(_Strict):
@@ -146,6 +170,7 @@ class CostAwareRoute(_Strict):
         default=256, gt=0, description="answer length assumed when the request sets no max_tokens"
     )
     pacing: PacingConfig | None = None
+    cache: CacheConfig | None = None
 
 
 class LearnedRoute(_Strict):
@@ -170,6 +195,70 @@ class LearnedRoute(_Strict):
     quality_floor: float | None = Field(default=None, ge=0, le=1)
     expected_output_tokens: int = Field(default=256, gt=0)
     pacing: PacingConfig | None = None
+    cache: CacheConfig | None = None
+
+
+class ConfidenceConfig(_Strict):
+    """How sure the answering model was, and below what the next model is asked."""
+
+    method: Literal["mean_logprob", "min_logprob", "mean_entropy", "judge"] = Field(
+        default="mean_logprob",
+        description="mean_logprob / min_logprob of the answer's tokens; mean_entropy of the "
+        "top-k distribution at each token; judge: a judge model's yes/no on the answer",
+    )
+    threshold: float = Field(
+        description="escalate when the score is below it (for mean_entropy: above it, in nats; "
+        "for judge: the judge's probability of 'yes')"
+    )
+    top_k: int = Field(default=5, ge=1, le=20, description="top_logprobs asked for entropy")
+    judge_model: Name | None = Field(default=None, description="the judge, for method judge")
+
+    @model_validator(mode="after")
+    def _judge_named(self) -> ConfidenceConfig:
+        if self.method == "judge" and self.judge_model is None:
+            raise ValueError("method judge needs a judge_model")
+        return self
+
+
+class CascadeRoute(_Strict):
+    """Ask the models from cheap to strong: each answer's confidence decides whether the next
+    model is asked. The client pays for every step."""
+
+    kind: Literal["cascade"]
+    models: list[Name] = Field(min_length=2, description="cheapest first, strongest last")
+    confidence: ConfidenceConfig
+    stream_hold_tokens: int = Field(
+        default=32,
+        ge=1,
+        description="streaming: tokens held back and scored before the rest is streamed",
+    )
+    description: str | None = None
+    pacing: PacingConfig | None = None
+    cache: CacheConfig | None = None
+
+
+class EadRoute(_Strict):
+    """Entropy Adaptive Decoding: the small model writes while the rolling entropy of its next-
+    token distribution stays low; past the threshold the large model writes a span, then hands
+    back. Both must be vLLM models (their completions API continues any text)."""
+
+    kind: Literal["ead"]
+    small: Name
+    large: Name
+    window: int = Field(default=4, ge=1, description="tokens in the rolling entropy window")
+    threshold: float = Field(
+        default=1.5, ge=0, description="rolling mean entropy (nats) that hands over to large"
+    )
+    span: int = Field(default=16, ge=1, description="tokens the large model writes per switch")
+    chunk: int = Field(default=16, ge=1, description="tokens the small model writes per call")
+    top_k: int = Field(default=5, ge=1, le=20, description="top_logprobs used for entropy")
+    description: str | None = None
+    pacing: PacingConfig | None = None
+    cache: CacheConfig | None = None
+
+    @property
+    def models(self) -> list[str]:
+        return [self.small, self.large]
 
 
 def _route_kind(value: object) -> object:
@@ -179,11 +268,13 @@ def _route_kind(value: object) -> object:
 RouteConfig = Annotated[
     Annotated[FixedRoute, Tag("fixed")]
     | Annotated[CostAwareRoute, Tag("cost_aware")]
-    | Annotated[LearnedRoute, Tag("learned")],
+    | Annotated[LearnedRoute, Tag("learned")]
+    | Annotated[CascadeRoute, Tag("cascade")]
+    | Annotated[EadRoute, Tag("ead")],
     Discriminator(
         _route_kind,
         custom_error_type="invalid_route_kind",
-        custom_error_message="kind must be 'fixed', 'cost_aware' or 'learned'",
+        custom_error_message="kind must be 'fixed', 'cost_aware', 'learned', 'cascade' or 'ead'",
     ),
 ]
 
