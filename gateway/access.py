@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from cascades.base import Cascade
 from gateway.errors import ApiError
 from gateway.keys import bearer_token, hash_secret
 from gateway.periods import resets_at, window_id
@@ -164,11 +165,13 @@ class Access:
         runtime: Runtime,
         models: list[str],
         request_id: str,
+        cascade: Cascade | None = None,
     ) -> Admission:
         """Check the key's rate limits and reserve the worst case on every budget.
 
         `body` may gain `max_tokens` (the policy default) when a budget applies and the client
-        set none: a worst case needs an upper bound on the answer.
+        set none: a worst case needs an upper bound on the answer. A `cascade` may call several
+        models for one request: its own worst case is reserved, and it is never trimmed.
         """
         now = time.time()
         typical = typical_from_upper(prompt_upper)
@@ -177,7 +180,7 @@ class Access:
             await self._rate_limits(key, admission, now)
         if budgets:
             await self._reserve(
-                budgets, body, prompt_upper, runtime, models, request_id, admission, now
+                budgets, body, prompt_upper, runtime, models, request_id, admission, now, cascade
             )
         return admission
 
@@ -203,13 +206,22 @@ class Access:
         request_id: str,
         admission: Admission,
         now: float,
+        cascade: Cascade | None,
     ) -> None:
         if not (body.get("max_tokens") or body.get("max_completion_tokens")):
             body["max_tokens"] = runtime.policy.defaults.max_tokens
         completion = int(body.get("max_tokens") or body.get("max_completion_tokens"))
-        worst_of = {m: runtime.prices[m](prompt, completion, None) for m in models}
         ttl = runtime.policy.defaults.reservation_ttl_s
         admission.reservation_id = request_id
+        if cascade is not None:
+            worst = cascade.worst_case_usd(prompt, completion, runtime.prices)
+            refused = await self._reserve_all(budgets, request_id, worst, ttl, now, admission)
+            if refused is not None:
+                raise _budget_exhausted(refused[0], refused[1], worst, now)
+            admission.models = list(models)
+            admission.reserved_usd = from_micros(to_micros(worst))
+            return
+        worst_of = {m: runtime.prices[m](prompt, completion, None) for m in models}
         chain = list(models)
         while True:
             # The chain may fall back to a dearer model: reserve for the dearest in it.

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from gateway.cache_cli import cache_app
 from gateway.keys_cli import keys_app
 from gateway.routers_cli import routers_app
 from policies.loader import PolicyError, example_policy_path, load_policy
@@ -22,6 +23,7 @@ app.add_typer(policy_app, name="policy")
 app.add_typer(demo_app, name="demo")
 app.add_typer(keys_app, name="keys")
 app.add_typer(routers_app, name="routers")
+app.add_typer(cache_app, name="cache")
 
 err = Console(stderr=True, highlight=False)
 out = Console(highlight=False)

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +20,8 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from cascades.base import Cascade, CascadeFailed, CascadeStream, Step
+from cascades.cache import ResponseCache, body_from_chunks, chunks_from_body, scope_id
 from cascades.fallback import Attempt, ChainFailed, Outcome, first_success
 from gateway.access import Access, Admission, prompt_tokens_upper, typical_from_upper
 from gateway.accounting.request_log import RequestLog, RequestRecord
@@ -40,6 +43,8 @@ H_COST = "x-routegate-cost-usd"
 H_FALLBACKS = "x-routegate-fallbacks"
 H_MULTIPLIER = "x-routegate-price-multiplier"  # budget pacing's lambda factor, when paced
 H_QUALITY = "x-routegate-predicted-quality"  # the router's prediction for the chosen model
+H_CACHE = "x-routegate-cache"  # hit | miss, on routes with a response cache
+H_STEPS = "x-routegate-cascade-steps"  # models a cascade called, in order, each one paid for
 
 
 @dataclass(slots=True)
@@ -135,7 +140,10 @@ class Accounting:
         endpoint: str | None = None,
         fallbacks: list[str] | None = None,
         error: str | None = None,
+        steps: list[Step] | None = None,
+        detail: dict[str, Any] | None = None,
     ) -> float:
+        """`steps`: a cascade's calls, each paid for; then `usage` is not used."""
         if self._done:
             return self.record.cost_usd
         self._done = True
@@ -143,11 +151,22 @@ class Accounting:
         rec.status, rec.model, rec.endpoint, rec.error = status, model, endpoint, error
         rec.fallbacks = fallbacks or []
         rec.latency_ms = (time.perf_counter() - self._t0) * 1000
-        if usage is not None and model is not None:
+        step_costs: list[tuple[Step, float]] = []
+        if steps:
+            step_costs = [(s, self.cost(s.model, s.usage, s.provider_cost_usd)) for s in steps]
+            rec.prompt_tokens = sum(s.usage.prompt_tokens for s in steps)
+            rec.completion_tokens = sum(s.usage.completion_tokens for s in steps)
+            rec.usage_exact = all(s.usage.exact for s in steps)
+            rec.cost_usd = math.fsum(c for _, c in step_costs)
+            rec.extra["steps"] = [_step_row(s, c) for s, c in step_costs]
+        elif usage is not None and model is not None:
             rec.prompt_tokens = usage.prompt_tokens
             rec.completion_tokens = usage.completion_tokens
             rec.usage_exact = usage.exact
             rec.cost_usd = self.cost(model, usage, provider_cost)
+            step_costs = [(Step(model, usage, endpoint or ""), rec.cost_usd)]
+        if detail:
+            rec.extra.update(detail)
         if self.admission is not None:
             try:
                 await self.admission.settle(rec.cost_usd, rec.prompt_tokens + rec.completion_tokens)
@@ -166,11 +185,22 @@ class Accounting:
             m.ttft.labels(route, model_label).observe(rec.ttft_ms / 1000)
         for fallen in rec.fallbacks:
             m.fallbacks.labels(route, fallen).inc()
-        if usage is not None:
-            m.tokens.labels(route, model_label, "prompt").inc(rec.prompt_tokens)
-            m.tokens.labels(route, model_label, "completion").inc(rec.completion_tokens)
-            m.cost.labels(route, model_label).inc(rec.cost_usd)
+        for step, cost in step_costs:
+            m.tokens.labels(route, step.model, "prompt").inc(step.usage.prompt_tokens)
+            m.tokens.labels(route, step.model, "completion").inc(step.usage.completion_tokens)
+            m.cost.labels(route, step.model).inc(cost)
         return rec.cost_usd
+
+
+def _step_row(step: Step, cost: float) -> dict[str, Any]:
+    return {
+        "model": step.model,
+        "prompt_tokens": step.usage.prompt_tokens,
+        "completion_tokens": step.usage.completion_tokens,
+        "cost_usd": cost,
+        "endpoint": step.endpoint,
+        **step.detail,
+    }
 
 
 def _headers(rec: RequestRecord, model: str | None, cost: float | None) -> dict[str, str]:
@@ -185,6 +215,10 @@ def _headers(rec: RequestRecord, model: str | None, cost: float | None) -> dict[
     prediction = extra.get("predictions", {}).get(model)
     if prediction is not None:
         h[H_QUALITY] = f"{prediction['quality']:.4f}"
+    if "cache" in extra:
+        h[H_CACHE] = "hit" if extra["cache"]["hit"] else "miss"
+    if "steps" in extra:
+        h[H_STEPS] = ",".join(step["model"] for step in extra["steps"])
     return h
 
 
@@ -222,18 +256,22 @@ async def _handle(
         rec.route = route
         access = services.access
         access.check_route(key, body["model"])
+        cache = await _cache_lookup(services, config, route, kind, body, rec)
+        if cache is not None and cache.hit is not None:
+            return await _cached_response(cache, kind, body, acct)
         budgets = services.pacers.budgets(key, route, config, rec.ts)
         multiplier = await services.pacers.multiplier(key, route, config)
         # The prompt is walked once: budgets reserve on the bound, routers cost the typical.
         prompt_upper = prompt_tokens_upper(body)
         ctx = RouteContext(route or body["model"], multiplier, typical_from_upper(prompt_upper))
         decision, attempts = await plan(runtime, body, kind, route, ctx)
+        cascade = runtime.cascades.get(route) if route else None
         if multiplier != 1.0:
             rec.extra["price_multiplier"] = multiplier
         if decision.predictions:
             rec.extra["predictions"] = decision.predictions
         acct.admission = await access.admit(
-            key, budgets, body, prompt_upper, runtime, decision.models, rec.request_id
+            key, budgets, body, prompt_upper, runtime, decision.models, rec.request_id, cascade
         )
         allowed = acct.admission.models
         if allowed is not None and len(allowed) < len(attempts):
@@ -243,10 +281,12 @@ async def _handle(
         await acct.finish(status=err.status, model=None, error=err.message)
         return err.response(_headers(rec, None, None))
 
+    if cascade is not None:
+        return await _run_cascade(cascade, kind, body, runtime, acct, t0, cache)
     try:
         if rec.stream:
             stream = await first_success(attempts, runtime.backends, _open_stream)
-            return _stream_response(stream, body, acct, t0)
+            return _upstream_stream_response(stream, kind, body, acct, t0, cache)
         done = await first_success(attempts, runtime.backends, _complete)
     except ChainFailed as failed:
         err = failed.error
@@ -269,11 +309,121 @@ async def _handle(
         endpoint=result.endpoint,
         fallbacks=done.fallbacks,
     )
+    if cache is not None:
+        await cache.store(result.body, done.model, cost)
     return Response(
         orjson.dumps(result.body),
         media_type="application/json",
         headers=_headers(rec, done.model, cost),
     )
+
+
+async def _run_cascade(
+    cascade: Cascade,
+    kind: Kind,
+    body: dict[str, Any],
+    runtime: Runtime,
+    acct: Accounting,
+    t0: float,
+    cache: CacheUse | None,
+) -> Response:
+    """A route whose answer may take several models: every step is charged, even on failure."""
+    rec = acct.record
+    try:
+        if rec.stream:
+            stream = await cascade.open_stream(kind, body, runtime.backends)
+            return _cascade_stream_response(stream, kind, body, acct, t0, cache)
+        result = await cascade.complete(kind, body, runtime.backends)
+    except CascadeFailed as failed:
+        err = failed.error
+        await acct.finish(
+            status=err.status,
+            model=failed.model,
+            endpoint=",".join(err.attempts) or None,
+            steps=failed.steps,
+            error=err.message,
+        )
+        api = ApiError(err.status, err.message, code=err.code, param=err.param)
+        return api.response(_headers(rec, failed.model, rec.cost_usd))
+    cost = await acct.finish(
+        status=200,
+        model=result.model,
+        steps=result.steps,
+        detail=result.detail,
+        endpoint=result.steps[-1].endpoint if result.steps else None,
+    )
+    if cache is not None:
+        await cache.store(result.body, result.model, cost)
+    return Response(
+        orjson.dumps(result.body),
+        media_type="application/json",
+        headers=_headers(rec, result.model, cost),
+    )
+
+
+@dataclass(slots=True)
+class CacheUse:
+    """A cacheable request on a route with a response cache: its key, and the hit if any."""
+
+    cache: ResponseCache
+    key: str
+    hit: Any = None
+
+    async def store(self, body: dict[str, Any], model: str, cost: float) -> None:
+        # A cache that cannot store must not fail an answer that was already paid for.
+        try:
+            await self.cache.put(self.key, body, model, cost, time.time())
+        except Exception:
+            log.exception("storing an answer in the %s cache failed", self.cache.route)
+
+
+async def _cache_lookup(
+    services: Services,
+    config: RouteConfig | None,
+    route: str | None,
+    kind: Kind,
+    body: dict[str, Any],
+    rec: RequestRecord,
+) -> CacheUse | None:
+    """The route's cache entry for this request, with the hit if any; None when the route has
+    no cache or the request may not be cached (sampled, n > 1)."""
+    if config is None or config.cache is None or route is None:
+        return None
+    cache = ResponseCache(services.access.state, route, config.cache)
+    key = cache.key_for(kind, body, scope_id(config.cache, rec.api_key_id, rec.team))
+    if key is None:
+        return None
+    use = CacheUse(cache, key)
+    try:
+        use.hit = await cache.get(key, time.time())
+    except Exception:  # a cache that cannot answer is a miss, not a failed request
+        log.exception("looking up the %s cache failed", route)
+    if use.hit is None:
+        rec.extra["cache"] = {"hit": False}
+    return use
+
+
+async def _cached_response(
+    use: CacheUse, kind: Kind, body: dict[str, Any], acct: Accounting
+) -> Response:
+    """A hit costs nothing and calls no model; the log row says what it saved."""
+    hit = use.hit
+    rec = acct.record
+    rec.extra["cache"] = {"hit": True, "saved_usd": hit.cost_usd, "cached_at": hit.created_at}
+    await acct.finish(status=200, model=hit.model, endpoint="cache")
+    headers = _headers(rec, hit.model, 0.0)
+    if not rec.stream:
+        return Response(orjson.dumps(hit.body), media_type="application/json", headers=headers)
+    wants_usage = _wants_usage(body)
+    chunks = chunks_from_body(kind, hit.body)
+
+    async def events() -> AsyncIterator[bytes]:
+        for chunk in chunks:
+            if chunk.get("choices") or wants_usage:
+                yield b"data: " + orjson.dumps(chunk) + b"\n\n"
+        yield f": {H_COST}={0.0:.10f}\n\ndata: [DONE]\n\n".encode()
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers=_sse(headers))
 
 
 def _complete(backend: Any, call: UpstreamCall) -> Any:
@@ -284,19 +434,87 @@ def _open_stream(backend: Any, call: UpstreamCall) -> Any:
     return backend.open_stream(call)
 
 
+def _wants_usage(body: dict[str, Any]) -> bool:
+    return bool((body.get("stream_options") or {}).get("include_usage"))
+
+
+def _sse(headers: dict[str, str]) -> dict[str, str]:
+    headers["cache-control"] = "no-cache"
+    headers["x-accel-buffering"] = "no"
+    return headers
+
+
+Settle = Callable[[int, str | None], Awaitable[float]]
+
+
+def _upstream_stream_response(
+    outcome: Outcome[UpstreamStream],
+    kind: Kind,
+    body: dict[str, Any],
+    acct: Accounting,
+    t0: float,
+    cache: CacheUse | None,
+) -> StreamingResponse:
+    stream = outcome.result
+    acct.record.fallbacks = outcome.fallbacks
+
+    def settle(status: int, error: str | None) -> Awaitable[float]:
+        return acct.finish(
+            status=status,
+            model=outcome.model,
+            usage=stream.usage,
+            provider_cost=stream.provider_cost_usd,
+            endpoint=stream.endpoint,
+            fallbacks=outcome.fallbacks,
+            error=error,
+        )
+
+    return _stream_response(stream, outcome.model, settle, kind, body, acct, t0, cache)
+
+
+def _cascade_stream_response(
+    stream: CascadeStream,
+    kind: Kind,
+    body: dict[str, Any],
+    acct: Accounting,
+    t0: float,
+    cache: CacheUse | None,
+) -> StreamingResponse:
+    def settle(status: int, error: str | None) -> Awaitable[float]:
+        last = stream.steps[-1].endpoint if stream.steps else None
+        return acct.finish(
+            status=status,
+            model=stream.model,
+            steps=stream.steps,
+            detail=stream.detail,
+            endpoint=last,
+            error=error,
+        )
+
+    return _stream_response(stream, stream.model, settle, kind, body, acct, t0, cache)
+
+
 def _stream_response(
-    outcome: Outcome[UpstreamStream], body: dict[str, Any], acct: Accounting, t0: float
+    stream: UpstreamStream | CascadeStream,
+    model: str,
+    settle: Settle,
+    kind: Kind,
+    body: dict[str, Any],
+    acct: Accounting,
+    t0: float,
+    cache: CacheUse | None,
 ) -> StreamingResponse:
     rec = acct.record
-    rec.fallbacks = outcome.fallbacks
     rec.ttft_ms = (time.perf_counter() - t0) * 1000
-    stream = outcome.result
-    wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+    wants_usage = _wants_usage(body)
+    kept: list[dict[str, Any]] | None = [] if cache is not None else None
 
     async def events() -> AsyncIterator[bytes]:
         status, error = 499, "client disconnected"  # unless the stream runs to its end
         try:
             async for chunk in stream:
+                if kept is not None:
+                    kept.append(chunk)
                 if not chunk.get("choices") and chunk.get("usage") and not wants_usage:
                     continue  # the client did not ask for the usage chunk
                 yield b"data: " + orjson.dumps(chunk) + b"\n\n"
@@ -311,20 +529,12 @@ def _stream_response(
             # log row must still happen.
             with anyio.CancelScope(shield=True):
                 await stream.aclose()
-                cost = await acct.finish(
-                    status=status,
-                    model=outcome.model,
-                    usage=stream.usage,
-                    provider_cost=stream.provider_cost_usd,
-                    endpoint=stream.endpoint,
-                    fallbacks=outcome.fallbacks,
-                    error=error,
-                )
+                cost = await settle(status, error)
+                if cache is not None and kept is not None and status == 200:
+                    await cache.store(body_from_chunks(kind, kept), model, cost)
         # Streams cannot carry the final cost in a header: it comes as an SSE comment, which
         # OpenAI clients ignore, and in the request log.
         yield f": {H_COST}={cost:.10f}\n\ndata: [DONE]\n\n".encode()
 
-    headers = _headers(rec, outcome.model, None)
-    headers["cache-control"] = "no-cache"
-    headers["x-accel-buffering"] = "no"
-    return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
+    headers = _headers(rec, model, None)
+    return StreamingResponse(events(), media_type="text/event-stream", headers=_sse(headers))

@@ -14,11 +14,20 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from cascades.base import Cascade
 from gateway.accounting.pricing import CostFn, price_table
 from gateway.backends.base import Backend
 from gateway.backends.vllm_pool import VllmPool
 from policies.loader import PolicyError, Problem, router_dir
-from policies.schema import CostAwareRoute, LearnedRoute, LitellmModel, Policy, RouteConfig
+from policies.schema import (
+    CascadeRoute,
+    CostAwareRoute,
+    EadRoute,
+    LearnedRoute,
+    LitellmModel,
+    Policy,
+    RouteConfig,
+)
 from routers.base import Router
 from routers.cost_aware import CostAwareRouter
 from routers.fixed import FixedRouter
@@ -32,6 +41,8 @@ class Runtime:
     backends: dict[str, Backend]
     prices: dict[str, CostFn]
     routers: dict[str, Router]
+    # Routes whose answer may take several models (kind cascade or ead), by route name.
+    cascades: dict[str, Cascade] = field(default_factory=dict)
     loaded_at: float = field(default_factory=time.time)
 
     def chain_for_model(self, name: str) -> list[str]:
@@ -93,6 +104,38 @@ def _router(route: RouteConfig, policy: Policy, prices: dict[str, CostFn]) -> Ro
     return FixedRouter(route.models)
 
 
+def call_limits(policy: Policy) -> dict[str, tuple[float, int]]:
+    """model -> (timeout_s, retries), the model's own or the policy default."""
+    d = policy.defaults
+    return {
+        name: (
+            m.timeout_s if m.timeout_s is not None else d.timeout_s,
+            m.retries if m.retries is not None else d.retries,
+        )
+        for name, m in policy.models.items()
+    }
+
+
+def _cascade(name: str, route: RouteConfig, policy: Policy) -> Cascade | None:
+    if isinstance(route, CascadeRoute):
+        from cascades.escalation import EscalationCascade
+
+        return EscalationCascade(name, route, call_limits(policy))
+    if isinstance(route, EadRoute):
+        from cascades.ead import EadCascade
+
+        timeout_s, retries = call_limits(policy)[route.small]
+        return EadCascade(
+            name,
+            route,
+            price_table(policy),
+            timeout_s,
+            retries,
+            default_max_tokens=policy.defaults.max_tokens,
+        )
+    return None
+
+
 def build_runtime(
     policy: Policy,
     text: str,
@@ -112,5 +155,10 @@ def build_runtime(
         routers={
             name: learned[name] if name in learned else _router(route, policy, prices)
             for name, route in policy.routes.items()
+        },
+        cascades={
+            name: cascade
+            for name, route in policy.routes.items()
+            if (cascade := _cascade(name, route, policy)) is not None
         },
     )

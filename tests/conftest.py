@@ -68,9 +68,16 @@ def vllm_server_handles(
 
 
 @pytest.fixture(scope="session")
-def vllm_servers(vllm_server_handles: list[VllmServer]) -> dict[str, str]:
-    """Served model name -> base URL (`http://127.0.0.1:PORT/v1`) of the real vLLM servers."""
-    return {s.name: s.base_url for s in vllm_server_handles}
+def vllm_servers(request: pytest.FixtureRequest) -> dict[str, str]:
+    """Served model name -> base URL (`http://127.0.0.1:PORT/v1`) of the real vLLM servers.
+
+    ROUTEGATE_TEST_VLLM="tiny-small=URL,tiny-large=URL" reuses servers already running (started
+    with `python -m gateway.demo.vllm_servers`), so a developer pays the start-up once."""
+    given = os.environ.get("ROUTEGATE_TEST_VLLM")
+    if given:
+        return dict(pair.split("=", 1) for pair in given.split(","))
+    handles: list[VllmServer] = request.getfixturevalue("vllm_server_handles")
+    return {s.name: s.base_url for s in handles}
 
 
 # -- the shared state store: in-process, and a real redis-server -------------------------------

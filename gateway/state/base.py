@@ -6,13 +6,14 @@ single atomic step in both (one Lua script in Redis; no await inside the critica
 memory). The same test suite runs against both.
 
 Money is in USD floats in the interface; implementations store integer micro-dollars
-(`to_micros`) so that concurrent additions are exact.
+(`to_micros`) so that concurrent additions are exact. The response cache keeps its costs as
+floats: they only rank entries, nobody is billed from them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Literal, Protocol
 
 
 def to_micros(usd: float) -> int:
@@ -68,6 +69,37 @@ class PacingState:
     integral: float = 0.0  # the PI controller's accumulated error
     updated_at: float = 0.0  # unix time of the last update
     extra: dict[str, float] = field(default_factory=dict)
+
+
+Eviction = Literal["gdsf", "lec", "lru"]
+
+# Misses remembered per cache namespace (the "ghost" frequency table), so a query's frequency
+# is known when it is first stored. Bounded: the least recently missed key is forgotten first.
+CACHE_GHOST_ENTRIES = 10_000
+
+
+@dataclass(slots=True)
+class CacheEntry:
+    value: bytes
+    cost_usd: float  # what a miss would cost: the eviction weight
+    created_at: float
+    hits: int  # hits served by this entry, this one included
+
+
+def cache_priority(
+    eviction: str, clock: float, freq: float, cost_usd: float, size: int, now: float
+) -> float:
+    """The eviction priority of an entry; the lowest is evicted first. The Redis scripts compute
+    the same expression in Lua (same operation order, so the same doubles).
+
+    gdsf: Greedy-Dual-Size-Frequency, H = L + freq * cost / size (L: the namespace's aging clock)
+    lec:  Least-Expected-Cost, freq * cost (expected cost of dropping it)
+    lru:  the last access time"""
+    if eviction == "gdsf":
+        return clock + freq * cost_usd / size
+    if eviction == "lec":
+        return freq * cost_usd
+    return now
 
 
 class State(Protocol):
@@ -131,6 +163,33 @@ class State(Protocol):
     async def pacing_update(self, name: str, expected_updated_at: float, new: PacingState) -> bool:
         """Compare-and-set: store `new` only if the stored state's updated_at equals
         `expected_updated_at` (0.0 when none is stored). False when another replica won."""
+
+    # -- response cache ---------------------------------------------------------------------
+    async def cache_get(self, namespace: str, key: str, now: float) -> CacheEntry | None:
+        """Atomically: a live entry counts the hit (hits + 1, frequency + 1) and gets its new
+        eviction priority; an expired one is removed and, like an absent one, is a miss. A
+        miss adds 1 to the key's count in the namespace's bounded ghost table."""
+
+    async def cache_put(
+        self,
+        namespace: str,
+        key: str,
+        value: bytes,
+        cost_usd: float,
+        eviction: Eviction,
+        max_bytes: int,
+        ttl_s: float,
+        now: float,
+    ) -> list[str]:
+        """Atomically: drop expired entries, store (or replace) the entry with the frequency
+        its ghost count carried (at least 1), then evict the lowest-priority entries until the
+        namespace's values fit `max_bytes`. Returns the evicted keys (`key` itself when the new
+        entry was the lowest, or alone is larger than max_bytes). An evicted entry's frequency
+        goes back to the ghost table; an expired one's is forgotten."""
+
+    async def cache_usage(self, namespace: str) -> tuple[int, int]:
+        """(entries, bytes of their values) held in the namespace, expired ones included until
+        the next put sweeps them."""
 
     # -- lifecycle --------------------------------------------------------------------------
     async def aclose(self) -> None: ...

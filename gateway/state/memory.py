@@ -14,7 +14,8 @@ Persistence (optional, `path`): a small SQLite file with three tables:
 - `pacing(name PRIMARY KEY, data)`: pacing controller state as JSON, snapshotted with spend.
 - `meta(name PRIMARY KEY, value)`: `has_keys`.
 
-Rate windows and open reservations are not persisted: they are worth seconds to minutes.
+Rate windows and open reservations are not persisted: they are worth seconds to minutes. Nor
+is the response cache: it is rebuilt by traffic, and a restart costs only the misses.
 """
 
 from __future__ import annotations
@@ -29,14 +30,19 @@ import math
 import sqlite3
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway.state.base import (
+    CACHE_GHOST_ENTRIES,
+    CacheEntry,
+    Eviction,
     PacingState,
     Reservation,
     VirtualKey,
     WindowResult,
+    cache_priority,
     from_micros,
     to_micros,
 )
@@ -159,6 +165,73 @@ class _Window:
         self.index = index
 
 
+@dataclass(slots=True)
+class _CacheItem:
+    value: bytes
+    cost: float
+    created: float
+    expires: float
+    eviction: str
+    freq: int
+    hits: int = 0
+    priority: float = 0.0
+
+
+@dataclass(slots=True)
+class _CacheSpace:
+    """One cache namespace. The heaps hold (priority or expiry, key); entries whose value no
+    longer matches the item are stale and skipped (lazy deletion keeps each update O(log n))."""
+
+    items: dict[str, _CacheItem] = field(default_factory=dict)
+    by_priority: list[tuple[float, str]] = field(default_factory=list)
+    by_expiry: list[tuple[float, str]] = field(default_factory=list)
+    bytes: int = 0
+    clock: float = 0.0  # GDSF's aging value L
+    ghost: OrderedDict[str, int] = field(default_factory=OrderedDict)
+
+    def set_priority(self, key: str, item: _CacheItem, now: float) -> None:
+        item.priority = cache_priority(
+            item.eviction, self.clock, item.freq, item.cost, len(item.value), now
+        )
+        heapq.heappush(self.by_priority, (item.priority, key))
+        if len(self.by_priority) > 2 * len(self.items) + 64:  # mostly stale: rebuild
+            self.by_priority = [(i.priority, k) for k, i in self.items.items()]
+            heapq.heapify(self.by_priority)
+
+    def remove(self, key: str) -> _CacheItem | None:
+        item = self.items.pop(key, None)
+        if item is not None:
+            self.bytes -= len(item.value)
+        return item
+
+    def count_miss(self, key: str, times: int = 1) -> None:
+        self.ghost[key] = self.ghost.pop(key, 0) + times
+        while len(self.ghost) > CACHE_GHOST_ENTRIES:
+            self.ghost.popitem(last=False)
+
+    def drop_expired(self, now: float) -> None:
+        heap = self.by_expiry
+        while heap and heap[0][0] <= now:
+            expires, key = heapq.heappop(heap)
+            item = self.items.get(key)
+            if item is not None and item.expires == expires:
+                self.remove(key)  # its frequency is forgotten: a stale answer starts over
+
+    def evict_lowest(self) -> str | None:
+        heap = self.by_priority
+        while heap:
+            priority, key = heapq.heappop(heap)
+            item = self.items.get(key)
+            if item is None or item.priority != priority:
+                continue
+            self.remove(key)
+            if item.eviction == "gdsf":
+                self.clock = max(self.clock, priority)
+            self.count_miss(key, item.freq)  # its frequency outlives the entry
+            return key
+        return None
+
+
 def _copy_key(key: VirtualKey) -> VirtualKey:
     # Callers get their own copy: mutating a returned key must not change the store.
     return dataclasses.replace(
@@ -178,6 +251,7 @@ class MemoryState:
         self._budgets: dict[str, _Budget] = {}
         self._windows: dict[str, _Window] = {}
         self._pacing: dict[str, PacingState] = {}
+        self._caches: dict[str, _CacheSpace] = {}
         self._path = path
         self._db: sqlite3.Connection | None = None
         self._db_lock = threading.Lock()  # the snapshot thread and the loop share one connection
@@ -452,6 +526,64 @@ class MemoryState:
         self._pacing[name] = dataclasses.replace(new, extra=dict(new.extra))
         self._mark_dirty(pacing=name)
         return True
+
+    # -- response cache ----------------------------------------------------------------------
+
+    async def cache_get(self, namespace: str, key: str, now: float) -> CacheEntry | None:
+        space = self._caches.get(namespace)
+        if space is None:
+            space = self._caches[namespace] = _CacheSpace()
+        item = space.items.get(key)
+        if item is not None and item.expires <= now:
+            space.remove(key)
+            item = None
+        if item is None:
+            space.count_miss(key)
+            return None
+        item.hits += 1
+        item.freq += 1
+        space.set_priority(key, item, now)
+        return CacheEntry(item.value, item.cost, item.created, item.hits)
+
+    async def cache_put(
+        self,
+        namespace: str,
+        key: str,
+        value: bytes,
+        cost_usd: float,
+        eviction: Eviction,
+        max_bytes: int,
+        ttl_s: float,
+        now: float,
+    ) -> list[str]:
+        space = self._caches.get(namespace)
+        if space is None:
+            space = self._caches[namespace] = _CacheSpace()
+        space.drop_expired(now)
+        old = space.remove(key)
+        freq = old.freq if old is not None else max(space.ghost.pop(key, 0), 1)
+        if len(value) > max_bytes:
+            space.count_miss(key, freq)
+            return [key]
+        item = _CacheItem(bytes(value), float(cost_usd), now, now + ttl_s, eviction, freq)
+        space.items[key] = item
+        space.bytes += len(value)
+        space.set_priority(key, item, now)
+        heapq.heappush(space.by_expiry, (item.expires, key))
+        if len(space.by_expiry) > 2 * len(space.items) + 64:  # mostly stale: rebuild
+            space.by_expiry = [(i.expires, k) for k, i in space.items.items()]
+            heapq.heapify(space.by_expiry)
+        evicted: list[str] = []
+        while space.bytes > max_bytes:
+            gone = space.evict_lowest()
+            if gone is None:
+                break
+            evicted.append(gone)
+        return evicted
+
+    async def cache_usage(self, namespace: str) -> tuple[int, int]:
+        space = self._caches.get(namespace)
+        return (len(space.items), space.bytes) if space is not None else (0, 0)
 
     # -- lifecycle ---------------------------------------------------------------------------
 

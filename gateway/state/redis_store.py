@@ -15,12 +15,23 @@ Key layout (all under `prefix`, written `P` below):
     P:budget:{<budget>}:expiry  zset   reservation id -> expires_at (unix seconds)
     P:win:<name>:<index>        string count of fixed window <index> (= floor(now / window))
     P:pacing:<name>             hash   updated_at (repr of a float), state (JSON)
+    P:cache:{<ns>}:e:<key>      hash   value, cost, size, created, expires, hits, freq, eviction
+    P:cache:{<ns>}:prio         zset   key -> eviction priority (lowest evicted first)
+    P:cache:{<ns>}:exp          zset   key -> expires_at
+    P:cache:{<ns>}:size         hash   key -> bytes of its value (kept apart from the entry, so
+                                       the bookkeeping holds even after Redis expired the entry)
+    P:cache:{<ns>}:meta         hash   bytes (sum of sizes), clock (GDSF's aging value L)
+    P:cache:{<ns>}:ghost        hash   key -> misses counted while not cached
+    P:cache:{<ns>}:ghost-at     zset   key -> last miss time (the bound drops the oldest)
 
 The `{<budget>}` hash tag keeps one budget's four keys in one cluster slot. Budget keys expire
 `BUDGET_KEEP_S` after their last write; window keys two windows after theirs.
 
 The key scripts (put, lookup) touch an index key they compute themselves, which standalone
-Redis allows; budgets, windows and pacing declare all their keys.
+Redis allows; budgets, windows and pacing declare all their keys, and so do the cache scripts
+except the entry hashes, whose names they build from the namespace's `e:` prefix. Cache entry
+hashes expire `CACHE_GRACE_S` after their TTL (memory back-stop: the scripts remove them at
+their TTL); a namespace's other keys live as long as its longest-lived entry, ghosts a day.
 """
 
 from __future__ import annotations
@@ -33,6 +44,9 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from gateway.state.base import (
+    CACHE_GHOST_ENTRIES,
+    CacheEntry,
+    Eviction,
     PacingState,
     Reservation,
     VirtualKey,
@@ -51,6 +65,8 @@ from gateway.state.memory import (
 )
 
 BUDGET_KEEP_S = 40 * 86400  # a budget window idle this long is gone (months are <= 31 days)
+CACHE_GRACE_S = 60  # Redis-side expiry of a cache entry, after its own TTL
+CACHE_GHOST_KEEP_S = 86400  # an idle namespace's ghost table is gone after a day
 
 
 class StateUnavailable(RuntimeError):
@@ -189,6 +205,116 @@ return 1
 """
 
 
+# Shared by the cache scripts. KEYS = prio, exp, size, meta, ghost, ghost-at;
+# ARGV[1] = the entry hash prefix. Same expression and order as `cache_priority`.
+_CACHE_COMMON = """
+local function priority(kind, clock, freq, cost, size, now)
+  if kind == 'gdsf' then return clock + freq * cost / size end
+  if kind == 'lec' then return freq * cost end
+  return now
+end
+local function fmt(x) return string.format('%.17g', x) end
+local function drop(key)
+  redis.call('DEL', ARGV[1] .. key)
+  redis.call('ZREM', KEYS[1], key)
+  redis.call('ZREM', KEYS[2], key)
+  local size = redis.call('HGET', KEYS[3], key)
+  if size then
+    redis.call('HDEL', KEYS[3], key)
+    redis.call('HINCRBY', KEYS[4], 'bytes', -tonumber(size))
+  end
+end
+local function count_miss(key, times, now, bound)
+  redis.call('HINCRBY', KEYS[5], key, times)
+  redis.call('ZADD', KEYS[6], now, key)
+  local over = redis.call('ZCARD', KEYS[6]) - bound
+  if over > 0 then
+    local popped = redis.call('ZPOPMIN', KEYS[6], over)
+    for i = 1, #popped, 2 do redis.call('HDEL', KEYS[5], popped[i]) end
+  end
+  redis.call('EXPIRE', KEYS[5], ARGV[3])
+  redis.call('EXPIRE', KEYS[6], ARGV[3])
+end
+"""
+
+# ARGV: entry prefix, key, ghost keep s, now, ghost bound -> {} | {value, cost, created, hits}
+_CACHE_GET = (
+    _CACHE_COMMON
+    + """
+local key, now = ARGV[2], tonumber(ARGV[4])
+local ekey = ARGV[1] .. key
+local f = redis.call('HMGET', ekey, 'value', 'cost', 'created', 'expires', 'size', 'eviction')
+if f[1] and tonumber(f[4]) > now then
+  local hits = redis.call('HINCRBY', ekey, 'hits', 1)
+  local freq = redis.call('HINCRBY', ekey, 'freq', 1)
+  local clock = tonumber(redis.call('HGET', KEYS[4], 'clock') or '0')
+  local p = priority(f[6], clock, freq, tonumber(f[2]), tonumber(f[5]), now)
+  redis.call('ZADD', KEYS[1], fmt(p), key)
+  return {f[1], f[2], f[3], hits}
+end
+if f[1] then drop(key) end
+count_miss(key, 1, now, tonumber(ARGV[5]))
+return {}
+"""
+)
+
+# ARGV: entry prefix, key, ghost keep s, now, ghost bound, value, cost, eviction, max bytes,
+# ttl s, grace s -> evicted keys
+_CACHE_PUT = (
+    _CACHE_COMMON
+    + """
+local key, now, bound = ARGV[2], tonumber(ARGV[4]), tonumber(ARGV[5])
+local value, cost, kind = ARGV[6], tonumber(ARGV[7]), ARGV[8]
+local max_bytes, ttl = tonumber(ARGV[9]), tonumber(ARGV[10])
+for _, k in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[4])) do drop(k) end
+local ekey = ARGV[1] .. key
+local freq = tonumber(redis.call('HGET', ekey, 'freq') or '0')
+if redis.call('HEXISTS', KEYS[3], key) == 1 then
+  freq = math.max(freq, 1)
+  drop(key)
+else
+  freq = math.max(tonumber(redis.call('HGET', KEYS[5], key) or '0'), 1)
+  redis.call('HDEL', KEYS[5], key)
+  redis.call('ZREM', KEYS[6], key)
+end
+local size = #value
+if size > max_bytes then
+  count_miss(key, freq, now, bound)
+  return {key}
+end
+local expires = now + ttl
+redis.call('HSET', ekey, 'value', value, 'cost', ARGV[7], 'size', size, 'created', ARGV[4],
+  'expires', fmt(expires), 'hits', 0, 'freq', freq, 'eviction', kind)
+redis.call('PEXPIRE', ekey, math.ceil((ttl + tonumber(ARGV[11])) * 1000))
+local clock = tonumber(redis.call('HGET', KEYS[4], 'clock') or '0')
+redis.call('ZADD', KEYS[1], fmt(priority(kind, clock, freq, cost, size, now)), key)
+redis.call('ZADD', KEYS[2], fmt(expires), key)
+redis.call('HSET', KEYS[3], key, size)
+local used = redis.call('HINCRBY', KEYS[4], 'bytes', size)
+local evicted = {}
+while used > max_bytes do
+  local low = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+  if #low == 0 then break end
+  local k, p = low[1], tonumber(low[2])
+  local f = redis.call('HMGET', ARGV[1] .. k, 'freq', 'eviction')
+  drop(k)
+  if f[2] == 'gdsf' and p > clock then
+    clock = p
+    redis.call('HSET', KEYS[4], 'clock', fmt(p))
+  end
+  count_miss(k, tonumber(f[1] or '1'), now, bound)
+  evicted[#evicted + 1] = k
+  used = tonumber(redis.call('HGET', KEYS[4], 'bytes'))
+end
+local keep = math.ceil((ttl + tonumber(ARGV[11])) * 1000)
+for i = 1, 4 do
+  if redis.call('PTTL', KEYS[i]) < keep then redis.call('PEXPIRE', KEYS[i], keep) end
+end
+return evicted
+"""
+)
+
+
 def redact_url(url: str) -> str:
     """The URL without its password, fit for an error message or a log."""
     parts = urlsplit(url)
@@ -234,6 +360,18 @@ class RedisState:
         self._usage = r.register_script(_USAGE)
         self._window_hit = r.register_script(_WINDOW_HIT)
         self._pacing_cas = r.register_script(_PACING_CAS)
+        # Cached answers are bytes: their own small pool, without decoding.
+        self._raw_pool = aioredis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=max(4, max_connections // 4),
+            timeout=30,
+            decode_responses=False,
+            socket_connect_timeout=connect_timeout_s,
+            health_check_interval=30,
+        )
+        self._raw = aioredis.Redis(connection_pool=self._raw_pool)
+        self._cache_get = self._raw.register_script(_CACHE_GET)
+        self._cache_put = self._raw.register_script(_CACHE_PUT)
 
     async def ping(self) -> None:
         """Raise StateUnavailable, naming the URL, when Redis does not answer."""
@@ -400,8 +538,66 @@ class RedisState:
         )
         return bool(done)
 
+    # -- response cache ----------------------------------------------------------------------
+
+    def _cache_keys(self, namespace: str) -> tuple[str, list[str]]:
+        """(entry hash prefix, [prio, exp, size, meta, ghost, ghost-at])."""
+        base = self._k("cache", "{" + namespace + "}")
+        names = ["prio", "exp", "size", "meta", "ghost", "ghost-at"]
+        return f"{base}:e:", [f"{base}:{n}" for n in names]
+
+    async def cache_get(self, namespace: str, key: str, now: float) -> CacheEntry | None:
+        prefix, keys = self._cache_keys(namespace)
+        row = await self._cache_get(
+            keys=keys, args=[prefix, key, CACHE_GHOST_KEEP_S, repr(now), CACHE_GHOST_ENTRIES]
+        )
+        if not row:
+            return None
+        value, cost, created, hits = row
+        return CacheEntry(bytes(value), float(cost), float(created), int(hits))
+
+    async def cache_put(
+        self,
+        namespace: str,
+        key: str,
+        value: bytes,
+        cost_usd: float,
+        eviction: Eviction,
+        max_bytes: int,
+        ttl_s: float,
+        now: float,
+    ) -> list[str]:
+        prefix, keys = self._cache_keys(namespace)
+        evicted = await self._cache_put(
+            keys=keys,
+            args=[
+                prefix,
+                key,
+                CACHE_GHOST_KEEP_S,
+                repr(now),
+                CACHE_GHOST_ENTRIES,
+                value,
+                repr(float(cost_usd)),
+                eviction,
+                max_bytes,
+                repr(float(ttl_s)),
+                CACHE_GRACE_S,
+            ],
+        )
+        return [k.decode() for k in evicted]
+
+    async def cache_usage(self, namespace: str) -> tuple[int, int]:
+        _, keys = self._cache_keys(namespace)
+        async with self._raw.pipeline(transaction=True) as pipe:
+            pipe.hlen(keys[2])
+            pipe.hget(keys[3], "bytes")
+            entries, used = await pipe.execute()
+        return int(entries), int(used or 0)
+
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def aclose(self) -> None:
         await self._redis.aclose()
         await self._pool.disconnect()
+        await self._raw.aclose()
+        await self._raw_pool.disconnect()
