@@ -26,6 +26,22 @@ if ! command -v redis-server >/dev/null; then
   fi
 fi
 
+# The browser tests (dashboard, policy page, HTML report) drive the system Chromium through
+# Playwright; Playwright's own browser download is never used.
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null; then SUDO=sudo; fi
+  if command -v apt-get >/dev/null && { [ "$(id -u)" -eq 0 ] || [ -n "$SUDO" ]; }; then
+    echo "setup: installing chromium and chromium-driver"
+    $SUDO apt-get update -qq
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver \
+      >/dev/null
+  else
+    echo "setup: WARNING: chromium is missing and cannot be installed here;" \
+      "install it (Debian: apt-get install chromium chromium-driver) to run the browser tests" >&2
+  fi
+fi
+
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 # shellcheck disable=SC1091
 . .venv/bin/activate

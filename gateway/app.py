@@ -22,6 +22,7 @@ from gateway.access import Access
 from gateway.accounting.request_log import RequestLog
 from gateway.admin import router as admin_router
 from gateway.backends.http_client import new_upstream_client
+from gateway.dashboard import mount_dashboard
 from gateway.errors import ApiError
 from gateway.metrics import Metrics
 from gateway.pacers import Pacers
@@ -41,6 +42,8 @@ class Settings:
     # Where the in-process state store keeps keys and spend across restarts.
     state_path: Path = Path("routegate-state.sqlite")
     watch_policy: bool = True
+    # Applied policy versions (the dashboard's history); None: beside log_path.
+    policy_history_path: Path | None = None
 
 
 def _json(data: Any, status: int = 200) -> Response:
@@ -85,6 +88,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
 
     app.include_router(admin_router)
+    mount_dashboard(app, settings)
 
     def runtime_of(request: Request) -> Runtime:
         runtime = request.app.state.holder.current

@@ -11,6 +11,7 @@ from rich.console import Console
 
 from gateway.cache_cli import cache_app
 from gateway.keys_cli import keys_app
+from gateway.report_cli import report
 from gateway.routers_cli import routers_app
 from policies.loader import PolicyError, example_policy_path, load_policy
 
@@ -24,6 +25,7 @@ app.add_typer(demo_app, name="demo")
 app.add_typer(keys_app, name="keys")
 app.add_typer(routers_app, name="routers")
 app.add_typer(cache_app, name="cache")
+app.command("report")(report)
 
 err = Console(stderr=True, highlight=False)
 out = Console(highlight=False)
@@ -42,6 +44,10 @@ def serve(
     state_file: Annotated[
         Path, typer.Option(help="Keys and spend of the in-process state store (state.url: memory).")
     ] = Path("routegate-state.sqlite"),
+    policy_history: Annotated[
+        Path | None,
+        typer.Option(help="SQLite history of applied policy versions; default: beside --log."),
+    ] = None,
     watch: Annotated[bool, typer.Option(help="Reload the policy when its file changes.")] = True,
     access_log: Annotated[bool, typer.Option(help="Log every request line.")] = False,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
@@ -66,7 +72,13 @@ def serve(
     err.print(f"routegate: policy {path} -> http://{host}:{port}/v1  (request log: {log})")
     uvicorn.run(
         create_app(
-            Settings(policy_path=path, log_path=log, state_path=state_file, watch_policy=watch)
+            Settings(
+                policy_path=path,
+                log_path=log,
+                state_path=state_file,
+                watch_policy=watch,
+                policy_history_path=policy_history,
+            )
         ),
         host=host,
         port=port,
@@ -95,6 +107,85 @@ def policy_validate(
             continue
         typer.echo(f"{file}: ok ({len(policy.models)} models, {len(policy.routes)} routes)")
     raise typer.Exit(1 if bad else 0)
+
+
+@policy_app.command("diff")
+def policy_diff(
+    old: Annotated[Path, typer.Argument(help="The policy in force.")],
+    new: Annotated[Path, typer.Argument(help="The proposed policy.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Structured changes as JSON.")] = False,
+) -> None:
+    """What changes from OLD to NEW, in words (exit 1 if either file is invalid)."""
+    import orjson
+
+    from policies.diff import diff_policies
+
+    policies, problems = [], []
+    for file in (old, new):
+        try:
+            policies.append(load_policy(file))
+        except PolicyError as exc:
+            problems += exc.problems
+    if problems:
+        for problem in problems:
+            typer.echo(str(problem))
+        raise typer.Exit(1)
+    changes = diff_policies(policies[0], policies[1])
+    if as_json:
+        listed = [c.as_dict() for c in changes]
+        typer.echo(orjson.dumps(listed, option=orjson.OPT_INDENT_2).decode())
+        return
+    for change in changes:
+        typer.echo(change.text)
+    if not changes:
+        typer.echo(f"No changes between {old} and {new}.")
+
+
+@policy_app.command("simulate")
+def policy_simulate(
+    file: Annotated[Path, typer.Argument(help="The candidate policy.")],
+    data: Annotated[
+        Path, typer.Option("--data", help="Routing records (JSONL) or a request log (SQLite).")
+    ],
+    current: Annotated[
+        Path | None, typer.Option(help="The policy to compare with; default: the example.")
+    ] = None,
+    route: Annotated[
+        str | None, typer.Option(help="Routing records: the route to replay (default: first).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Both simulations as JSON.")] = False,
+) -> None:
+    """Replay traffic through FILE: its model mix per route and its cost against --current."""
+    import orjson
+
+    from policies.simulate import SimulationError, comparison_table, is_request_log, simulate
+
+    current_path = current or example_policy_path()
+    try:
+        candidate = load_policy(file)
+        in_force = load_policy(current_path)
+    except PolicyError as exc:
+        for problem in exc.problems:
+            typer.echo(str(problem))
+        raise typer.Exit(1) from None
+    try:
+        new = simulate(candidate, str(file), data, route)
+        name = route or next(iter(candidate.routes), None)
+        # Records go to one route: compare only if the current policy has it too.
+        comparable = is_request_log(data) or name in in_force.routes
+        old = simulate(in_force, str(current_path), data, name) if comparable else None
+    except SimulationError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from None
+    if as_json:
+        both = {"candidate": new.as_dict(), "current": old.as_dict() if old else None}
+        typer.echo(orjson.dumps(both, option=orjson.OPT_INDENT_2).decode())
+        return
+    out.print(comparison_table(new, old))
+    for note in [*new.notes, *(old.notes if old else [])]:
+        out.print(f"note: {note}")
+    if new.skipped:
+        out.print(f"{new.skipped:,} rows name a route or model {file} lacks; left out.")
 
 
 @demo_app.command("models")

@@ -1,0 +1,194 @@
+"""What the dashboard shows, gathered from the request log and the state store.
+
+Request-log reads are read-only SQLite queries over a recent window, run in a thread so the
+event loop keeps serving; each poll is a few indexed range scans, not a full-table read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+from gateway.access import Budget, key_budget, route_budget
+from gateway.pacing import planned_fraction
+from gateway.runtime import Runtime
+from gateway.state import State
+from policies.schema import PacingConfig
+
+WINDOWS_S = {"15m": 900, "1h": 3600, "24h": 86400, "7d": 604800}
+DEFAULT_WINDOW = "1h"
+TIMELINE_BUCKETS = 60
+# Latency percentiles come from at most this many of the window's newest rows.
+LATENCY_SAMPLE = 50_000
+# Several open tabs share one read of the log per window this often (each polls every 3 s).
+STATS_TTL_S = 2.0
+_recent: dict[tuple[Path, float], tuple[float, dict[str, Any]]] = {}
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """Nearest-rank percentile of sorted `values`; None when empty."""
+    if not values:
+        return None
+    rank = max(1, math.ceil(q / 100 * len(values)))
+    return values[min(rank, len(values)) - 1]
+
+
+def _connect(path: Path) -> sqlite3.Connection | None:
+    if not path.exists():
+        return None
+    return sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True, timeout=2)
+
+
+def request_stats(path: Path, window_s: float, now: float) -> dict[str, Any]:
+    """Counts, spend, cache hits, latency percentiles and a timeline over the last `window_s`."""
+    since = now - window_s
+    bucket_s = window_s / TIMELINE_BUCKETS
+    out: dict[str, Any] = {
+        "window_s": window_s,
+        "since": since,
+        "requests": 0,
+        "errors": 0,
+        "spend_usd": 0.0,
+        "cache_hits": 0,
+        "latency_p50_ms": None,
+        "latency_p95_ms": None,
+        "models": [],
+        "timeline": {
+            "bucket_s": bucket_s,
+            "start": since,
+            "requests": [0] * TIMELINE_BUCKETS,
+            "spend_usd": [0.0] * TIMELINE_BUCKETS,
+        },
+    }
+    db = _connect(path)
+    if db is None:
+        return out
+    try:
+        # One scan of the window gives the per-model totals and the timeline together.
+        cells = db.execute(
+            "SELECT COALESCE(model, '(none)'), CAST((ts - ?) / ? AS INTEGER), COUNT(*),"
+            " SUM(status >= 400), SUM(cost_usd),"
+            " SUM(COALESCE(json_extract(extra, '$.cache.hit'), 0) = 1)"
+            " FROM requests WHERE ts >= ? GROUP BY 1, 2",
+            (since, bucket_s, since),
+        ).fetchall()
+        latencies: dict[str, list[float]] = {}
+        for model, latency in db.execute(
+            "SELECT COALESCE(model, '(none)'), latency_ms FROM requests"
+            " WHERE ts >= ? AND status < 400 AND latency_ms IS NOT NULL"
+            " ORDER BY ts DESC LIMIT ?",
+            (since, LATENCY_SAMPLE),
+        ):
+            latencies.setdefault(model, []).append(latency)
+    except sqlite3.OperationalError:  # the log exists but the writer has not created the table
+        return out
+    finally:
+        db.close()
+
+    per_model: dict[str, dict[str, Any]] = {}
+    timeline = out["timeline"]
+    for model, bucket, count, errors, cost, hits in cells:
+        m = per_model.setdefault(
+            model,
+            {"model": model, "requests": 0, "errors": 0, "spend_usd": 0.0, "cache_hits": 0},
+        )
+        m["requests"] += count
+        m["errors"] += errors or 0
+        m["spend_usd"] += cost or 0.0
+        m["cache_hits"] += hits or 0
+        i = min(max(int(bucket), 0), TIMELINE_BUCKETS - 1)
+        timeline["requests"][i] += count
+        timeline["spend_usd"][i] += cost or 0.0
+
+    everything: list[float] = []
+    for m in sorted(per_model.values(), key=lambda m: (-m["requests"], m["model"])):
+        lat = sorted(latencies.get(m["model"], []))
+        everything.extend(lat)
+        m["latency_p50_ms"] = percentile(lat, 50)
+        m["latency_p95_ms"] = percentile(lat, 95)
+        out["models"].append(m)
+        for field in ("requests", "errors", "spend_usd", "cache_hits"):
+            out[field] += m[field]
+    everything.sort()
+    out["latency_p50_ms"] = percentile(everything, 50)
+    out["latency_p95_ms"] = percentile(everything, 95)
+    return out
+
+
+async def _budget_row(
+    state: State, kind: str, name: str, budget: Budget, pacing: PacingConfig | None,
+    controller: str, now: float,
+) -> dict[str, Any]:  # fmt: skip
+    """`controller`: the pacing state's name, as gateway/pacers.py gives it."""
+    spent, reserved = await state.budget_usage(budget.name, now)
+    row: dict[str, Any] = {
+        "kind": kind,
+        "name": name,
+        "budget_usd": budget.limit_usd,
+        "period": budget.period,
+        "spent_usd": spent,
+        "reserved_usd": reserved,
+        "spent_fraction": spent / budget.limit_usd if budget.limit_usd else None,
+        "planned_fraction": None,
+        "price_multiplier": None,
+    }
+    if pacing is not None:
+        row["planned_fraction"] = planned_fraction(pacing, now)
+        stored = await state.pacing_get(controller)
+        row["price_multiplier"] = stored.price_multiplier if stored is not None else 1.0
+    return row
+
+
+async def budgets(state: State, runtime: Runtime, now: float) -> list[dict[str, Any]]:
+    """Paced routes, then keys with a budget: spend read from the same counters access uses."""
+    rows = []
+    for name, route in runtime.policy.routes.items():
+        if route.pacing is not None:
+            budget = route_budget(name, route.pacing, now)
+            rows.append(
+                await _budget_row(state, "route", name, budget, route.pacing, f"route:{name}", now)
+            )
+    for key in sorted(await state.list_keys(), key=lambda k: k.created_at):
+        budget = key_budget(key, now)
+        if budget is None or not key.active:
+            continue
+        pacing = PacingConfig.model_validate(key.pacing) if key.pacing else None
+        label = f"{key.id} ({key.name or key.team})"
+        rows.append(await _budget_row(state, "key", label, budget, pacing, f"key:{key.id}", now))
+    return rows
+
+
+def policy_info(runtime: Runtime, last_error: Exception | None) -> dict[str, Any]:
+    return {
+        "version": runtime.version,
+        "loaded_at": runtime.loaded_at,
+        "source": runtime.source,
+        "models": list(runtime.policy.models),
+        "routes": {name: list(route.models) for name, route in runtime.policy.routes.items()},
+        "healthy_models": runtime.healthy_models(),
+        "last_reload_error": str(last_error) if last_error else None,
+    }
+
+
+async def snapshot(
+    log_path: Path, state: State, runtime: Runtime, last_error: Exception | None, window: str
+) -> dict[str, Any]:
+    now = time.time()
+    window_s = WINDOWS_S.get(window, WINDOWS_S[DEFAULT_WINDOW])
+    cached = _recent.get((log_path, window_s))
+    if cached is not None and 0 <= now - cached[0] < STATS_TTL_S:
+        stats = cached[1]
+    else:
+        stats = await asyncio.to_thread(request_stats, log_path, window_s, now)
+        _recent[(log_path, window_s)] = (now, stats)
+    return {
+        "now": now,
+        "window": window if window in WINDOWS_S else DEFAULT_WINDOW,
+        "traffic": stats,
+        "budgets": await budgets(state, runtime, now),
+        "policy": policy_info(runtime, last_error),
+    }

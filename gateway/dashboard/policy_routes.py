@@ -1,0 +1,201 @@
+"""The policy page: see, validate, apply and roll back the serving policy."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from gateway.admin import MASTER_KEY_ENV
+from gateway.dashboard import auth
+from gateway.dashboard.policy_edit import validate
+from gateway.dashboard.routes import (
+    api_guard,
+    editor_of,
+    holder_of,
+    json_response,
+    page_guard,
+    templates,
+)
+from gateway.errors import ApiError
+from policies.loader import PolicyError, Problem, parse_policy
+
+router = APIRouter(prefix="/dashboard/policy")
+MAX_WHO = 100
+
+
+def _problem(p: Problem) -> dict[str, Any]:
+    return {"line": p.line, "col": p.col, "field": p.field, "message": p.message, "text": str(p)}
+
+
+async def _body(request: Request) -> dict[str, Any]:
+    # JSON only: a cross-site HTML form cannot send it, one more guard beside SameSite cookies.
+    if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+        raise ApiError(415, "Send application/json", code="invalid_content_type")
+    try:
+        body = orjson.loads(await request.body())
+    except orjson.JSONDecodeError:
+        raise ApiError(400, "The body is not JSON", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "The body must be a JSON object", code="invalid_json")
+    return body
+
+
+def _require_master(request: Request) -> None:
+    if auth.master_key() is None:
+        raise ApiError(403, f"Applying a policy needs {MASTER_KEY_ENV} set on the gateway",
+                       code="admin_disabled")  # fmt: skip
+    if not auth.has_master(request):
+        raise ApiError(401, "Applying a policy needs the master key", code="invalid_master_key")
+
+
+def _who(body: dict[str, Any]) -> str:
+    who = str(body.get("who") or "").strip()
+    if not who:
+        raise ApiError(400, "Say who you are: 'who' is required", param="who", code="missing_who")
+    return who[:MAX_WHO]
+
+
+def _text(body: dict[str, Any]) -> str:
+    text = body.get("text")
+    if not isinstance(text, str) or not text.strip():
+        raise ApiError(400, "'text' must be the policy YAML", param="text", code="invalid_value")
+    return text
+
+
+def _diff(old: str, new: str, source: str) -> list[str] | None:
+    """policies/diff.py's sentences for the change, when that module is present."""
+    if importlib.util.find_spec("policies.diff") is None:
+        return None
+    from policies.diff import diff_policies
+
+    try:
+        changes = diff_policies(parse_policy(old, source), parse_policy(new, source))
+    except Exception as exc:  # a diff must never break validation; say why there is none
+        return [f"(no diff: {exc})"]
+    return [change.text for change in changes]
+
+
+def _history(request: Request, versions: list[Any]) -> list[dict[str, Any]]:
+    runtime = holder_of(request).current
+    assert runtime is not None
+    latest_id = versions[0].id if versions else None
+    return [
+        {**v.summary(), "live": v.id == latest_id and v.version == runtime.version}
+        for v in versions
+    ]
+
+
+@router.get("")
+async def policy_page(request: Request) -> Response:
+    if (redirect := await page_guard(request)) is not None:
+        return redirect
+    holder, editor = holder_of(request), editor_of(request)
+    text = await editor.current_text(holder)
+    versions = await asyncio.to_thread(editor.history.recent)
+    return templates.TemplateResponse(
+        request,
+        "dashboard/policy.html",
+        {
+            "text": text,
+            "runtime": holder.current,
+            "path": str(holder.path),
+            "history": _history(request, versions),
+            "is_master": auth.has_master(request),
+            "has_diff": importlib.util.find_spec("policies.diff") is not None,
+        },
+    )
+
+
+@router.get("/history.json")
+async def history_json(request: Request) -> Response:
+    await api_guard(request)
+    editor = editor_of(request)
+    await editor.sync(holder_of(request))
+    versions = await asyncio.to_thread(editor.history.recent)
+    return json_response({"data": _history(request, versions)})
+
+
+@router.get("/versions/{version_id}")
+async def version_text(request: Request, version_id: int) -> Response:
+    await api_guard(request)
+    found = await asyncio.to_thread(editor_of(request).history.get, version_id)
+    if found is None:
+        raise ApiError(404, f"No policy version v{version_id}", code="version_not_found")
+    return json_response({**found.summary(), "text": found.text})
+
+
+@router.post("/validate")
+async def validate_text(request: Request) -> Response:
+    await api_guard(request)
+    text = _text(await _body(request))
+    holder = holder_of(request)
+    problems = validate(text, str(holder.path))
+    current = await editor_of(request).current_text(holder)
+    return json_response(
+        {
+            "ok": not problems,
+            "problems": [_problem(p) for p in problems],
+            "diff": _diff(current, text, str(holder.path)) if not problems else None,
+            "changed": text != current,
+        }
+    )
+
+
+def _applied(request: Request, version: Any) -> Response:
+    runtime = holder_of(request).current
+    assert runtime is not None
+    return json_response({"ok": True, **version.summary(), "loaded_at": runtime.loaded_at})
+
+
+def _rejected(exc: PolicyError) -> Response:
+    return json_response(
+        {
+            "ok": False,
+            "error": {"message": "The policy was rejected; the previous one keeps serving"},
+            "problems": [_problem(p) for p in exc.problems],
+        },
+        400,
+    )
+
+
+def _client(request: Request) -> str:
+    return request.client.host if request.client else ""
+
+
+@router.post("/apply")
+async def apply(request: Request) -> Response:
+    _require_master(request)
+    body = await _body(request)
+    text, who = _text(body), _who(body)
+    try:
+        version = await editor_of(request).apply(
+            holder_of(request), text, who, _client(request), "apply"
+        )
+    except PolicyError as exc:
+        return _rejected(exc)
+    return _applied(request, version)
+
+
+@router.post("/rollback")
+async def rollback(request: Request) -> Response:
+    _require_master(request)
+    body = await _body(request)
+    who = _who(body)
+    try:
+        version_id = int(body.get("id"))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ApiError(400, "'id' must be a version number", param="id") from None
+    try:
+        version = await editor_of(request).rollback(
+            holder_of(request), version_id, who, _client(request)
+        )
+    except KeyError:
+        raise ApiError(404, f"No policy version v{version_id}", code="version_not_found") from None
+    except PolicyError as exc:
+        return _rejected(exc)
+    return _applied(request, version)

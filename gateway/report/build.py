@@ -1,0 +1,108 @@
+"""A whole report: the rows of a time range, grouped, priced against the baseline, charted."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from gateway.report.baseline import Baselines
+from gateway.report.charts import ChartData
+from gateway.report.load import iter_batches
+from gateway.report.stats import GroupStats
+from policies.schema import Policy
+
+GROUPINGS = ("key", "team", "route", "model", "day", "hour")
+
+
+def _group_key(by: str, row: dict[str, Any]) -> str:
+    if by == "key":
+        return row["api_key_id"] or "(no key)"
+    if by == "team":
+        return row["team"] or "(no team)"
+    if by == "route":
+        return row["route"] or "(model by name)"
+    if by == "model":
+        return row["model"] or "(none)"
+    moment = datetime.fromtimestamp(row["ts"], UTC)
+    return moment.strftime("%Y-%m-%d" if by == "day" else "%Y-%m-%d %H:00")
+
+
+@dataclass
+class Report:
+    by: str
+    log: str
+    policy: str
+    since: float | None
+    until: float | None
+    baseline_model: str | None  # --baseline, or None: each route's dearest model
+    baselines: dict[str, str]  # route -> its baseline model
+    groups: dict[str, dict[str, Any]]
+    total: dict[str, Any]
+    first_ts: float | None = None
+    last_ts: float | None = None
+    charts: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "log": self.log,
+            "policy": self.policy,
+            "by": self.by,
+            "since": self.since,
+            "until": self.until,
+            "first_ts": self.first_ts,
+            "last_ts": self.last_ts,
+            "baseline": self.baseline_model or "dearest model of each route",
+            "baselines": self.baselines,
+            "total": self.total,
+            "groups": [{self.by: key, **figures} for key, figures in self.groups.items()],
+        }
+
+
+def build_report(
+    log: Path,
+    policy: Policy,
+    policy_source: str,
+    *,
+    by: str = "route",
+    since: float | None = None,
+    until: float | None = None,
+    baseline: str | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> Report:
+    """One pass over the log. `on_batch(n)` is told of every n rows read (progress bars)."""
+    if by not in GROUPINGS:
+        raise ValueError(f"--by {by!r}: use one of {', '.join(GROUPINGS)}")
+    baselines = Baselines(policy, baseline)
+    groups: dict[str, GroupStats] = defaultdict(GroupStats)
+    total = GroupStats()
+    charts = ChartData(policy)
+    first_ts = last_ts = None
+    for batch in iter_batches(log, since, until):
+        for row in batch:
+            base_cost = baselines.cost(row)
+            quality = baselines.quality(row)
+            groups[_group_key(by, row)].add(row, base_cost, quality)
+            total.add(row, base_cost, quality)
+            charts.add(row, base_cost)
+        first_ts = batch[0]["ts"] if first_ts is None else first_ts
+        last_ts = batch[-1]["ts"]
+        if on_batch is not None:
+            on_batch(len(batch))
+    return Report(
+        by=by,
+        log=str(log),
+        policy=policy_source,
+        since=since,
+        until=until,
+        baseline_model=baseline,
+        baselines=dict(baselines.by_route),
+        groups={key: groups[key].summary() for key in sorted(groups)},
+        total=total.summary(),
+        first_ts=first_ts,
+        last_ts=last_ts,
+        charts=charts.series(),
+    )

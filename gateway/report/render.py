@@ -1,0 +1,121 @@
+"""Write a report out: a rich table, CSV, JSON (exact values) or a self-contained HTML page."""
+
+from __future__ import annotations
+
+import csv
+import io
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from markupsafe import Markup
+from rich.table import Table
+
+from gateway.report.build import Report
+
+GATEWAY_DIR = Path(__file__).resolve().parent.parent
+TEMPLATES_DIR = GATEWAY_DIR / "templates"
+CHART_JS = GATEWAY_DIR / "static" / "vendor" / "chart.umd.min.js"
+FIGURES = [
+    "requests", "errors", "error_rate", "prompt_tokens", "completion_tokens", "tokens",
+    "cost_usd", "latency_p50_ms", "latency_p95_ms", "cache_lookups", "cache_hits",
+    "cache_hit_rate", "cache_saved_usd", "cascade_requests", "escalation_rate", "ead_requests",
+    "switching_rate", "baseline_cost_usd", "savings_usd", "savings_rate", "quality_requests",
+    "predicted_quality", "baseline_predicted_quality",
+]  # fmt: skip
+
+
+def usd(value: float | None) -> str:
+    if value is None:
+        return "-"
+    sign = "-" if value < 0 else ""
+    if abs(value) >= 1 or value == 0:
+        return f"{sign}${abs(value):,.2f}"
+    return f"{sign}${abs(value):.6f}"  # small models cost fractions of a cent per request
+
+
+def pct(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:.1f}%"
+
+
+def ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}"
+
+
+def quality_pair(f: dict[str, Any]) -> str:
+    if f["predicted_quality"] is None:
+        return "-"
+    return f"{f['predicted_quality']:.3f} vs {f['baseline_predicted_quality']:.3f}"
+
+
+def when(ts: float | None) -> str:
+    return "-" if ts is None else datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _row(name: str, f: dict[str, Any]) -> list[str]:
+    return [
+        name, f"{f['requests']:,}", usd(f["cost_usd"]), f"{f['tokens']:,}",
+        f"{ms(f['latency_p50_ms'])}/{ms(f['latency_p95_ms'])}", pct(f["cache_hit_rate"]),
+        f"{pct(f['escalation_rate'])}/{pct(f['switching_rate'])}", f"{f['errors']:,}",
+        usd(f["baseline_cost_usd"]), f"{usd(f['savings_usd'])} ({pct(f['savings_rate'])})",
+        quality_pair(f),
+    ]  # fmt: skip
+
+
+def to_table(report: Report) -> Table:
+    baseline = report.baseline_model or "each route's dearest model"
+    table = Table(
+        title=f"Requests {when(report.first_ts)} to {when(report.last_ts)}, by {report.by}",
+        caption=f"baseline: {baseline}; quality: predicted, chosen vs baseline",
+    )
+    for header in (
+        report.by, "requests", "spend", "tokens", "p50/p95 ms", "cache hit", "escal./switch",
+        "errors", "baseline", "savings", "quality vs base",
+    ):  # fmt: skip
+        table.add_column(header, justify="left" if header == report.by else "right")
+    for name, figures in report.groups.items():
+        table.add_row(*_row(name, figures))
+    table.add_section()
+    table.add_row(*_row("total", report.total), style="bold")
+    return table
+
+
+def to_csv(report: Report) -> str:
+    """One line per group and a `total` line; full-precision numbers, empty where n/a."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow([report.by, *FIGURES])
+    for name, figures in [*report.groups.items(), ("total", report.total)]:
+        writer.writerow([name, *("" if figures[k] is None else repr(figures[k]) for k in FIGURES)])
+    return buffer.getvalue()
+
+
+def to_json(report: Report) -> str:
+    return orjson.dumps(report.as_dict(), option=orjson.OPT_INDENT_2).decode()
+
+
+def _script_json(data: Any) -> Markup:
+    # Inside <script>, "</" could close the element early: JSON allows "<\/" for it.
+    return Markup(orjson.dumps(data).decode().replace("</", "<\\/"))
+
+
+def to_html(report: Report) -> str:
+    env = Environment(
+        loader=FileSystemLoader(TEMPLATES_DIR), autoescape=select_autoescape(["html", "j2"])
+    )
+    env.filters.update(usd=usd, pct=pct, ms=ms)
+    template = env.get_template("report.html.j2")
+    chart_js = CHART_JS.read_text(encoding="utf-8")
+    return template.render(
+        report=report,
+        total=report.total,
+        first=when(report.first_ts),
+        last=when(report.last_ts),
+        baseline=report.baseline_model or "each route's dearest model",
+        quality_pair=quality_pair,
+        chart_js=Markup(chart_js.replace("</script", "<\\/script")),
+        report_json=_script_json(report.as_dict()),
+        charts_json=_script_json(report.charts),
+    )
