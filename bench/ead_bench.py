@@ -2,7 +2,7 @@
 answer the large model wrote, how often control switched, what a switch adds to latency, and
 what EAD costs against the large model alone.
 
-    python bench/ead_bench.py                       # the dev servers (tiny-small, tiny-large)
+    python bench/ead_bench.py                       # the demo servers (routegate demo up)
     python bench/ead_bench.py \\
         --small http://gpu:8001/v1 --small-model meta-llama/Llama-3.2-1B-Instruct \\
         --large http://gpu:8002/v1 --large-model meta-llama/Llama-3.1-8B-Instruct \\
@@ -63,9 +63,9 @@ SMALL, LARGE = "small", "large"
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--small", default="http://127.0.0.1:18001/v1", help="small model base URL")
+    p.add_argument("--small", default="http://127.0.0.1:8101/v1", help="small model base URL")
     p.add_argument("--small-model", default="tiny-small", help="its served name")
-    p.add_argument("--large", default="http://127.0.0.1:18002/v1", help="large model base URL")
+    p.add_argument("--large", default="http://127.0.0.1:8102/v1", help="large model base URL")
     p.add_argument("--large-model", default="tiny-large", help="its served name")
     p.add_argument(
         "--small-price",
