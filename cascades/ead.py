@@ -36,9 +36,6 @@ from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
-import orjson
-
 from cascades.base import CascadeFailed, CascadeResult, Step
 from gateway.accounting.pricing import CostFn
 from gateway.backends.base import Backend, Kind, UpstreamCall, UpstreamError, Usage
@@ -62,7 +59,6 @@ _SAMPLING = (
     "repetition_penalty",
     "stop",
 )
-_RENDER_REFUSED = {400, 404, 422}  # no chat template (or no /tokenize): use the plain one
 
 
 # -- entropy ---------------------------------------------------------------------------------
@@ -116,41 +112,8 @@ def plain_chat_prompt(messages: list[dict[str, Any]]) -> str:
 async def render_chat(
     pool: VllmPool, messages: list[dict[str, Any]], timeout_s: float, retries: int
 ) -> str | None:
-    """The chat in the model's own template, or None when the server has none.
-
-    /tokenize (at the server root) renders the template but answers token ids only, so
-    /detokenize turns them back into text. The pool has no call for these two, so this walks its
-    endpoints itself, in the pool's order (TODO: a public VllmPool method would be cleaner)."""
-    tried: list[str] = []
-    last: UpstreamError | None = None
-    for endpoint in pool._order()[: retries + 1]:
-        root = endpoint.base_url.removesuffix("/v1")
-        tried.append(endpoint.base_url)
-        try:
-            tok = await pool._client.post(
-                root + "/tokenize",
-                json={
-                    "model": pool.served_name,
-                    "messages": messages,
-                    "add_generation_prompt": True,
-                },
-                timeout=timeout_s,
-            )
-            if tok.status_code in _RENDER_REFUSED:
-                return None
-            tok.raise_for_status()
-            detok = await pool._client.post(
-                root + "/detokenize",
-                json={"model": pool.served_name, "tokens": orjson.loads(tok.content)["tokens"]},
-                timeout=timeout_s,
-            )
-            detok.raise_for_status()
-            return str(orjson.loads(detok.content)["prompt"])
-        except (httpx.HTTPError, orjson.JSONDecodeError, KeyError) as exc:
-            last = UpstreamError(503, f"{pool.name}: rendering the chat failed: {exc!r}")
-    err = last or UpstreamError(503, f"{pool.name} has no endpoints", "upstream_unavailable")
-    err.attempts = tried
-    raise err
+    """The chat in the model's own template, or None when the server has none."""
+    return await pool.render_chat(messages, timeout_s, retries)
 
 
 # -- one request -----------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from policies.schema import VllmModel
 log = logging.getLogger("routegate.vllm")
 
 _PATHS = {"chat": "/chat/completions", "completions": "/completions"}
+_NO_TEMPLATE = {400, 404, 422}  # /tokenize refused the messages: the model has no chat template
 
 
 class Endpoint:
@@ -128,6 +129,48 @@ class VllmPool:
             await self.probe_all()
 
     # -- choice -----------------------------------------------------------------------------
+    async def render_chat(
+        self, messages: list[dict[str, Any]], timeout_s: float, retries: int
+    ) -> str | None:
+        """The chat rendered in the model's own chat template, as text; None when the server
+        has no template. For callers that continue raw text through /completions (EAD).
+
+        vLLM's /tokenize (at the server root) applies the template but answers token ids only,
+        so /detokenize turns them back into text."""
+        tried: list[str] = []
+        last: UpstreamError | None = None
+        for endpoint in self._order()[: retries + 1]:
+            root = endpoint.base_url.removesuffix("/v1")
+            tried.append(endpoint.base_url)
+            try:
+                tok = await self._client.post(
+                    root + "/tokenize",
+                    json={
+                        "model": self.served_name,
+                        "messages": messages,
+                        "add_generation_prompt": True,
+                    },
+                    timeout=timeout_s,
+                )
+                if tok.status_code in _NO_TEMPLATE:
+                    return None
+                tok.raise_for_status()
+                detok = await self._client.post(
+                    root + "/detokenize",
+                    json={"model": self.served_name, "tokens": orjson.loads(tok.content)["tokens"]},
+                    timeout=timeout_s,
+                )
+                detok.raise_for_status()
+                return str(orjson.loads(detok.content)["prompt"])
+            except (httpx.HTTPError, orjson.JSONDecodeError, KeyError) as exc:
+                status = exc.response.status_code if isinstance(exc, httpx.HTTPStatusError) else 0
+                if isinstance(exc, httpx.TransportError) or status >= 500:
+                    self._mark_failed(endpoint)  # as a failed completion call would
+                last = UpstreamError(503, f"{self.name}: rendering the chat failed: {exc!r}")
+        err = last or UpstreamError(503, f"{self.name} has no endpoints", "upstream_unavailable")
+        err.attempts = tried
+        raise err
+
     def _order(self) -> list[Endpoint]:
         """Usable endpoints by fewest outstanding (ties shuffled), then the cooling ones."""
         now = time.monotonic()
