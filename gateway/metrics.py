@@ -43,6 +43,30 @@ class Metrics:
             ("route", "model"),
             registry=self.registry,
         )
+        self.cache = Counter(
+            "routegate_cache_lookups",
+            "Response cache lookups of cacheable requests, by result (hit, miss)",
+            ("route", "result"),
+            registry=self.registry,
+        )
+        self.cache_saved = Counter(
+            "routegate_cache_saved_usd",
+            "What cache hits would have cost (the answer's original price)",
+            ("route",),
+            registry=self.registry,
+        )
+        self.escalations = Counter(
+            "routegate_cascade_escalations",
+            "Times a cascade asked a stronger model (confidence below the threshold)",
+            ("route",),
+            registry=self.registry,
+        )
+        self.switches = Counter(
+            "routegate_ead_switches",
+            "EAD hand-overs to the large model",
+            ("route",),
+            registry=self.registry,
+        )
         self.backend_healthy = Gauge(
             "routegate_backend_healthy",
             "1 if the model has a usable endpoint",

@@ -185,6 +185,15 @@ class Accounting:
             m.ttft.labels(route, model_label).observe(rec.ttft_ms / 1000)
         for fallen in rec.fallbacks:
             m.fallbacks.labels(route, fallen).inc()
+        cache = rec.extra.get("cache")
+        if cache is not None:
+            m.cache.labels(route, "hit" if cache["hit"] else "miss").inc()
+            if cache["hit"]:
+                m.cache_saved.labels(route).inc(cache["saved_usd"])
+        if rec.extra.get("escalations"):
+            m.escalations.labels(route).inc(rec.extra["escalations"])
+        if rec.extra.get("switches"):
+            m.switches.labels(route).inc(rec.extra["switches"])
         for step, cost in step_costs:
             m.tokens.labels(route, step.model, "prompt").inc(step.usage.prompt_tokens)
             m.tokens.labels(route, step.model, "completion").inc(step.usage.completion_tokens)

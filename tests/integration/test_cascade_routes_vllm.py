@@ -11,6 +11,7 @@ import httpx
 import openai
 import orjson
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.gateway import GatewayProcess
 
@@ -183,6 +184,7 @@ def test_low_confidence_escalates_and_the_client_pays_every_step(
     assert small["model"] == "tiny-small" and small["escalate"] is True
     assert small["completion_tokens"] > 0 and large["completion_tokens"] > 0
     assert row["extra"]["escalations"] == 1
+    assert metric(gateway, "routegate_cascade_escalations_total", route=route) >= 1
     cost = float(resp.headers["x-routegate-cost-usd"])
     assert cost == pytest.approx(steps_cost(row), abs=1e-9)
     assert cost > price("tiny-large", large["prompt_tokens"], large["completion_tokens"])
@@ -249,6 +251,7 @@ def test_ead_switches_and_streams(gateway: GatewayProcess, secret: str) -> None:
     assert usage["completion_tokens"] == sum(m["completion_tokens"] for m in usage["models"].values())
     row = gateway.record(resp.headers["x-routegate-request-id"])
     assert row["extra"]["switches"] >= 1
+    assert metric(gateway, "routegate_ead_switches_total", route="ead-mixed") >= 1
     assert 0.0 < row["extra"]["large_token_share"] < 1.0
     assert float(cost) == pytest.approx(row["cost_usd"], abs=1e-9)
     assert row["cost_usd"] == pytest.approx(steps_cost(row), abs=1e-12)
@@ -273,6 +276,18 @@ def test_cache_hit_is_free_and_marked(gateway: GatewayProcess, secret: str) -> N
     assert "x-routegate-cache" not in sampled.headers
     other = ask(gateway, secret, "cached", max_tokens=9)
     assert other.headers["x-routegate-cache"] == "miss"
+    assert metric(gateway, "routegate_cache_lookups_total", route="cached", result="hit") >= 1
+    saved = metric(gateway, "routegate_cache_saved_usd_total", route="cached")
+    assert saved >= paid
+
+
+def metric(gw: GatewayProcess, name: str, **labels: str) -> float:
+    text = httpx.get(gw.url + "/metrics").text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    raise AssertionError(f"no {name} {labels} in /metrics")
 
 
 def test_cache_is_isolated_per_key_unless_shared(gateway: GatewayProcess) -> None:
