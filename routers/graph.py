@@ -22,7 +22,9 @@ queries that kept theirs (as every training query has at inference). Some target
 their task (the gateway knows none); some tasks lose their members (a task never seen), whose
 targets then take their neighbours from other tasks only; and some LLMs lose all their edges,
 neighbourhood quality included (a model known only by its description). So each inductive case
-is trained.
+is trained. Heavy dropout on the query's input features keeps the embedding from learning the
+training queries by heart (then the neighbours would look useless), and validation and the
+result use a moving average of the weights, which smooths the per-epoch masking noise.
 
 At inference a new query joins as a receiver only (edges from its task and its nearest training
 queries, none to LLMs), so its prediction depends on nothing else in its batch. What it receives
@@ -912,7 +914,8 @@ class GraphRouter:
     def load_weights(cls, directory: Path, manifest: dict[str, Any]) -> GraphRouter:
         weights, params = manifest["weights"], {**DEFAULTS, **manifest["params"]}
         with np.load(directory / weights["graph"], allow_pickle=False) as w:
-            n = len(w["query_task"])
+            # Artifacts from before similarity edges have no neighbours.
+            n, has_near = len(w["query_task"]), "near_idx" in w.files
             graph = _Graph(
                 x_query=w["x_query"].astype(np.float32),
                 query_task=w["query_task"],
@@ -922,13 +925,10 @@ class GraphRouter:
                 llm_names=[str(m) for m in w["llm_names"]],
                 quality=w["quality"],
                 cost_z=w["cost_z"],
-                # Artifacts from before similarity edges have no neighbours.
-                near_idx=w["near_idx"].astype(np.int64)
-                if "near_idx" in w
-                else np.zeros((n, 0), np.int64),
-                near_sim=w["near_sim"] if "near_sim" in w else np.zeros((n, 0), np.float32),
+                near_idx=w["near_idx"].astype(np.int64) if has_near else np.zeros((n, 0), int),
+                near_sim=w["near_sim"] if has_near else np.zeros((n, 0), np.float32),
             )
-        if "neighbours" not in manifest["params"]:
+        if not has_near:
             params.update(neighbours=0, similarity_edges=False, neighbour_quality=False)
         net = cls._build(
             params,

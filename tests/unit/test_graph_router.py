@@ -1,5 +1,6 @@
 """The graph router on a small synthetic table: training, the cached inference path, artifacts,
-and induction to new queries, tasks and models (by description).
+neighbours (similarity edges, neighbourhood quality) and induction to new queries, tasks and
+models (by description).
 
 Synthetic world: a strong model is right on almost everything; a weak one on easy subjects
 only. Texts are real sentences, embedded with all-MiniLM-L6-v2 like production queries.
@@ -7,6 +8,7 @@ only. Texts are real sentences, embedded with all-MiniLM-L6-v2 like production q
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +16,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from routers import artifact
-from routers.graph import GraphRouter, describe_task
+from routers.graph import GraphRouter, describe_task, nearest, pair_quality
 from routers.predictors import Queries
 from routers.records import RecordTable, split_by_query, split_by_task
 
@@ -120,6 +122,36 @@ def test_describe_task() -> None:
     assert describe_task("legal") == "legal questions"
 
 
+def test_nearest_neighbours() -> None:
+    rng = np.random.default_rng(0)
+    bank = rng.normal(size=(60, 8)).astype(np.float32)
+    bank /= np.linalg.norm(bank, axis=1, keepdims=True)
+    idx, sim = nearest(bank, bank, 5, self_rows=True)
+    assert idx.shape == sim.shape == (60, 5)
+    assert not np.any(idx == np.arange(60)[:, None])  # a query is not its own neighbour
+    assert np.all(np.diff(sim, axis=1) <= 0)  # most similar first
+    full = bank @ bank.T
+    np.fill_diagonal(full, -np.inf)
+    np.testing.assert_allclose(sim, -np.sort(-full, axis=1)[:, :5], rtol=1e-5)
+    # Neighbours from other tasks only (a task treated as never seen).
+    tasks = np.arange(60) % 3
+    idx, _ = nearest(bank, bank, 5, bank_task=tasks, emb_task=tasks)
+    assert np.all(tasks[idx] != tasks[:, None])
+    # One query (numpy's own loop) finds what a batch (BLAS) finds.
+    np.testing.assert_array_equal(nearest(bank, bank[:1], 5)[0], nearest(bank, bank, 5)[0][:1])
+
+
+def test_pair_quality() -> None:
+    quality = np.array([[1, 0], [0, np.nan], [1, 1]], np.float32)
+    idx, sim = np.array([[0, 1, 2], [1, 1, 1]]), np.array([[0.5, 0.5, 1.0], [0.9, 0.8, 0.7]])
+    out = pair_quality(idx, sim, quality, n_llms=3)  # a third LLM added by description
+    assert out.shape == (2, 3, 2)
+    np.testing.assert_allclose(out[0, :, 0], [0.75, 2 / 3, 0.0], rtol=1e-6)
+    np.testing.assert_array_equal(out[0, :, 1], [1, 1, 0])
+    # No neighbour has an edge to the second LLM: no neighbourhood quality, flag down.
+    np.testing.assert_array_equal(out[1, 1:], 0)
+
+
 def test_predictions_have_the_right_shape_and_range(router, split) -> None:
     test = split[1]
     quality = router.predict_quality(queries_of(test), [WEAK, STRONG])
@@ -154,6 +186,38 @@ def test_cached_path_equals_message_passing_on_the_extended_graph(router, split)
     np.testing.assert_allclose(single[0], batch[3], rtol=1e-6)
 
 
+def test_training_outcomes_reach_a_new_query(router, split) -> None:
+    """query <- similar training query <- LLM edge: turn the training records around (the weak
+    model right, the strong one wrong) and new hard queries' predictions follow. Small shifts:
+    here text and task alone tell hard from easy, so the model leans on them too."""
+    test = split[1]
+    hard = [i for i, t in enumerate(test.tasks) if SUBJECTS[t.split("/")[1]][1]]
+    q = queries_of(test.subset(hard))
+    before = router.predict_quality(q, [STRONG, WEAK])
+    g = router._g
+    quality = g.quality.copy()
+    quality[:, 0], quality[:, 1] = 0.0, 1.0
+    router._g, router._cache = replace(g, quality=quality), None
+    try:
+        after = router.predict_quality(q, [STRONG, WEAK])
+    finally:
+        router._g, router._cache = g, None
+    assert np.all(after[:, 0] < before[:, 0]) and np.all(after[:, 1] > before[:, 1])
+
+
+def test_without_neighbours(split) -> None:
+    small = split[0].subset(range(200))
+    plain = GraphRouter.train(small, seed=0, descriptions=DESCRIPTIONS, neighbours=0, epochs=20)
+    assert plain._g.near_idx.shape == (200, 0) and not plain._similarity
+    q = queries_of(split[1].subset(range(20)))
+    np.testing.assert_allclose(
+        plain._edges(q, [STRONG, WEAK]),
+        plain._reference_edges(q, [STRONG, WEAK]),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+
+
 def test_save_load_round_trip(router, split, tmp_path) -> None:
     router.add_model("mid-size", "A mid-sized open model.")
     artifact.save(
@@ -180,6 +244,12 @@ def test_deterministic_for_a_seed(split) -> None:
         a.predict_quality(q, [STRONG, WEAK]), b.predict_quality(q, [STRONG, WEAK])
     )
     assert a.params["hidden"] == 16 and a.params["epochs"] == 30
+    # The evaluator retrains from an artifact's params, which record training's findings too.
+    params = {k: v for k, v in a.params.items() if k != "descriptions"}
+    c = GraphRouter.train(small, seed=3, descriptions=DESCRIPTIONS, **params)
+    np.testing.assert_array_equal(
+        a.predict_quality(q, [STRONG, WEAK]), c.predict_quality(q, [STRONG, WEAK])
+    )
 
 
 def test_held_out_task_gets_predictions(table) -> None:
