@@ -25,7 +25,7 @@ from cascades.cache import ResponseCache, body_from_chunks, chunks_from_body, sc
 from cascades.fallback import Attempt, ChainFailed, Outcome, first_success
 from gateway.access import Access, Admission, prompt_tokens_upper, typical_from_upper
 from gateway.accounting.request_log import RequestLog, RequestRecord
-from gateway.backends.base import Kind, UpstreamCall, UpstreamStream, Usage
+from gateway.backends.base import Kind, UpstreamCall, UpstreamError, UpstreamStream, Usage
 from gateway.errors import ApiError
 from gateway.metrics import Metrics
 from gateway.pacers import Pacers
@@ -298,32 +298,43 @@ async def _handle(
             return _upstream_stream_response(stream, kind, body, acct, t0, cache)
         done = await first_success(attempts, runtime.backends, _complete)
     except ChainFailed as failed:
-        err = failed.error
-        await acct.finish(
-            status=err.status,
-            model=failed.model,
-            endpoint=",".join(err.attempts) or None,
-            fallbacks=failed.fallbacks,
-            error=err.message,
-        )
-        api = ApiError(err.status, err.message, code=err.code, param=err.param)
-        return api.response(_headers(rec, failed.model, 0.0))
-
+        return await _failed(acct, failed.error, failed.model, fallbacks=failed.fallbacks)
     result = done.result
-    cost = await acct.finish(
-        status=200,
-        model=done.model,
+    return await _answered(
+        acct,
+        cache,
+        result.body,
+        done.model,
         usage=result.usage,
         provider_cost=result.provider_cost_usd,
         endpoint=result.endpoint,
         fallbacks=done.fallbacks,
     )
+
+
+async def _failed(acct: Accounting, err: UpstreamError, model: str, **finish: Any) -> Response:
+    """Nothing answered: the client gets the upstream's error; what was spent is still charged."""
+    await acct.finish(
+        status=err.status,
+        model=model,
+        endpoint=",".join(err.attempts) or None,
+        error=err.message,
+        **finish,
+    )
+    api = ApiError(err.status, err.message, code=err.code, param=err.param)
+    return api.response(_headers(acct.record, model, acct.record.cost_usd))
+
+
+async def _answered(
+    acct: Accounting, cache: CacheUse | None, body: dict[str, Any], model: str, **finish: Any
+) -> Response:
+    cost = await acct.finish(status=200, model=model, **finish)
     if cache is not None:
-        await cache.store(result.body, done.model, cost)
+        await cache.store(body, model, cost)
     return Response(
-        orjson.dumps(result.body),
+        orjson.dumps(body),
         media_type="application/json",
-        headers=_headers(rec, done.model, cost),
+        headers=_headers(acct.record, model, cost),
     )
 
 
@@ -344,29 +355,15 @@ async def _run_cascade(
             return _cascade_stream_response(stream, kind, body, acct, t0, cache)
         result = await cascade.complete(kind, body, runtime.backends)
     except CascadeFailed as failed:
-        err = failed.error
-        await acct.finish(
-            status=err.status,
-            model=failed.model,
-            endpoint=",".join(err.attempts) or None,
-            steps=failed.steps,
-            error=err.message,
-        )
-        api = ApiError(err.status, err.message, code=err.code, param=err.param)
-        return api.response(_headers(rec, failed.model, rec.cost_usd))
-    cost = await acct.finish(
-        status=200,
-        model=result.model,
+        return await _failed(acct, failed.error, failed.model, steps=failed.steps)
+    return await _answered(
+        acct,
+        cache,
+        result.body,
+        result.model,
         steps=result.steps,
         detail=result.detail,
         endpoint=result.steps[-1].endpoint if result.steps else None,
-    )
-    if cache is not None:
-        await cache.store(result.body, result.model, cost)
-    return Response(
-        orjson.dumps(result.body),
-        media_type="application/json",
-        headers=_headers(rec, result.model, cost),
     )
 
 

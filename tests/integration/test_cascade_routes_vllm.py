@@ -18,7 +18,7 @@ from tests.support.gateway import GatewayProcess
 pytestmark = pytest.mark.integration
 
 MASTER = "master-cascade-test"
-PRICES = {"tiny-small": (0.20, 0.20), "tiny-large": (10.0, 30.0)}
+PRICES = {"tiny-small": (0.20, 0.20), "tiny-large": (10.0, 30.0), "dead": (10.0, 30.0)}
 
 POLICY = """
 version: 1
@@ -32,7 +32,24 @@ models:
     provider: vllm
     endpoints: [{large}]
     pricing: {{input_per_1m: 10.0, output_per_1m: 30.0}}
+  dead:          # nothing listens there
+    provider: vllm
+    endpoints: [http://127.0.0.1:9/v1]
+    served_name: tiny-large
+    pricing: {{input_per_1m: 10.0, output_per_1m: 30.0}}
 routes:
+  strong-is-down:
+    kind: cascade
+    models: [tiny-small, dead]
+    confidence: {{method: mean_logprob, threshold: 0}}
+  ead-large-is-down:
+    kind: ead
+    small: tiny-small
+    large: dead
+    threshold: {mid}
+    window: 2
+    chunk: 4
+    span: 3
   sure:        # no mean logprob is below -1000: the cheap answer stands
     kind: cascade
     models: [tiny-small, tiny-large]
@@ -221,6 +238,31 @@ def test_streamed_cascade_holds_then_streams_one_model(
     assert row["cost_usd"] == pytest.approx(steps_cost(row), abs=1e-12)
     if answering == "tiny-large":  # the dropped cheap answer was paid for
         assert row["extra"]["steps"][0]["completion_tokens"] >= 4
+
+
+def test_a_failed_escalation_returns_the_cheap_answer(gateway: GatewayProcess, secret: str) -> None:
+    resp = ask(gateway, secret, "strong-is-down")
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["x-routegate-model"] == "tiny-small"
+    row = gateway.record(resp.headers["x-routegate-request-id"])
+    assert "dead" in row["extra"]["escalation_failed"] or "unreachable" in row["extra"]["escalation_failed"]
+    small = row["extra"]["steps"][0]
+    assert small["model"] == "tiny-small" and small["escalate"] is True
+    assert row["cost_usd"] == pytest.approx(steps_cost(row), abs=1e-12) and row["cost_usd"] > 0
+
+
+def test_an_ead_failure_part_way_still_charges_what_was_written(
+    gateway: GatewayProcess, secret: str
+) -> None:
+    resp = ask(gateway, secret, "ead-large-is-down", max_tokens=24)
+    assert resp.status_code in (502, 503), resp.text
+    assert resp.json()["error"]["message"]
+    row = gateway.record(resp.headers["x-routegate-request-id"])
+    assert row["status"] == resp.status_code
+    small = next(s for s in row["extra"]["steps"] if s["model"] == "tiny-small")
+    assert small["completion_tokens"] > 0
+    assert row["cost_usd"] == pytest.approx(steps_cost(row), abs=1e-12) and row["cost_usd"] > 0
+    assert float(resp.headers["x-routegate-cost-usd"]) == pytest.approx(row["cost_usd"], abs=1e-9)
 
 
 # -- Entropy Adaptive Decoding ------------------------------------------------------------------
