@@ -360,6 +360,31 @@ def test_cached_cascade_answer_replays_as_a_stream(gateway: GatewayProcess, secr
     assert hit.headers["x-routegate-cache"] == "hit"
 
 
+@pytest.mark.parametrize("route", ["unsure", "ead-mixed", "cached"])
+def test_text_completions_through_every_kind(
+    gateway: GatewayProcess, secret: str, route: str
+) -> None:
+    body = {"model": route, "prompt": "The three primary colours are", "max_tokens": 10, "temperature": 0}
+    headers = {"authorization": f"Bearer {secret}"}
+    resp = httpx.post(gateway.url + "/v1/completions", json=body, headers=headers, timeout=120)
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["object"] == "text_completion" and resp.json()["choices"][0]["text"]
+    row = gateway.record(resp.headers["x-routegate-request-id"])
+    assert row["endpoint_kind"] == "completions"
+    with httpx.stream(
+        "POST", gateway.url + "/v1/completions", json={**body, "stream": True}, headers=headers, timeout=120
+    ) as streamed:
+        lines = [line for line in streamed.iter_lines() if line.startswith("data: {")]
+    chunks = [orjson.loads(line[6:]) for line in lines]
+    assert all(c["object"] == "text_completion" for c in chunks)
+    text = "".join(c["choices"][0]["text"] for c in chunks if c["choices"])
+    if route == "cached":  # the same request again: the cached answer, replayed
+        assert streamed.headers["x-routegate-cache"] == "hit"
+        assert text == resp.json()["choices"][0]["text"]
+    else:
+        assert text
+
+
 def test_openai_sdk_reads_cascade_and_ead_answers(gateway: GatewayProcess, secret: str) -> None:
     client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=secret, max_retries=0)
     for route in ("unsure", "ead-mixed"):
