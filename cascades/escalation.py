@@ -216,10 +216,21 @@ class EscalationStream:
             self._iter = aiter(upstream)
             if last:
                 return
-            held, tokens, text, ended = await self._hold(hold)
-            value = await cascade._confidence(
-                self._kind, self._body, text, tokens, self._backends, self.steps
-            )
+            try:
+                held, tokens, text, ended = await self._hold(hold)
+            except UpstreamError as err:  # broke while held: nothing was sent, try the next
+                self._settle_step()
+                self._step.detail["error"] = str(err)
+                if not err.retryable:
+                    raise CascadeFailed(err, model, self.steps) from None
+                continue
+            try:
+                value = await cascade._confidence(
+                    self._kind, self._body, text, tokens, self._backends, self.steps
+                )
+            except UpstreamError as err:  # a judge that fails leaves the answer unmeasured
+                self._step.detail["judge_error"] = str(err)
+                value = None
             escalate = should_escalate(cascade.config.confidence, value)
             self._step.detail.update(
                 {"confidence": value, "escalate": escalate, "held_tokens": len(tokens)}

@@ -42,6 +42,11 @@ routes:
     kind: cascade
     models: [tiny-small, dead]
     confidence: {{method: mean_logprob, threshold: 0}}
+  judge-is-down:
+    kind: cascade
+    models: [tiny-small, tiny-large]
+    confidence: {{method: judge, threshold: 0.5, judge_model: dead}}
+    stream_hold_tokens: 4
   ead-large-is-down:
     kind: ead
     small: tiny-small
@@ -249,6 +254,23 @@ def test_a_failed_escalation_returns_the_cheap_answer(gateway: GatewayProcess, s
     small = row["extra"]["steps"][0]
     assert small["model"] == "tiny-small" and small["escalate"] is True
     assert row["cost_usd"] == pytest.approx(steps_cost(row), abs=1e-12) and row["cost_usd"] > 0
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_a_judge_that_fails_leaves_the_answer_unmeasured(
+    gateway: GatewayProcess, secret: str, streamed: bool
+) -> None:
+    if streamed:
+        resp, _, _ = stream(gateway, secret, "judge-is-down")
+    else:
+        resp = ask(gateway, secret, "judge-is-down")
+    assert resp.status_code == 200
+    assert resp.headers["x-routegate-model"] == "tiny-large"  # unmeasured: escalated
+    row = gateway.record(resp.headers["x-routegate-request-id"])
+    small = row["extra"]["steps"][0]
+    assert small["model"] == "tiny-small" and small["confidence"] is None
+    assert "judge_error" in small and small["escalate"] is True
+    assert row["cost_usd"] == pytest.approx(steps_cost(row), abs=1e-12)
 
 
 def test_an_ead_failure_part_way_still_charges_what_was_written(
