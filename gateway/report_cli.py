@@ -14,7 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from gateway.report.build import GROUPINGS, Report, build_report
 from gateway.report.load import ReportError, count_rows
-from gateway.report.render import to_csv, to_html, to_json, to_table
+from gateway.report.render import to_csv, to_html, to_json, to_tables
 from gateway.report.timespec import parse_when
 from policies.loader import PolicyError, example_policy_path, load_policy
 
@@ -105,9 +105,9 @@ def report(
     if fmt == "table":
         if out_file is not None:
             with out_file.open("w", encoding="utf-8") as f:
-                Console(file=f, width=200, highlight=False).print(to_table(result))
+                Console(file=f, width=200, highlight=False).print(*to_tables(result))
         else:
-            out.print(to_table(result))
+            out.print(*to_tables(result, out.width))
         return
     text = {"csv": to_csv, "json": to_json, "html": to_html}[fmt](result)
     if out_file is None:

@@ -54,32 +54,52 @@ def when(ts: float | None) -> str:
     return "-" if ts is None else datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
-def _row(name: str, f: dict[str, Any]) -> list[str]:
-    return [
-        name, f"{f['requests']:,}", usd(f["cost_usd"]), f"{f['tokens']:,}",
-        f"{ms(f['latency_p50_ms'])}/{ms(f['latency_p95_ms'])}", pct(f["cache_hit_rate"]),
-        f"{pct(f['escalation_rate'])}/{pct(f['switching_rate'])}", f"{f['errors']:,}",
-        usd(f["baseline_cost_usd"]), f"{usd(f['savings_usd'])} ({pct(f['savings_rate'])})",
-        quality_pair(f),
-    ]  # fmt: skip
+# (header, cell) per column after the group's name; a narrow terminal gets them in two tables.
+_SPEND_COLUMNS: list[tuple[str, Any]] = [
+    ("requests", lambda f: f"{f['requests']:,}"),
+    ("spend", lambda f: usd(f["cost_usd"])),
+    ("tokens", lambda f: f"{f['tokens']:,}"),
+    ("p50/p95 ms", lambda f: f"{ms(f['latency_p50_ms'])}/{ms(f['latency_p95_ms'])}"),
+    ("errors", lambda f: f"{f['errors']:,}"),
+]
+_ROUTING_COLUMNS: list[tuple[str, Any]] = [
+    ("cache hit", lambda f: pct(f["cache_hit_rate"])),
+    ("escal./switch", lambda f: f"{pct(f['escalation_rate'])}/{pct(f['switching_rate'])}"),
+    ("baseline", lambda f: usd(f["baseline_cost_usd"])),
+    ("savings", lambda f: f"{usd(f['savings_usd'])} ({pct(f['savings_rate'])})"),
+    ("quality vs base", quality_pair),
+]
+# Below this many columns the one wide table would cut its figures short ("$0.…").
+WIDE_TABLE_COLUMNS = 150
 
 
-def to_table(report: Report) -> Table:
-    baseline = report.baseline_model or "each route's dearest model"
-    table = Table(
-        title=f"Requests {when(report.first_ts)} to {when(report.last_ts)}, by {report.by}",
-        caption=f"baseline: {baseline}; quality: predicted, chosen vs baseline",
+def _table(report: Report, title: str, columns: list[tuple[str, Any]], caption: str) -> Table:
+    table = Table(title=title, caption=caption or None)
+    names = [*report.groups, "total"]
+    # The names fold rather than vanish when the terminal is narrow.
+    table.add_column(
+        report.by, justify="left", overflow="fold", min_width=min(12, max(map(len, names)))
     )
-    for header in (
-        report.by, "requests", "spend", "tokens", "p50/p95 ms", "cache hit", "escal./switch",
-        "errors", "baseline", "savings", "quality vs base",
-    ):  # fmt: skip
-        table.add_column(header, justify="left" if header == report.by else "right")
+    for header, _ in columns:
+        table.add_column(header, justify="right", overflow="fold")
     for name, figures in report.groups.items():
-        table.add_row(*_row(name, figures))
+        table.add_row(name, *(cell(figures) for _, cell in columns))
     table.add_section()
-    table.add_row(*_row("total", report.total), style="bold")
+    table.add_row("total", *(cell(report.total) for _, cell in columns), style="bold")
     return table
+
+
+def to_tables(report: Report, width: int = 200) -> list[Table]:
+    """One table when `width` holds it; otherwise spend and routing figures apart."""
+    baseline = report.baseline_model or "each route's dearest model"
+    title = f"Requests {when(report.first_ts)} to {when(report.last_ts)}, by {report.by}"
+    caption = f"baseline: {baseline}; quality: predicted, chosen vs baseline"
+    if width >= WIDE_TABLE_COLUMNS:
+        return [_table(report, title, _SPEND_COLUMNS + _ROUTING_COLUMNS, caption)]
+    return [
+        _table(report, title, _SPEND_COLUMNS, ""),
+        _table(report, "Cache, cascades and savings", _ROUTING_COLUMNS, caption),
+    ]
 
 
 def to_csv(report: Report) -> str:

@@ -261,6 +261,20 @@ def test_table_names_groups_and_total(log_and_policy) -> None:
     assert f"{len(recs)}" in result.stdout
 
 
+def test_a_narrow_terminal_gets_every_figure_in_full(log_and_policy) -> None:
+    log, policy, _ = log_and_policy
+    wide = run("--log", log, "--policy", policy)
+    narrow = CliRunner().invoke(
+        app, ["report", "--log", str(log), "--policy", str(policy)], env={"COLUMNS": "80"}
+    )
+    assert narrow.exit_code == 0, narrow.output
+    assert "…" not in narrow.stdout
+    assert max(map(len, narrow.stdout.splitlines())) <= 80
+    total = wide.stdout.splitlines()
+    spend = next(line for line in total if line.startswith("│ total")).split("│")[3].strip()
+    assert spend in narrow.stdout  # the total spend, not cut short
+
+
 def test_html_is_self_contained_with_readable_totals(log_and_policy, tmp_path: Path) -> None:
     log, policy, recs = log_and_policy
     out = tmp_path / "report.html"
