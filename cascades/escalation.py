@@ -21,7 +21,7 @@ from cascades.confidence import (
     score,
     should_escalate,
 )
-from cascades.judge import ask_judge, p_yes
+from cascades.judge import ask_judge, judge_prompt_bound, p_yes
 from gateway.accounting.pricing import CostFn
 from gateway.backends.base import (
     Backend,
@@ -33,9 +33,6 @@ from gateway.backends.base import (
     Usage,
 )
 from policies.schema import CascadeRoute
-
-# Bytes of judge instructions around the question and answer, as a token bound.
-_JUDGE_OVERHEAD_TOKENS = 128
 
 
 def _answer_text(kind: Kind, body: dict[str, Any]) -> str:
@@ -75,13 +72,11 @@ class EscalationCascade:
     ) -> float:
         """Every model answers in full, and the judge reads each answer but the last."""
         total = sum(prices[m](prompt_tokens, max_tokens, None) for m in self.config.models)
-        judge = self.config.confidence.judge_model
-        if judge is not None:
-            # The judge reads the request and an answer of up to max_tokens of another
-            # tokenizer: bounded by one token per byte, at most 4 bytes a token.
-            judge_prompt = prompt_tokens + 4 * max_tokens + _JUDGE_OVERHEAD_TOKENS
+        conf = self.config.confidence
+        if conf.judge_model is not None:
+            judge_prompt = judge_prompt_bound(conf.top_k)
             steps = len(self.config.models) - 1
-            total += steps * prices[judge](judge_prompt, 1, None)
+            total += steps * prices[conf.judge_model](judge_prompt, 1, None)
         return total
 
     # -- shared ------------------------------------------------------------------------------

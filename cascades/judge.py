@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from gateway.access import prompt_tokens_upper
 from gateway.backends.base import Backend, Completion, Kind, UpstreamCall
 
 _SYSTEM = (
@@ -52,6 +53,14 @@ def judge_body(kind: Kind, body: dict[str, Any], answer: str, top_k: int) -> dic
         "logprobs": True,
         "top_logprobs": top_k,
     }
+
+
+def judge_prompt_bound(top_k: int) -> int:
+    """The most prompt tokens one judge call can send: its fixed text (counted like any
+    request, gateway.access.prompt_tokens_upper) plus the question and the answer, each cut to
+    MAX_JUDGED_CHARS characters of at most 4 UTF-8 bytes, and never more tokens than bytes."""
+    fixed = prompt_tokens_upper(judge_body("chat", {"messages": []}, "", top_k))
+    return fixed + 2 * 4 * MAX_JUDGED_CHARS
 
 
 def p_yes(judged: Completion) -> float:

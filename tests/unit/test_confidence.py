@@ -8,7 +8,8 @@ import math
 import pytest
 
 from cascades.confidence import entropy_of_top, read_logprobs, score, should_escalate
-from cascades.judge import judge_body, p_yes
+from cascades.judge import judge_body, judge_prompt_bound, p_yes
+from gateway.access import prompt_tokens_upper
 from gateway.backends.base import Completion, Usage
 from policies.schema import ConfidenceConfig
 
@@ -99,3 +100,11 @@ def test_judge_reads_yes_against_no() -> None:
     long_answer = "x" * 10_000
     body = judge_body("chat", {"messages": [{"role": "user", "content": "q?"}]}, long_answer, 5)
     assert len(body["messages"][1]["content"]) < 5_000 and body["max_tokens"] == 1
+
+
+def test_the_judge_reservation_bounds_any_judge_call() -> None:
+    # Four-byte characters, far past what the judge is shown: the worst a judge call can send.
+    huge = "\U0001f600" * 50_000
+    request = {"messages": [{"role": "system", "content": "x"}, {"role": "user", "content": huge}]}
+    body = judge_body("chat", request, huge, 5)
+    assert prompt_tokens_upper(body) <= judge_prompt_bound(5)
