@@ -59,7 +59,7 @@ class CascadeFailed(Exception):
 
 class Cascade(Protocol):
     def models(self) -> list[str]:
-        """Every model a request may call, for admission and /v1/models."""
+        """Every model one request may call (a judge included)."""
 
     def worst_case_usd(
         self, prompt_tokens: int, max_tokens: int, prices: Mapping[str, CostFn]
