@@ -20,7 +20,7 @@ from watchfiles import awatch
 
 from gateway.metrics import Metrics
 from gateway.runtime import Runtime, build_runtime, load_learned_routers
-from policies.loader import PolicyError, parse_policy, read_policy_text
+from policies.loader import PolicyError, Problem, parse_policy, read_policy_text
 
 log = logging.getLogger("routegate.policy")
 
@@ -38,16 +38,12 @@ class PolicyHolder:
     async def load(self) -> Runtime:
         """Read, validate and start the policy file; raise PolicyError and keep the old one."""
         async with self._lock:
-            text = await asyncio.to_thread(read_policy_text, self.path)
             try:
-                policy = parse_policy(text, str(self.path))
-                learned = await asyncio.to_thread(load_learned_routers, policy, str(self.path))
+                runtime = await self._build()
             except PolicyError as exc:
                 self.last_error = exc
                 self._metrics.policy_reloads.labels("rejected").inc()
                 raise
-            runtime = build_runtime(policy, text, str(self.path), self._client, learned)
-            await runtime.start()
             old, self.current, self.last_error = self.current, runtime, None
             self._metrics.policy_reloads.labels("applied").inc()
             if old is not None:
@@ -56,6 +52,25 @@ class PolicyHolder:
                 self._spawn(old.aclose())
             log.info("policy %s version %s is serving", self.path, runtime.version)
             return runtime
+
+    async def _build(self) -> Runtime:
+        """The new runtime, started; anything that stops it is a PolicyError, so the watcher
+        lives on and the old policy keeps serving."""
+        runtime: Runtime | None = None
+        try:
+            text = await asyncio.to_thread(read_policy_text, self.path)
+            policy = parse_policy(text, str(self.path))
+            learned = await asyncio.to_thread(load_learned_routers, policy, str(self.path))
+            runtime = build_runtime(policy, text, str(self.path), self._client, learned)
+            await runtime.start()
+            return runtime
+        except PolicyError:
+            raise
+        except Exception as exc:  # an undecodable file, a backend that cannot start, ...
+            if runtime is not None:
+                await runtime.aclose()
+            problem = Problem(str(self.path), 1, 1, "(policy)", f"cannot load: {exc!r}")
+            raise PolicyError([problem]) from exc
 
     async def reload(self) -> bool:
         try:

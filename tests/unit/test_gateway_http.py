@@ -343,6 +343,36 @@ def test_policy_reload_rejects_bad_edit_and_applies_good(
         gw.stop()
 
 
+def test_an_unreadable_policy_file_is_rejected_and_the_watcher_lives_on(
+    upstreams: dict[str, Upstream], tmp_path: Path
+) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(write_policy(upstreams))
+    gw = GatewayProcess(policy, tmp_path).start()
+    try:
+        version = httpx.get(gw.url + "/readyz").json()["policy_version"]
+        policy.write_bytes(b"version: 1\nmodels: \xff\xfe\n")  # not UTF-8
+        deadline = time.time() + 5
+        while (
+            not httpx.get(gw.url + "/readyz").json()["last_reload_error"] and time.time() < deadline
+        ):
+            time.sleep(0.1)
+        ready = httpx.get(gw.url + "/readyz").json()
+        assert "cannot load" in ready["last_reload_error"] and "utf-8" in ready["last_reload_error"]
+        assert ready["policy_version"] == version
+        # The file watcher survived: a good edit still applies, without SIGHUP.
+        policy.write_text(write_policy(upstreams, "  best: {models: [strong]}\n"))
+        deadline = time.time() + 5
+        while (
+            httpx.get(gw.url + "/readyz").json()["policy_version"] == version
+            and time.time() < deadline
+        ):
+            time.sleep(0.1)
+        assert httpx.get(gw.url + "/readyz").json()["policy_version"] != version
+    finally:
+        gw.stop()
+
+
 def test_in_flight_request_finishes_on_the_policy_it_started_with(
     upstreams: dict[str, Upstream], tmp_path: Path
 ) -> None:
