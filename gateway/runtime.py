@@ -97,7 +97,9 @@ def load_learned_routers(policy: Policy, source: str) -> dict[str, Router]:
     return out
 
 
-def _router(route: RouteConfig, policy: Policy, prices: dict[str, CostFn]) -> Router:
+def simple_router(route: RouteConfig, policy: Policy, prices: dict[str, CostFn]) -> Router:
+    """The router of a route that needs no artifact: fixed or cost-aware (also what cascade and
+    ead routes use to name their models)."""
     if isinstance(route, CostAwareRoute):
         qualities = {m: policy.models[m].quality or 0.0 for m in route.models}
         return CostAwareRouter(route, qualities, prices)
@@ -153,7 +155,7 @@ def build_runtime(
         backends={name: _backend(name, policy, client) for name in policy.models},
         prices=prices,
         routers={
-            name: learned[name] if name in learned else _router(route, policy, prices)
+            name: learned[name] if name in learned else simple_router(route, policy, prices)
             for name, route in policy.routes.items()
         },
         cascades={

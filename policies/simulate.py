@@ -37,7 +37,6 @@ from policies.schema import (
 )
 from routers.base import RouteContext, Router, RoutingDecision
 from routers.cost_aware import CostAwareRouter
-from routers.fixed import FixedRouter
 from routers.objective import rank_models
 
 BY_NAME = "(model by name)"  # log rows that asked for a model, not a route
@@ -126,16 +125,13 @@ def _price(prices: dict[str, CostFn], model: str, prompt: float, completion: flo
 
 def _router_for(policy: Policy, source: str, name: str, route: RouteConfig) -> Router:
     """The router the gateway would build for the route (gateway/runtime.py)."""
-    if isinstance(route, LearnedRoute):
-        from gateway.runtime import load_learned_routers
+    from gateway.runtime import load_learned_routers, simple_router
 
+    if isinstance(route, LearnedRoute):
         # Only this route: loading a learned router loads its embedding model.
         only = policy.model_copy(update={"routes": {name: route}})
         return load_learned_routers(only, source)[name]
-    if isinstance(route, CostAwareRoute):
-        qualities = {m: policy.models[m].quality or 0.0 for m in route.models}
-        return CostAwareRouter(route, qualities, price_table(policy))
-    return FixedRouter(list(route.models))
+    return simple_router(route, policy, price_table(policy))
 
 
 async def _decide(router: Router, body: dict[str, Any], ctx: RouteContext) -> RoutingDecision:

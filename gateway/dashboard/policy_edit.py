@@ -95,6 +95,9 @@ class PolicyEditor:
         self, holder: PolicyHolder, text: str, who: str, client: str, note: str
     ) -> PolicyVersion:
         """Make `text` the serving policy; PolicyError (nothing changed) if it cannot be."""
+        # The reloader reads the file with universal newlines: hash what it will read, or the
+        # version never matches and apply waits out WATCH_WAIT_S for a policy already serving.
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
         source = str(holder.path)
         problems = validate(text, source)
         if problems:
@@ -106,8 +109,8 @@ class PolicyEditor:
             await asyncio.to_thread(write_atomic, holder.path, text)
             try:
                 runtime = await self._wait_live(holder, old_runtime, old_error, text_version(text))
-            except PolicyError:
-                # Put the serving text back, so the file says what serves.
+            except BaseException:
+                # Put the serving text back, so the file says what serves (whatever failed).
                 await asyncio.to_thread(write_atomic, holder.path, old_text)
                 raise
             return await asyncio.to_thread(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 from typing import Any
 
 import orjson
@@ -22,6 +21,7 @@ from gateway.dashboard.routes import (
     templates,
 )
 from gateway.errors import ApiError
+from policies.diff import diff_policies
 from policies.loader import PolicyError, Problem, parse_policy
 
 router = APIRouter(prefix="/dashboard/policy")
@@ -67,12 +67,8 @@ def _text(body: dict[str, Any]) -> str:
     return text
 
 
-def _diff(old: str, new: str, source: str) -> list[str] | None:
-    """policies/diff.py's sentences for the change, when that module is present."""
-    if importlib.util.find_spec("policies.diff") is None:
-        return None
-    from policies.diff import diff_policies
-
+def _diff(old: str, new: str, source: str) -> list[str]:
+    """policies/diff.py's sentences for the change."""
     try:
         changes = diff_policies(parse_policy(old, source), parse_policy(new, source))
     except Exception as exc:  # a diff must never break validation; say why there is none
@@ -106,7 +102,6 @@ async def policy_page(request: Request) -> Response:
             "path": str(holder.path),
             "history": _history(request, versions),
             "is_master": auth.has_master(request),
-            "has_diff": importlib.util.find_spec("policies.diff") is not None,
         },
     )
 

@@ -149,8 +149,8 @@ async def dashboard(request: Request) -> Response:
         "dashboard/dashboard.html",
         {
             "data": data,
-            # "</" escaped: the JSON sits inside a <script> element.
-            "data_json": orjson.dumps(data).decode().replace("</", "<\\/"),
+            # No "<": the JSON sits inside a <script> element ("</", "<!--" would break it).
+            "data_json": orjson.dumps(data).decode().replace("<", "\\u003c"),
             "windows": list(WINDOWS_S),
             "poll_ms": POLL_INTERVAL_MS,
             "is_master": auth.has_master(request),

@@ -117,8 +117,9 @@ def to_json(report: Report) -> str:
 
 
 def _script_json(data: Any) -> Markup:
-    # Inside <script>, "</" could close the element early: JSON allows "<\/" for it.
-    return Markup(orjson.dumps(data).decode().replace("</", "<\\/"))
+    # Inside <script>, "</" would close the element early and "<!--" can keep it from closing
+    # at all: JSON may spell every "<" as \u003c instead.
+    return Markup(orjson.dumps(data).decode().replace("<", "\\u003c"))
 
 
 def to_html(report: Report) -> str:

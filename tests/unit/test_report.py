@@ -323,3 +323,25 @@ def test_large_log_is_read_in_batches_to_the_same_exact_total(tmp_path: Path) ->
     data = report_json(path, policy, "--by", "day")
     assert data["total"]["requests"] == 60_000
     assert data["total"]["cost_usd"] == math.fsum(costs)
+
+
+def test_html_embeds_names_that_look_like_markup_safely(log_and_policy, tmp_path: Path) -> None:
+    log, policy, _ = log_and_policy
+    team = "<!--<script>"  # in a script element this kept "</script>" from closing it
+    writer = RequestLog(log)
+    writer.write(RequestRecord("odd", DAY1 + 5, "chat", False, route="cheap", model="small",
+                               team=team))  # fmt: skip
+    assert writer.flush()
+    writer.close()
+    out = tmp_path / "report.html"
+    result = run("--log", log, "--policy", policy, "--by", "team", "--format", "html", "--out", out)
+    assert result.exit_code == 0, result.output
+    page = out.read_text()
+    embedded = {}
+    for script_id in ("report-data", "chart-data"):
+        opening = f'<script type="application/json" id="{script_id}">'
+        start = page.index(opening) + len(opening)
+        text = page[start : page.index("</script>", start)]
+        assert "<" not in text
+        embedded[script_id] = json.loads(text)
+    assert team in [g["team"] for g in embedded["report-data"]["groups"]]

@@ -44,13 +44,11 @@
     show("validating...", true);
     const { data } = await post("validate", { text: text.value });
     showProblems(data.problems);
-    if (diffBox) {
-      const changes = data.diff || [];
-      diffBox.hidden = !data.ok;
-      document.getElementById("policy-diff").textContent = changes.length
-        ? changes.join("\n")
-        : "No change from the serving policy.";
-    }
+    const changes = data.diff || [];
+    diffBox.hidden = !data.ok;
+    document.getElementById("policy-diff").textContent = changes.length
+      ? changes.join("\n")
+      : "No change from the serving policy.";
     if (data.ok) show(data.changed ? "valid" : "valid (same as the serving policy)", true);
     else show(data.error ? data.error.message : "invalid: see the problems below", false);
   }
@@ -60,7 +58,7 @@
     showProblems(data.problems);
     if (code === 200 && data.ok) {
       document.getElementById("policy-version").textContent = data.version;
-      if (diffBox) diffBox.hidden = true;  // the edit is now the serving policy
+      diffBox.hidden = true;  // the edit is now the serving policy
       await refreshHistory();
       show("applied: v" + data.id + " (" + data.version + ") is serving", true);
     } else {
