@@ -143,11 +143,10 @@ def _chunk_base(kind: Kind, body: dict[str, Any]) -> dict[str, Any]:
 def _chat_choice_chunks(choice: dict[str, Any]) -> list[dict[str, Any]]:
     """A chat choice as three stream choices: the role, the content, the finish reason."""
     index = choice.get("index", 0)
-    message = dict(choice.get("message") or {})
-    role = message.pop("role", "assistant")
-    delta: dict[str, Any] = dict(message)  # content, tool_calls, refusal, annotations, ...
-    if message.get("tool_calls"):
-        delta["tool_calls"] = [{"index": i, **call} for i, call in enumerate(message["tool_calls"])]
+    delta: dict[str, Any] = dict(choice.get("message") or {})  # content, tool_calls, ...
+    role = delta.pop("role", "assistant")
+    if delta.get("tool_calls"):
+        delta["tool_calls"] = [{"index": i, **call} for i, call in enumerate(delta["tool_calls"])]
     return [
         {"index": index, "delta": {"role": role, "content": ""}, "finish_reason": None},
         {
@@ -174,11 +173,16 @@ def chunks_from_body(kind: Kind, body: dict[str, Any]) -> list[dict[str, Any]]:
     return chunks
 
 
+# Sent whole, never in pieces: a repeat replaces (litellm repeats a tool call's `type` on
+# every delta), where streamed strings (content, text, arguments) concatenate.
+_WHOLE_FIELDS = frozenset({"id", "type", "name", "finish_reason"})
+
+
 def _merge_field(into: dict[str, Any], name: str, value: Any) -> None:
-    """Stream deltas add up: strings concatenate, lists extend, other values replace (a None
-    never overwrites a value)."""
+    """Stream deltas add up: strings concatenate, lists extend, other values (and the fields
+    sent whole) replace (a None never overwrites a value)."""
     old = into.get(name)
-    if isinstance(value, str | list) and type(old) is type(value):
+    if isinstance(value, str | list) and type(old) is type(value) and name not in _WHOLE_FIELDS:
         into[name] = old + value
     elif isinstance(value, dict) and isinstance(old, dict):
         for key, item in value.items():

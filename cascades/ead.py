@@ -109,13 +109,6 @@ def plain_chat_prompt(messages: list[dict[str, Any]]) -> str:
     return "\n\n".join([*parts, "Assistant:"])
 
 
-async def render_chat(
-    pool: VllmPool, messages: list[dict[str, Any]], timeout_s: float, retries: int
-) -> str | None:
-    """The chat in the model's own template, or None when the server has none."""
-    return await pool.render_chat(messages, timeout_s, retries)
-
-
 # -- one request -----------------------------------------------------------------------------
 @dataclass
 class _ModelTally:
@@ -233,22 +226,32 @@ class _Decoder:
         last = len(piece.entropies) - 1
         for i, h in enumerate(piece.entropies):
             if window.push(h) >= self.c.config.threshold:
-                # A token past the end of the text, not the last (EOS is): vLLM cut the text at
-                # a stop sequence before it, so the answer ended before the hand-over.
-                if piece.finish == "stop" and i < last and piece.offsets[i] >= len(piece.text):
+                # The answer ended before the hand-over when: the token is past the end of the
+                # text, not the last (EOS is), so vLLM cut the text at a stop sequence before
+                # it; or the text kept up to it completes a stop split across two calls.
+                at = piece.offsets[i]
+                past_stop = piece.finish == "stop" and i < last and at >= len(piece.text)
+                if past_stop or (
+                    self.stops
+                    and self._stop_at(self.text + piece.text[:at], len(self.text)) is not None
+                ):
                     return None
                 return i
         return None
 
+    def _stop_at(self, text: str, start: int) -> int | None:
+        """Where the first stop sequence that ends past `start` begins in `text`, or None: one
+        split across two calls, which vLLM saw as a stop in neither."""
+        found = [at for s in self.stops if (at := text.find(s, max(0, start - len(s) + 1))) >= 0]
+        return min(found, default=None)
+
     def _ended(self, piece: _Piece, asked: int, start: int) -> bool:
         """Whether the answer is complete after this call's text was appended at `start`."""
-        # A stop sequence split across two calls: vLLM saw neither half as a stop.
-        for s in self.stops:
-            at = self.text.find(s, max(0, start - len(s) + 1))
-            if at != -1:
-                self.text = self.text[:at]
-                self.finish = "stop"
-                return True
+        at = self._stop_at(self.text, start)
+        if at is not None:
+            self.text = self.text[:at]
+            self.finish = "stop"
+            return True
         if piece.finish == "stop":  # EOS or a stop sequence inside the call
             self.finish = "stop"
             return True
@@ -266,8 +269,8 @@ class _Decoder:
                 rendered = None
                 if isinstance(backend, VllmPool):
                     try:
-                        rendered = await render_chat(
-                            backend, messages, self.c.timeout_s, self.c.retries
+                        rendered = await backend.render_chat(
+                            messages, self.c.timeout_s, self.c.retries
                         )
                     except UpstreamError as err:
                         raise CascadeFailed(err, model, self.steps()) from None
@@ -524,9 +527,14 @@ class EadCascade:
 
     def _check(self, kind: Kind, body: dict[str, Any]) -> None:
         """Refuse what the loop cannot give, naming the parameter (a client error: 400)."""
-        prompt = body.get("prompt")
+        prompt, seed = body.get("prompt"), body.get("seed")
         problems = [
             ("n", (body.get("n") or 1) != 1, "EAD answers one choice (n=1)"),
+            (
+                "seed",  # each call sends seed + its number
+                seed is not None and (isinstance(seed, bool) or not isinstance(seed, int | float)),
+                "seed must be an integer",
+            ),
             ("logprobs", bool(body.get("logprobs")), "EAD routes return no logprobs"),
             ("tools", bool(body.get("tools")), "EAD routes do not call tools"),
             (

@@ -15,7 +15,7 @@ import pytest
 from openai.types.chat import ChatCompletionChunk
 
 from cascades.base import CascadeFailed
-from cascades.ead import EadCascade, plain_chat_prompt, render_chat
+from cascades.ead import EadCascade, plain_chat_prompt
 from gateway.access import prompt_tokens_upper
 from gateway.accounting.pricing import price_table
 from gateway.backends.http_client import new_upstream_client
@@ -90,7 +90,7 @@ def cascade(prices: dict[str, Any], threshold: float, **params: Any) -> EadCasca
 
 async def test_chat_is_rendered_with_the_models_template(pools: dict[str, VllmPool]) -> None:
     messages = [{"role": "user", "content": "Hi"}]
-    rendered = await render_chat(pools[SMALL], messages, 10, 0)
+    rendered = await pools[SMALL].render_chat(messages, 10, 0)
     assert rendered == "<|bos|><|user|>\nHi<|end|>\n<|assistant|>\n"
     assert plain_chat_prompt(messages) == "User: Hi\n\nAssistant:"
 

@@ -418,3 +418,29 @@ def test_completion_stream_as_vllm_sends_it_becomes_one_answer() -> None:
     ]
     assert body["usage"]["total_tokens"] == 5
     assert body_from_chunks("completions", chunks_from_body("completions", body)) == body
+
+
+def test_tool_call_fields_repeated_on_every_delta_are_not_concatenated() -> None:
+    """litellm (Anthropic) sends `type: "function"` (and `id: None`, `name: None`) with every
+    arguments delta; only the arguments stream in pieces."""
+    head = {"id": "chatcmpl-L", "object": "chat.completion.chunk", "created": 3, "model": "m"}
+
+    def part(call: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        delta = {"tool_calls": [{"index": 0, "type": "function", **call}]}
+        return {**head, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+    stream = [
+        part({"id": "toolu_1", "function": {"name": "get_weather", "arguments": ""}}),
+        part({"function": {"arguments": '{"city"'}}),
+        part({"function": {"arguments": ': "Paris"}'}}),
+        {**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]},
+    ]
+    choice = body_from_chunks("chat", stream)["choices"][0]
+    assert choice["message"]["tool_calls"] == [
+        {
+            "id": "toolu_1",
+            "type": "function",
+            "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+        }
+    ]
+    assert choice["finish_reason"] == "tool_calls"
