@@ -311,7 +311,12 @@ class _Decoder:
         tally.usage.exact = tally.usage.exact and done.usage.exact
         if done.endpoint not in tally.endpoints:
             tally.endpoints.append(done.endpoint)
-        piece = _piece(done.body)
+        try:
+            piece = _piece(done.body)
+        except (KeyError, IndexError, TypeError, ValueError) as exc:  # paid for, yet unreadable
+            err = UpstreamError(502, f"{model} answered a malformed completion: {exc!r}")
+            err.attempts = [done.endpoint]
+            raise CascadeFailed(err, model, self.steps()) from None
         tally.generated += len(piece.entropies)
         return piece
 

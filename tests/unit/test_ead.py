@@ -74,3 +74,17 @@ async def test_a_seed_that_is_not_a_number_is_a_client_error() -> None:
     with pytest.raises(CascadeFailed) as failed:
         await ead().complete("completions", {"prompt": "p", "seed": "7"}, backends)
     assert (failed.value.error.status, failed.value.error.param) == (400, "seed")
+
+
+async def test_a_malformed_answer_still_charges_the_calls_made() -> None:
+    class NoChoices(Scripted):
+        async def complete(self, call: UpstreamCall) -> Completion:
+            done = await super().complete(call)
+            return Completion({"object": "text_completion"}, done.usage, "scripted")
+
+    small = NoChoices([(["a"], [SURE], "length")])
+    with pytest.raises(CascadeFailed) as failed:
+        await ead().complete("completions", {"prompt": "p", "max_tokens": 4}, {"s": small, "l": small})
+    assert failed.value.error.status == 502
+    (step,) = failed.value.steps
+    assert (step.model, step.usage.prompt_tokens, step.usage.completion_tokens) == ("s", 3, 1)
