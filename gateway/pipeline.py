@@ -91,25 +91,16 @@ async def plan(
     runtime: Runtime, body: dict[str, Any], kind: Kind, route: str | None, ctx: RouteContext
 ) -> tuple[RoutingDecision, list[Attempt]]:
     """Router: the models to try, in order, each with its upstream call."""
-    policy = runtime.policy
     if route is None:
         decision = RoutingDecision(runtime.chain_for_model(body["model"]))
     else:
         routed = runtime.routers[route].route(body, ctx)
         # Learned routers score off the event loop and are awaited; the rest answer at once.
         decision = await routed if inspect.isawaitable(routed) else routed
-    models = decision.models
-    defaults = policy.defaults
-    attempts = []
-    for model in models:
-        cfg = policy.models[model]
-        call = UpstreamCall(
-            kind,
-            body,
-            cfg.timeout_s if cfg.timeout_s is not None else defaults.timeout_s,
-            cfg.retries if cfg.retries is not None else defaults.retries,
-        )
-        attempts.append(Attempt(model, call))
+    attempts = [
+        Attempt(model, UpstreamCall(kind, body, *runtime.limits[model]))
+        for model in decision.models
+    ]
     return decision, attempts
 
 

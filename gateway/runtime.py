@@ -41,6 +41,8 @@ class Runtime:
     backends: dict[str, Backend]
     prices: dict[str, CostFn]
     routers: dict[str, Router]
+    # model -> (timeout_s, retries) for its upstream calls: the model's own or the default.
+    limits: dict[str, tuple[float, int]] = field(default_factory=dict)
     # Routes whose answer may take several models (kind cascade or ead), by route name.
     cascades: dict[str, Cascade] = field(default_factory=dict)
     loaded_at: float = field(default_factory=time.time)
@@ -118,19 +120,25 @@ def call_limits(policy: Policy) -> dict[str, tuple[float, int]]:
     }
 
 
-def _cascade(name: str, route: RouteConfig, policy: Policy) -> Cascade | None:
+def _cascade(
+    name: str,
+    route: RouteConfig,
+    policy: Policy,
+    prices: dict[str, CostFn],
+    limits: dict[str, tuple[float, int]],
+) -> Cascade | None:
     if isinstance(route, CascadeRoute):
         from cascades.escalation import EscalationCascade
 
-        return EscalationCascade(name, route, call_limits(policy))
+        return EscalationCascade(name, route, limits)
     if isinstance(route, EadRoute):
         from cascades.ead import EadCascade
 
-        timeout_s, retries = call_limits(policy)[route.small]
+        timeout_s, retries = limits[route.small]
         return EadCascade(
             name,
             route,
-            price_table(policy),
+            prices,
             timeout_s,
             retries,
             default_max_tokens=policy.defaults.max_tokens,
@@ -147,6 +155,7 @@ def build_runtime(
 ) -> Runtime:
     """`learned`: the routers of learned routes, from `load_learned_routers`."""
     prices = price_table(policy)
+    limits = call_limits(policy)
     learned = learned or {}
     return Runtime(
         policy=policy,
@@ -154,6 +163,7 @@ def build_runtime(
         source=source,
         backends={name: _backend(name, policy, client) for name in policy.models},
         prices=prices,
+        limits=limits,
         routers={
             name: learned[name] if name in learned else simple_router(route, policy, prices)
             for name, route in policy.routes.items()
@@ -161,6 +171,6 @@ def build_runtime(
         cascades={
             name: cascade
             for name, route in policy.routes.items()
-            if (cascade := _cascade(name, route, policy)) is not None
+            if (cascade := _cascade(name, route, policy, prices, limits)) is not None
         },
     )
