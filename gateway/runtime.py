@@ -108,6 +108,11 @@ def simple_router(route: RouteConfig, policy: Policy, prices: dict[str, CostFn])
     return FixedRouter(route.models)
 
 
+def policy_version(text: str) -> str:
+    """Runtime.version: a short hash of the policy text as read from its file."""
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
 def call_limits(policy: Policy) -> dict[str, tuple[float, int]]:
     """model -> (timeout_s, retries), the model's own or the policy default."""
     d = policy.defaults
@@ -159,7 +164,7 @@ def build_runtime(
     learned = learned or {}
     return Runtime(
         policy=policy,
-        version=hashlib.sha256(text.encode()).hexdigest()[:12],
+        version=policy_version(text),
         source=source,
         backends={name: _backend(name, policy, client) for name in policy.models},
         prices=prices,

@@ -8,24 +8,18 @@ file atomically, and the file watcher reloads it; apply returns once the new Run
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import tempfile
 from pathlib import Path
 
 from gateway.dashboard.history import PolicyHistory, PolicyVersion
 from gateway.reloader import PolicyHolder
-from gateway.runtime import Runtime
+from gateway.runtime import Runtime, policy_version
 from policies.loader import PolicyError, Problem, parse_policy
 
 # How long apply waits for the file watcher (debounce 300 ms, plus learned-router loading)
 # before reloading by itself.
 WATCH_WAIT_S = 20.0
-
-
-def text_version(text: str) -> str:
-    """Runtime.version of a policy text (see gateway.runtime.build_runtime)."""
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -76,7 +70,7 @@ class PolicyEditor:
             text = await asyncio.to_thread(holder.path.read_text, encoding="utf-8")
         except OSError:
             return
-        if text_version(text) == runtime.version:  # else the file moved on: record it later
+        if policy_version(text) == runtime.version:  # else the file moved on: record it later
             await asyncio.to_thread(
                 self.history.add, text, runtime.version, "file", "", "loaded from file",
                 runtime.loaded_at,
@@ -108,7 +102,9 @@ class PolicyEditor:
             old_text = await asyncio.to_thread(holder.path.read_text, encoding="utf-8")
             await asyncio.to_thread(write_atomic, holder.path, text)
             try:
-                runtime = await self._wait_live(holder, old_runtime, old_error, text_version(text))
+                runtime = await self._wait_live(
+                    holder, old_runtime, old_error, policy_version(text)
+                )
             except BaseException:
                 # Put the serving text back, so the file says what serves (whatever failed).
                 await asyncio.to_thread(write_atomic, holder.path, old_text)

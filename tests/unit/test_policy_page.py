@@ -16,7 +16,8 @@ import httpx
 import pytest
 
 from gateway.dashboard.history import PolicyHistory
-from gateway.dashboard.policy_edit import PolicyEditor, text_version
+from gateway.dashboard.policy_edit import PolicyEditor
+from gateway.runtime import policy_version
 from policies.loader import read_policy_text
 from tests.support.browser import browser_page, screenshot
 from tests.support.gateway import GatewayProcess
@@ -218,7 +219,7 @@ class _Holder:
         if self.fail is not None:
             raise self.fail
         text = read_policy_text(self.path)
-        self.current = SimpleNamespace(version=text_version(text), loaded_at=time.time())
+        self.current = SimpleNamespace(version=policy_version(text), loaded_at=time.time())
         return self.current
 
 
@@ -247,5 +248,5 @@ def test_apply_records_crlf_text_as_the_reloader_reads_it(tmp_path: Path) -> Non
         _editor(tmp_path).apply(holder, edited.replace("\n", "\r\n"), "alice", "", "apply")
     )
     # The version is the hash the watcher waits for; before, CRLF text never matched it.
-    assert text_version(edited.replace("\n", "\r\n")) != applied.version
-    assert applied.text == edited and text_version(applied.text) == applied.version
+    assert policy_version(edited.replace("\n", "\r\n")) != applied.version
+    assert applied.text == edited and policy_version(applied.text) == applied.version
