@@ -21,7 +21,13 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from cascades.base import Cascade, CascadeFailed, CascadeStream, Step
-from cascades.cache import ResponseCache, body_from_chunks, chunks_from_body, scope_id
+from cascades.cache import (
+    CachedAnswer,
+    ResponseCache,
+    body_from_chunks,
+    chunks_from_body,
+    scope_id,
+)
 from cascades.fallback import Attempt, ChainFailed, Outcome, first_success
 from gateway.access import Access, Admission, prompt_tokens_upper, typical_from_upper
 from gateway.accounting.request_log import RequestLog, RequestRecord
@@ -364,7 +370,7 @@ class CacheUse:
 
     cache: ResponseCache
     key: str
-    hit: Any = None
+    hit: CachedAnswer | None = None
 
     async def store(self, body: dict[str, Any], model: str, cost: float) -> None:
         # A cache that cannot store must not fail an answer that was already paid for.
@@ -405,6 +411,7 @@ async def _cached_response(
 ) -> Response:
     """A hit costs nothing and calls no model; the log row says what it saved."""
     hit = use.hit
+    assert hit is not None  # only called on a hit
     rec = acct.record
     rec.extra["cache"] = {"hit": True, "saved_usd": hit.cost_usd, "cached_at": hit.created_at}
     await acct.finish(status=200, model=hit.model, endpoint="cache")
