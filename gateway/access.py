@@ -13,6 +13,13 @@ from typing import Any
 
 from cascades.base import Cascade
 from gateway.errors import ApiError
+from gateway.guard import (
+    AccessRules,
+    AuthThrottle,
+    master_identity,
+    master_key,
+    secret_matches,
+)
 from gateway.keys import bearer_token, hash_secret
 from gateway.periods import resets_at, window_id
 from gateway.runtime import Runtime
@@ -123,28 +130,37 @@ class Admission:
 class Access:
     def __init__(self, state: State):
         self.state = state
-        self._keys_exist = False  # once true it stays true: keys are revoked, never deleted
+        self.throttle = AuthThrottle(state)
 
-    async def authenticate(self, authorization: str | None) -> VirtualKey | None:
-        """The caller's key; None while the gateway has no keys at all (open gateway)."""
+    async def authenticate(
+        self, authorization: str | None, rules: AccessRules, client: str
+    ) -> VirtualKey | None:
+        """The caller's key; the master key's identity for the master key; None for an
+        anonymous caller of an open gateway (`access.auth: open`, an explicit setting).
+
+        A virtual key is looked up first: its secret is 256 random bits, so it passes without
+        the throttle (a valid key is never locked out). Any other token is a guess at the
+        master key or a key: throttled per client address before it is compared."""
         token = bearer_token(authorization)
-        if token is not None:
-            key = await self.state.key_by_hash(hash_secret(token))
-            if key is not None:
-                if not key.active:
-                    raise ApiError(401, f"API key {key.id} has been revoked", code="key_revoked")
-                self._keys_exist = True
-                return key
-        if not self._keys_exist:
-            self._keys_exist = await self.state.has_keys()
-        if not self._keys_exist:
-            return None
         if token is None:
+            if rules.auth == "open":
+                return None
             raise ApiError(
                 401,
                 "Missing API key: send 'Authorization: Bearer <key>'",
                 code="missing_api_key",
             )
+        key = await self.state.key_by_hash(hash_secret(token))
+        if key is not None:
+            if not key.active:
+                raise ApiError(401, f"API key {key.id} has been revoked", code="key_revoked")
+            return key
+        master = master_key()
+        if rules.auth == "open":
+            # Anyone may call: an unknown token is anonymous, and nothing is being guessed.
+            return master_identity() if master and secret_matches(token, master) else None
+        if await self.throttle.verify(client, rules.failures, token, [master] if master else []):
+            return master_identity()
         raise ApiError(401, "Invalid API key", code="invalid_api_key")
 
     def check_route(self, key: VirtualKey | None, asked: str) -> None:

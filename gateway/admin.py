@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
-import os
 import time
 from typing import Any
 
@@ -13,24 +11,36 @@ from pydantic import ValidationError
 from starlette.responses import Response
 
 from gateway.errors import ApiError
-from gateway.keys import KeySpec, bearer_token, create_key, public_view
+from gateway.guard import (
+    MASTER_KEY_ENV,
+    client_address,
+    master_key,
+    request_bearer,
+    rules_of,
+    throttle_of,
+)
+from gateway.keys import KeySpec, create_key, public_view
 from gateway.periods import resets_at, window_id
 from gateway.state import State
 
-MASTER_KEY_ENV = "ROUTEGATE_MASTER_KEY"
+__all__ = ["MASTER_KEY_ENV", "router"]
 
 router = APIRouter(prefix="/admin")
 
 
-def require_master_key(request: Request) -> None:
-    master = os.environ.get(MASTER_KEY_ENV)
+async def require_master_key(request: Request) -> None:
+    master = master_key()
     if not master:
         raise ApiError(
             403, f"The admin API is off: start the gateway with {MASTER_KEY_ENV} set",
             code="admin_disabled",
         )  # fmt: skip
-    token = bearer_token(request.headers.get("authorization")) or ""
-    if not hmac.compare_digest(token.encode(), master.encode()):
+    # A missing bearer counts as a failure too: the admin API has no anonymous use.
+    token = request_bearer(request) or ""
+    rules = rules_of(request)
+    if not await throttle_of(request).verify(
+        client_address(request), rules.failures, token, [master]
+    ):
         raise ApiError(401, "The admin API needs the master key", code="invalid_master_key")
 
 
@@ -55,7 +65,7 @@ async def _with_usage(state: State, view: dict[str, Any]) -> dict[str, Any]:
 
 @router.post("/keys")
 async def create(request: Request) -> Response:
-    require_master_key(request)
+    await require_master_key(request)
     try:
         spec = KeySpec.model_validate_json(await request.body())
     except ValidationError as exc:
@@ -70,7 +80,7 @@ async def create(request: Request) -> Response:
 
 @router.get("/keys")
 async def list_keys(request: Request) -> Response:
-    require_master_key(request)
+    await require_master_key(request)
     state = _state(request)
     keys = sorted(await state.list_keys(), key=lambda k: k.created_at)
     return _json({"data": [await _with_usage(state, public_view(k)) for k in keys]})
@@ -78,7 +88,7 @@ async def list_keys(request: Request) -> Response:
 
 @router.get("/keys/{key_id}")
 async def get_key(request: Request, key_id: str) -> Response:
-    require_master_key(request)
+    await require_master_key(request)
     state = _state(request)
     key = await state.key_by_id(key_id)
     if key is None:
@@ -88,7 +98,7 @@ async def get_key(request: Request, key_id: str) -> Response:
 
 @router.delete("/keys/{key_id}")
 async def revoke(request: Request, key_id: str) -> Response:
-    require_master_key(request)
+    await require_master_key(request)
     state = _state(request)
     if not await state.revoke_key(key_id, time.time()):
         raise ApiError(404, f"No API key {key_id}", code="key_not_found")

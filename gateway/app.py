@@ -24,15 +24,27 @@ from gateway.admin import router as admin_router
 from gateway.backends.http_client import new_upstream_client
 from gateway.dashboard import mount_dashboard
 from gateway.errors import ApiError
+from gateway.guard import (
+    METRICS_TOKEN_ENV,
+    access_rules,
+    bearer_is,
+    client_address,
+    master_key,
+    metrics_token,
+    rules_of,
+    state_unavailable,
+)
 from gateway.metrics import Metrics
 from gateway.pacers import Pacers
 from gateway.pipeline import Services, handle
 from gateway.reloader import PolicyHolder
 from gateway.runtime import Runtime
-from gateway.state import open_state
+from gateway.state import StateUnavailable, open_state
 from policies.loader import example_policy_path
 
 log = logging.getLogger("routegate")
+
+READY_PING_TIMEOUT_S = 1.0  # /readyz: a state store slower than this is not ready
 
 
 @dataclass
@@ -50,6 +62,17 @@ def _json(data: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(data), status_code=status, media_type="application/json")
 
 
+async def _operator(request: Request) -> bool:
+    """The master key or the metrics token as the bearer. For /readyz a throttled address, or
+    a state store that is down, only means no details: the status must reach the probe."""
+    try:
+        return await bearer_is(request, [master_key(), metrics_token()])
+    except (ApiError, StateUnavailable):
+        if request.url.path == "/readyz":
+            return False
+        raise
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
 
@@ -60,10 +83,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         holder = PolicyHolder(settings.policy_path, client, metrics)
         runtime = await holder.load()  # a bad policy is fatal here: PolicyError names the lines
         # The state store is chosen at start-up; a reload that changes it needs a restart.
+        config = runtime.policy.state
         state = await open_state(
-            runtime.policy.state.url,
+            config.url,
             memory_path=settings.state_path,
-            prefix=runtime.policy.state.prefix,
+            prefix=config.prefix,
+            connect_timeout_s=config.connect_timeout_s,
+            timeout_s=config.timeout_s,
         )
         request_log = RequestLog(settings.log_path)
         app.state.holder = holder
@@ -100,6 +126,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def _api_error(request: Request, exc: ApiError) -> Response:
         return exc.response()
 
+    @app.exception_handler(StateUnavailable)
+    async def _state_down(request: Request, exc: StateUnavailable) -> Response:
+        log.warning("%s %s refused: %s", request.method, request.url.path, exc)
+        return state_unavailable(exc).response()
+
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
         return ApiError(
@@ -125,6 +156,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def models(request: Request) -> Response:
         runtime = runtime_of(request)
         created = int(runtime.loaded_at)
+        rules = access_rules(runtime.policy.access, master_key())
+        allowed: list[str] | None = None  # None: everything
+        if rules.models_guarded:
+            # The same check as a completion: a key is needed, and it sees what it may use.
+            services: Services = request.app.state.services
+            key = await services.access.authenticate(
+                request.headers.get("authorization"), rules, client_address(request)
+            )
+            allowed = key.routes if key is not None else None
 
         def entry(name: str, about: dict[str, Any]) -> dict[str, Any]:
             return {
@@ -146,6 +186,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 },
             )
             for name, cfg in runtime.policy.models.items()
+            if allowed is None or name in allowed
         ] + [
             entry(
                 name,
@@ -157,6 +198,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 },
             )
             for name, route in runtime.policy.routes.items()
+            if allowed is None or name in allowed
         ]
         return _json({"object": "list", "data": data})
 
@@ -169,16 +211,38 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         holder: PolicyHolder = request.app.state.holder
         runtime = holder.current
         healthy = runtime.healthy_models() if runtime else []
-        body = {
-            "status": "ready" if healthy else "not_ready",
-            "policy_version": runtime.version if runtime else None,
-            "healthy_models": healthy,
-            "last_reload_error": str(holder.last_error) if holder.last_error else None,
+        services: Services = request.app.state.services
+        state_error: str | None = None
+        try:
+            await services.access.state.ping(READY_PING_TIMEOUT_S)
+        except StateUnavailable as exc:
+            state_error = str(exc)
+        ready = bool(healthy) and state_error is None
+        status = 200 if ready else 503
+        body: dict[str, Any] = {
+            "status": "ready" if ready else "not_ready",
+            "state": "unavailable" if state_error else "ok",
         }
-        return _json(body, 200 if healthy else 503)
+        rules = rules_of(request)
+        # Probes only need the status code; names of models and files are for operators.
+        if rules.readyz_guarded and not await _operator(request):
+            return _json(body, status)
+        body.update(
+            policy_version=runtime.version if runtime else None,
+            healthy_models=healthy,
+            state_error=state_error,
+            last_reload_error=str(holder.last_error) if holder.last_error else None,
+        )
+        return _json(body, status)
 
     @app.get("/metrics")
     async def metrics(request: Request) -> Response:
+        if rules_of(request).metrics_guarded and not await _operator(request):
+            raise ApiError(
+                401,
+                f"/metrics needs the master key or {METRICS_TOKEN_ENV} as a bearer",
+                code="invalid_metrics_token",
+            )
         services: Services = request.app.state.services
         runtime = request.app.state.holder.current
         if runtime is not None:

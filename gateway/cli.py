@@ -51,6 +51,13 @@ def serve(
     watch: Annotated[bool, typer.Option(help="Reload the policy when its file changes.")] = True,
     access_log: Annotated[bool, typer.Option(help="Log every request line.")] = False,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
+    forwarded_allow_ips: Annotated[
+        str,
+        typer.Option(
+            help="Proxies (comma-separated IPs, or '*') whose X-Forwarded-For names the client. "
+            "Default: none, so a client cannot pick the address its failed logins count to."
+        ),
+    ] = "",
 ) -> None:
     """Run the gateway (one uvicorn worker)."""
     import uvicorn
@@ -87,6 +94,8 @@ def serve(
         access_log=access_log,
         log_level=log_level,
         timeout_graceful_shutdown=30,
+        proxy_headers=bool(forwarded_allow_ips),
+        forwarded_allow_ips=forwarded_allow_ips or None,
     )
 
 

@@ -33,10 +33,12 @@ from gateway.access import Access, Admission, prompt_tokens_upper, typical_from_
 from gateway.accounting.request_log import RequestLog, RequestRecord
 from gateway.backends.base import Kind, UpstreamCall, UpstreamError, UpstreamStream, Usage
 from gateway.errors import ApiError
+from gateway.guard import access_rules, client_address, master_key, state_unavailable
 from gateway.metrics import Metrics
 from gateway.pacers import Pacers
 from gateway.request_schema import parse_request
 from gateway.runtime import Runtime
+from gateway.state import StateUnavailable
 from policies.schema import RouteConfig
 from routers.base import RouteContext, RoutingDecision
 
@@ -234,6 +236,11 @@ async def handle(request: Request, kind: Kind, runtime: Runtime, services: Servi
     acct = Accounting(services, runtime, rec, t0)
     try:
         return await _handle(request, kind, runtime, rec, acct, t0, services)
+    except StateUnavailable as exc:
+        # Keys, budgets and rate limits cannot be checked: fail closed, and say it is passing.
+        log.warning("request %s refused: %s", rec.request_id, exc)
+        await acct.finish(status=503, model=rec.model, error=f"state store unavailable: {exc}")
+        return state_unavailable(exc).response(_headers(rec, rec.model, None))
     except Exception as exc:
         # A bug must still give the client an OpenAI error and leave a request log row.
         log.exception("request %s failed inside the gateway", rec.request_id)
@@ -252,7 +259,10 @@ async def _handle(
     services: Services,
 ) -> Response:
     try:
-        key = await services.access.authenticate(request.headers.get("authorization"))
+        rules = access_rules(runtime.policy.access, master_key())
+        key = await services.access.authenticate(
+            request.headers.get("authorization"), rules, client_address(request)
+        )
         if key is not None:
             rec.api_key_id, rec.team = key.id, key.team
         raw = await read_body(request, runtime.policy.defaults.max_request_bytes)

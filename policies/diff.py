@@ -16,7 +16,9 @@ from pydantic import BaseModel
 from gateway.accounting.pricing import token_pricing
 from policies.schema import ModelConfig, Policy, RouteConfig
 
-Section = Literal["model", "price", "endpoint", "route", "pacing", "cache", "defaults", "state"]
+Section = Literal[
+    "model", "price", "endpoint", "route", "pacing", "cache", "defaults", "state", "access"
+]
 Action = Literal["added", "removed", "changed"]
 
 
@@ -234,4 +236,5 @@ def diff_policies(old: Policy, new: Policy) -> list[Change]:
             out += _route_changes(name, route, new.routes[name])
     out += _field_changes("defaults", "defaults", _dump(old.defaults), _dump(new.defaults), set())
     out += _field_changes("state", "state", _dump(old.state), _dump(new.state), set())
+    out += _field_changes("access", "access", _dump(old.access), _dump(new.access), set())
     return out

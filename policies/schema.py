@@ -300,12 +300,60 @@ class StateConfig(_Strict):
         pattern=r"^(memory|rediss?://.+)$",
     )
     prefix: str = Field(default="routegate", min_length=1, description="Redis key prefix")
+    connect_timeout_s: float = Field(
+        default=1.0, gt=0, le=60, description="Redis: opening a connection gives up after this"
+    )
+    timeout_s: float = Field(
+        default=2.0,
+        gt=0,
+        le=60,
+        description="Redis: one command gives up after this; the request then gets 503",
+    )
+
+
+class AuthFailuresConfig(_Strict):
+    """Failed authentications (wrong master key, metrics token or API key) allowed per client
+    address in a sliding window, counted in the state store so that replicas share it."""
+
+    limit: int = Field(default=10, ge=1, description="failures per window, then 429")
+    window_s: float = Field(default=60.0, gt=0, description="the sliding window, in seconds")
+
+
+Guard = Literal["guarded", "open"]
+
+
+class AccessConfig(_Strict):
+    """Who may call what. `None` means the safe default, worked out at start-up from whether
+    ROUTEGATE_MASTER_KEY is set (gateway/guard.py)."""
+
+    auth: Literal["keys", "open"] | None = Field(
+        default=None,
+        description="keys: /v1 needs a virtual key (or the master key); open: anyone, a key "
+        "only adds its limits. Default: keys when ROUTEGATE_MASTER_KEY is set, else open",
+    )
+    metrics: Guard | None = Field(
+        default=None,
+        description="guarded: /metrics needs the master key or ROUTEGATE_METRICS_TOKEN. "
+        "Default: guarded when auth is keys",
+    )
+    models: Guard | None = Field(
+        default=None,
+        description="guarded: /v1/models needs a key and lists only what it may use. "
+        "Default: guarded when auth is keys",
+    )
+    readyz: Guard | None = Field(
+        default=None,
+        description="guarded: /readyz shows only its status unless the master key or metrics "
+        "token is sent (the status code is the same). Default: guarded when auth is keys",
+    )
+    auth_failures: AuthFailuresConfig = Field(default_factory=AuthFailuresConfig)
 
 
 class Policy(_Strict):
     version: Literal[1] = 1
     defaults: Defaults = Field(default_factory=Defaults)
     state: StateConfig = Field(default_factory=StateConfig)
+    access: AccessConfig = Field(default_factory=AccessConfig)
     models: dict[Name, ModelConfig] = Field(min_length=1)
     routes: dict[Name, RouteConfig] = Field(default_factory=dict)
 

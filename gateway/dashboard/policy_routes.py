@@ -45,11 +45,11 @@ async def _body(request: Request) -> dict[str, Any]:
     return body
 
 
-def _require_master(request: Request) -> None:
+async def _require_master(request: Request) -> None:
     if auth.master_key() is None:
         raise ApiError(403, f"Applying a policy needs {MASTER_KEY_ENV} set on the gateway",
                        code="admin_disabled")  # fmt: skip
-    if not auth.has_master(request):
+    if not await auth.has_master(request):
         raise ApiError(401, "Applying a policy needs the master key", code="invalid_master_key")
 
 
@@ -101,7 +101,7 @@ async def policy_page(request: Request) -> Response:
             "runtime": holder.current,
             "path": str(holder.path),
             "history": _history(request, versions),
-            "is_master": auth.has_master(request),
+            "is_master": await auth.has_master(request),
         },
     )
 
@@ -164,7 +164,7 @@ def _client(request: Request) -> str:
 
 @router.post("/apply")
 async def apply(request: Request) -> Response:
-    _require_master(request)
+    await _require_master(request)
     body = await _body(request)
     text, who = _text(body), _who(body)
     try:
@@ -178,7 +178,7 @@ async def apply(request: Request) -> Response:
 
 @router.post("/rollback")
 async def rollback(request: Request) -> Response:
-    _require_master(request)
+    await _require_master(request)
     body = await _body(request)
     who = _who(body)
     try:

@@ -19,6 +19,7 @@ from gateway.dashboard.data import DEFAULT_WINDOW, WINDOWS_S, snapshot
 from gateway.dashboard.history import PolicyHistory
 from gateway.dashboard.policy_edit import PolicyEditor
 from gateway.errors import ApiError
+from gateway.guard import client_address, rules_of, throttle_of
 from gateway.reloader import PolicyHolder
 
 _PACKAGE = Path(__file__).resolve().parent.parent
@@ -108,7 +109,15 @@ async def login(request: Request) -> Response:
     master = auth.master_key()
     if master is None:
         return _login_page(request, 403, f"The gateway has no master key ({MASTER_KEY_ENV}).")
-    if not auth.key_matches(given, master):
+    try:
+        right = await throttle_of(request).verify(
+            client_address(request), rules_of(request).failures, given, [master]
+        )
+    except ApiError as err:  # too many wrong keys from this address: the page says so
+        page = _login_page(request, err.status, err.message, nxt)
+        page.headers.update(err.headers)
+        return page
+    if not right:
         return _login_page(request, 401, "Wrong master key.", nxt)
     resp = RedirectResponse(nxt, status_code=303)
     resp.set_cookie(
@@ -153,7 +162,7 @@ async def dashboard(request: Request) -> Response:
             "data_json": orjson.dumps(data).decode().replace("<", "\\u003c"),
             "windows": list(WINDOWS_S),
             "poll_ms": POLL_INTERVAL_MS,
-            "is_master": auth.has_master(request),
+            "is_master": await auth.has_master(request),
         },
     )
 

@@ -8,13 +8,14 @@ from gateway.state.base import (
     PacingState,
     Reservation,
     State,
+    StateUnavailable,
     VirtualKey,
     WindowResult,
     from_micros,
     to_micros,
 )
 from gateway.state.memory import MemoryState
-from gateway.state.redis_store import RedisState, StateUnavailable, redact_url
+from gateway.state.redis_store import RedisState, redact_url
 
 __all__ = [
     "MemoryState",
@@ -32,7 +33,12 @@ __all__ = [
 
 
 async def open_state(
-    url: str | None, *, memory_path: Path | None = None, prefix: str = "routegate"
+    url: str | None,
+    *,
+    memory_path: Path | None = None,
+    prefix: str = "routegate",
+    connect_timeout_s: float = 1.0,
+    timeout_s: float = 2.0,
 ) -> State:
     """The store `url` names: None or "memory" -> in-process (persisted to `memory_path` when
     given); "redis://..." or "rediss://..." -> Redis, checked with a PING so a wrong URL fails at
@@ -40,7 +46,9 @@ async def open_state(
     if url is None or url.strip() in ("", "memory", "memory://"):
         return MemoryState(memory_path)
     if url.startswith(("redis://", "rediss://", "unix://")):
-        state = RedisState(url, prefix=prefix)
+        state = RedisState(
+            url, prefix=prefix, connect_timeout_s=connect_timeout_s, timeout_s=timeout_s
+        )
         try:
             await state.ping()
         except StateUnavailable:

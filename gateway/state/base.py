@@ -102,6 +102,11 @@ def cache_priority(
     return now
 
 
+class StateUnavailable(RuntimeError):
+    """The state store cannot be reached (refused, timed out, loading). Every `State` method
+    may raise it; the gateway answers 503 `state_unavailable` and fails closed."""
+
+
 class State(Protocol):
     # -- virtual keys -----------------------------------------------------------------------
     async def put_key(self, key: VirtualKey) -> None:
@@ -192,4 +197,7 @@ class State(Protocol):
         the next put sweeps them."""
 
     # -- lifecycle --------------------------------------------------------------------------
+    async def ping(self, timeout_s: float | None = None) -> None:
+        """Raise StateUnavailable unless the store answers within `timeout_s` (readiness)."""
+
     async def aclose(self) -> None: ...

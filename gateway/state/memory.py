@@ -587,6 +587,9 @@ class MemoryState:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
+    async def ping(self, timeout_s: float | None = None) -> None:
+        """In the process: always reachable."""
+
     async def aclose(self) -> None:
         if self._closed:
             return

@@ -36,12 +36,18 @@ their TTL); a namespace's other keys live as long as its longest-lived entry, gh
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 import math
+from collections.abc import Awaitable, Callable
+from typing import Any, Concatenate, ParamSpec, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ReadOnlyError, RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.state.base import (
     CACHE_GHOST_ENTRIES,
@@ -49,6 +55,7 @@ from gateway.state.base import (
     Eviction,
     PacingState,
     Reservation,
+    StateUnavailable,
     VirtualKey,
     WindowResult,
     from_micros,
@@ -69,8 +76,28 @@ CACHE_GRACE_S = 60  # Redis-side expiry of a cache entry, after its own TTL
 CACHE_GHOST_KEEP_S = 86400  # an idle namespace's ghost table is gone after a day
 
 
-class StateUnavailable(RuntimeError):
-    """The configured state store cannot be reached."""
+# What an outage looks like from the client: refused or reset connections, timeouts, a
+# server still loading its data (BusyLoadingError is a ConnectionError), a demoted primary.
+# Anything else (a script error) is a bug and stays what it is.
+_OUTAGE = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OSError, TimeoutError)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _unavailable_on_outage(
+    method: Callable[Concatenate[RedisState, P], Awaitable[R]],
+) -> Callable[Concatenate[RedisState, P], Awaitable[R]]:
+    """Turn an outage into the `State` contract's StateUnavailable, naming the URL."""
+
+    @functools.wraps(method)
+    async def wrapper(self: RedisState, *args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await method(self, *args, **kwargs)
+        except _OUTAGE as exc:
+            raise self.unavailable(exc) from exc
+
+    return wrapper
 
 
 # KEYS: key hash, index key of the new secret hash, ids set, has-keys flag
@@ -336,18 +363,23 @@ class RedisState:
         *,
         prefix: str = "routegate",
         max_connections: int = 64,
-        connect_timeout_s: float = 5.0,
+        connect_timeout_s: float = 1.0,
+        timeout_s: float = 2.0,
     ) -> None:
         self.url = url
         self.prefix = prefix
-        # A blocking pool: a burst waits for a connection instead of opening thousands.
+        # Bounded everywhere, so an outage (refused, or a host that answers nothing) fails a
+        # request within seconds instead of hanging it: the connect, each command's reply, and
+        # the wait for a free connection of the blocking pool (a burst waits rather than opening
+        # thousands). No retries: the caller answers 503 and the client retries.
+        limits: dict[str, Any] = {
+            "timeout": connect_timeout_s + timeout_s,
+            "socket_connect_timeout": connect_timeout_s,
+            "socket_timeout": timeout_s,
+            "health_check_interval": 30,
+        }
         self._pool = aioredis.BlockingConnectionPool.from_url(
-            url,
-            max_connections=max_connections,
-            timeout=30,
-            decode_responses=True,
-            socket_connect_timeout=connect_timeout_s,
-            health_check_interval=30,
+            url, max_connections=max_connections, decode_responses=True, **limits
         )
         self._redis = aioredis.Redis(connection_pool=self._pool)
         r = self._redis
@@ -362,25 +394,24 @@ class RedisState:
         self._pacing_cas = r.register_script(_PACING_CAS)
         # Cached answers are bytes: their own small pool, without decoding.
         self._raw_pool = aioredis.BlockingConnectionPool.from_url(
-            url,
-            max_connections=max(4, max_connections // 4),
-            timeout=30,
-            decode_responses=False,
-            socket_connect_timeout=connect_timeout_s,
-            health_check_interval=30,
+            url, max_connections=max(4, max_connections // 4), decode_responses=False, **limits
         )
         self._raw = aioredis.Redis(connection_pool=self._raw_pool)
         self._cache_get = self._raw.register_script(_CACHE_GET)
         self._cache_put = self._raw.register_script(_CACHE_PUT)
 
-    async def ping(self) -> None:
-        """Raise StateUnavailable, naming the URL, when Redis does not answer."""
+    def unavailable(self, exc: BaseException) -> StateUnavailable:
+        return StateUnavailable(
+            f"cannot reach the Redis state store at {redact_url(self.url)}: {exc!r}"
+        )
+
+    async def ping(self, timeout_s: float | None = None) -> None:
+        """Raise StateUnavailable, naming the URL, when Redis does not answer (in time)."""
         try:
-            await self._redis.ping()
-        except (RedisError, OSError) as exc:
-            raise StateUnavailable(
-                f"cannot reach the Redis state store at {redact_url(self.url)}: {exc}"
-            ) from exc
+            async with asyncio.timeout(timeout_s):
+                await self._redis.ping()
+        except (RedisError, *_OUTAGE) as exc:
+            raise self.unavailable(exc) from exc
 
     # -- key names ---------------------------------------------------------------------------
 
@@ -393,6 +424,7 @@ class RedisState:
 
     # -- virtual keys ------------------------------------------------------------------------
 
+    @_unavailable_on_outage
     async def put_key(self, key: VirtualKey) -> None:
         fields = key_to_fields(key)
         flat = [item for pair in fields.items() for item in pair]
@@ -406,6 +438,7 @@ class RedisState:
             args=[self._k("key-by-hash", ""), key.id, fields["secret_hash"], *flat],
         )
 
+    @_unavailable_on_outage
     async def key_by_hash(self, secret_hash: str) -> VirtualKey | None:
         flat = await self._key_by_hash(
             keys=[self._k("key-by-hash", secret_hash)], args=[self._k("key", "")]
@@ -414,10 +447,12 @@ class RedisState:
             return None
         return key_from_fields(dict(zip(flat[::2], flat[1::2], strict=True)))
 
+    @_unavailable_on_outage
     async def key_by_id(self, key_id: str) -> VirtualKey | None:
         fields = await self._redis.hgetall(self._k("key", key_id))
         return key_from_fields(fields) if fields else None
 
+    @_unavailable_on_outage
     async def list_keys(self) -> list[VirtualKey]:
         ids = sorted(await self._redis.smembers(self._k("keys")))
         async with self._redis.pipeline(transaction=False) as pipe:
@@ -427,15 +462,18 @@ class RedisState:
         keys = [key_from_fields(fields) for fields in rows if fields]
         return sorted(keys, key=lambda k: (k.created_at, k.id))
 
+    @_unavailable_on_outage
     async def revoke_key(self, key_id: str, at: float) -> bool:
         done = await self._revoke(keys=[self._k("key", key_id)], args=[json.dumps(at)])
         return bool(done)
 
+    @_unavailable_on_outage
     async def has_keys(self) -> bool:
         return bool(await self._redis.exists(self._k("has-keys")))
 
     # -- hard budgets ------------------------------------------------------------------------
 
+    @_unavailable_on_outage
     async def reserve(
         self,
         budget: str,
@@ -461,6 +499,7 @@ class RedisState:
             bool(ok), from_micros(int(spent)), from_micros(int(open_)), from_micros(limit)
         )
 
+    @_unavailable_on_outage
     async def settle(self, budget: str, reservation_id: str, actual_usd: float) -> float:
         spent = await self._settle(
             keys=self._budget_keys(budget),
@@ -468,9 +507,11 @@ class RedisState:
         )
         return from_micros(int(spent))
 
+    @_unavailable_on_outage
     async def release(self, budget: str, reservation_id: str) -> None:
         await self._release(keys=self._budget_keys(budget), args=[reservation_id])
 
+    @_unavailable_on_outage
     async def budget_usage(self, budget: str, now: float) -> tuple[float, float]:
         spent, open_ = await self._usage(keys=self._budget_keys(budget), args=[repr(now)])
         return from_micros(int(spent)), from_micros(int(open_))
@@ -485,6 +526,7 @@ class RedisState:
         # A fixed window is read until the end of the next one: two windows, plus slack.
         return math.ceil(window_s * 2000) + 1000
 
+    @_unavailable_on_outage
     async def window_hit(
         self, name: str, amount: float, limit: float, window_s: float, now: float
     ) -> WindowResult:
@@ -507,6 +549,7 @@ class RedisState:
             False, used, window_retry_after(prev, cur, weight, amount, limit, window_s)
         )
 
+    @_unavailable_on_outage
     async def window_add(self, name: str, amount: float, window_s: float, now: float) -> None:
         index, _ = window_position(window_s, now)
         cur_key = self._window_keys(name, index)[0]
@@ -515,6 +558,7 @@ class RedisState:
             pipe.pexpire(cur_key, self._window_ttl_ms(window_s))
             await pipe.execute()
 
+    @_unavailable_on_outage
     async def window_used(self, name: str, window_s: float, now: float) -> float:
         index, weight = window_position(window_s, now)
         cur, prev = await self._redis.mget(self._window_keys(name, index))
@@ -522,10 +566,12 @@ class RedisState:
 
     # -- pacing ------------------------------------------------------------------------------
 
+    @_unavailable_on_outage
     async def pacing_get(self, name: str) -> PacingState | None:
         text = await self._redis.hget(self._k("pacing", name), "state")
         return pacing_from_json(text) if text else None
 
+    @_unavailable_on_outage
     async def pacing_update(self, name: str, expected_updated_at: float, new: PacingState) -> bool:
         done = await self._pacing_cas(
             keys=[self._k("pacing", name)],
@@ -546,6 +592,7 @@ class RedisState:
         names = ["prio", "exp", "size", "meta", "ghost", "ghost-at"]
         return f"{base}:e:", [f"{base}:{n}" for n in names]
 
+    @_unavailable_on_outage
     async def cache_get(self, namespace: str, key: str, now: float) -> CacheEntry | None:
         prefix, keys = self._cache_keys(namespace)
         row = await self._cache_get(
@@ -556,6 +603,7 @@ class RedisState:
         value, cost, created, hits = row
         return CacheEntry(bytes(value), float(cost), float(created), int(hits))
 
+    @_unavailable_on_outage
     async def cache_put(
         self,
         namespace: str,
@@ -586,6 +634,7 @@ class RedisState:
         )
         return [k.decode() for k in evicted]
 
+    @_unavailable_on_outage
     async def cache_usage(self, namespace: str) -> tuple[int, int]:
         _, keys = self._cache_keys(namespace)
         async with self._raw.pipeline(transaction=True) as pipe:

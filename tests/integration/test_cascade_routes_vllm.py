@@ -346,7 +346,8 @@ def test_cache_hit_is_free_and_marked(gateway: GatewayProcess, secret: str) -> N
 
 
 def metric(gw: GatewayProcess, name: str, **labels: str) -> float:
-    text = httpx.get(gw.url + "/metrics").text
+    # Guarded: a master key means keys are required, and /metrics then needs the master key.
+    text = httpx.get(gw.url + "/metrics", headers={"authorization": f"Bearer {MASTER}"}).text
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):

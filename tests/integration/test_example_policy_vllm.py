@@ -25,6 +25,7 @@ from tests.support.gateway import GatewayProcess
 pytestmark = pytest.mark.integration
 
 MASTER = "master-example-test"
+AUTH = {"authorization": f"Bearer {MASTER}"}  # a master key means /v1 needs a key (access.auth)
 ROUTES = ["cheap", "best", "auto", "cascade", "ead"]
 QUESTION = [{"role": "user", "content": "What is the boiling point of water at sea level?"}]
 
@@ -53,12 +54,16 @@ def gateway(
 def send(gw: GatewayProcess, route: str, stream: bool) -> str:
     body = {"model": route, "messages": QUESTION, "max_tokens": 10, "temperature": 0}
     if not stream:
-        resp = httpx.post(gw.url + "/v1/chat/completions", json=body, timeout=120)
+        resp = httpx.post(gw.url + "/v1/chat/completions", json=body, headers=AUTH, timeout=120)
         assert resp.status_code == 200, (route, resp.text)
         assert resp.json()["choices"][0]["message"]["content"]
         return resp.headers["x-routegate-request-id"]
     with httpx.stream(
-        "POST", gw.url + "/v1/chat/completions", json={**body, "stream": True}, timeout=120
+        "POST",
+        gw.url + "/v1/chat/completions",
+        json={**body, "stream": True},
+        headers=AUTH,
+        timeout=120,
     ) as resp:
         assert resp.status_code == 200, route
         lines = [line for line in resp.iter_lines() if line]

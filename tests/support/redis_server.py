@@ -50,9 +50,12 @@ def _log_tail(path: Path) -> str:
         return "(no log)"
 
 
-def start_redis_server(workdir: Path, timeout: float = 10.0, attempts: int = 3) -> RedisServer:
+def start_redis_server(
+    workdir: Path, timeout: float = 10.0, attempts: int = 3, port: int | None = None
+) -> RedisServer:
     """Start redis-server on a free port with its files in `workdir`; return once it answers
-    PING. Retries on a new port if another process took the chosen one meanwhile."""
+    PING. Retries on a new port if another process took the chosen one meanwhile. `port`:
+    exactly that one (a restart where the old server was), no retries on another."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise RedisServerError(
@@ -61,8 +64,9 @@ def start_redis_server(workdir: Path, timeout: float = 10.0, attempts: int = 3) 
         )
     workdir.mkdir(parents=True, exist_ok=True)
     last_error = ""
-    for attempt in range(attempts):
-        port = _free_port()
+    wanted = port
+    for attempt in range(attempts if wanted is None else 1):
+        port = _free_port() if wanted is None else wanted
         log_path = workdir / f"redis-{port}.log"
         cmd = [
             binary,

@@ -128,6 +128,7 @@ def test_without_the_master_key_the_dashboard_is_closed(gateway: GatewayProcess)
 def test_an_open_gateway_has_an_open_dashboard(
     upstreams: tuple[Upstream, Upstream], tmp_path: Path
 ) -> None:
+    # No master key: access.auth defaults to open, and so does the dashboard.
     gw = start_gateway(upstreams, tmp_path, {"ROUTEGATE_MASTER_KEY": ""})
     try:
         assert httpx.get(gw.url + "/dashboard").status_code == 200
@@ -176,7 +177,8 @@ def test_dashboard_shows_live_traffic_spend_and_budgets(
         assert shown.inner_text() == f"${log_spend:.6f}"
         assert page.inner_text("#total-requests") == "5"
         assert page.inner_text("#cache-hits") == "0"
-        version = httpx.get(gateway.url + "/readyz").json()["policy_version"]
+        master = {"authorization": f"Bearer {MASTER}"}  # /readyz details need it
+        version = httpx.get(gateway.url + "/readyz", headers=master).json()["policy_version"]
         assert page.inner_text("#policy-version") == version
 
         # Budgets: the paced route and the key, spend from the state store's counters.

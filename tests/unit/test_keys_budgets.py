@@ -73,8 +73,12 @@ def client(gw: GatewayProcess, secret: str | None) -> openai.OpenAI:
     return openai.OpenAI(base_url=gw.url + "/v1", api_key=secret or "none", max_retries=0)
 
 
-def test_open_until_the_first_key_then_keys_are_required(gateway: GatewayProcess) -> None:
-    assert client(gateway, None).chat.completions.create(model="cheap", messages=MESSAGES)
+def test_with_a_master_key_keys_are_required_from_the_start(gateway: GatewayProcess) -> None:
+    # access.auth defaults to keys whenever ROUTEGATE_MASTER_KEY is set: no key yet, still 401
+    # (it used to be open until the first key, so an emptied store opened the gateway).
+    with pytest.raises(openai.AuthenticationError) as exc:
+        client(gateway, None).chat.completions.create(model="cheap", messages=MESSAGES)
+    assert exc.value.body["code"] == "invalid_api_key"
     key_id, secret = new_key(gateway)
     assert secret.startswith("sk-rg-")
 

@@ -141,3 +141,20 @@ def test_cost_aware_route_needs_model_qualities(tmp_path: Path) -> None:
     assert lines == [
         "F:10:38 routes.r1.models[1]: model 'a' needs a `quality` (0..1) for a cost_aware route"
     ]
+
+
+def test_access_settings_are_checked_with_line_and_column(tmp_path: Path) -> None:
+    text = """\
+version: 1
+models:
+  m: {provider: litellm, model: openai/x}
+access:
+  auth: maybe
+  auth_failures: {limit: 0}
+"""
+    code, lines = validate(tmp_path, text)
+    assert code == 1
+    assert lines[0].startswith("F:5:3 access.auth: Input should be 'keys' or 'open'")
+    assert (
+        lines[1] == "F:6:19 access.auth_failures.limit: Input should be greater than or equal to 1"
+    )

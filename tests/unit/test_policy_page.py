@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from playwright.sync_api import Page
 
 MASTER = "master-policy-key"
+AUTH = {"authorization": f"Bearer {MASTER}"}  # a master key means /v1 and /readyz details need one
 MESSAGES = [{"role": "user", "content": "hello"}]
 
 POLICY = """version: 1
@@ -62,18 +63,20 @@ def gateway(upstreams: tuple[Upstream, Upstream], tmp_path: Path) -> Iterator[Ga
 
 
 def route_models(gw: GatewayProcess, route: str) -> list[str]:
-    data = httpx.get(gw.url + "/v1/models").json()["data"]
+    data = httpx.get(gw.url + "/v1/models", headers=AUTH).json()["data"]
     return next(m["routegate"]["models"] for m in data if m["id"] == route)
 
 
 def served_by(gw: GatewayProcess, route: str) -> str:
-    resp = httpx.post(gw.url + "/v1/chat/completions", json={"model": route, "messages": MESSAGES})
+    resp = httpx.post(
+        gw.url + "/v1/chat/completions", json={"model": route, "messages": MESSAGES}, headers=AUTH
+    )
     assert resp.status_code == 200, resp.text
     return resp.json()["choices"][0]["message"]["content"]
 
 
 def version(gw: GatewayProcess) -> str:
-    return httpx.get(gw.url + "/readyz").json()["policy_version"]
+    return httpx.get(gw.url + "/readyz", headers=AUTH).json()["policy_version"]
 
 
 def log_in(page: Page, gw: GatewayProcess, target: str) -> None:
