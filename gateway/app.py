@@ -34,6 +34,7 @@ from gateway.guard import (
     rules_of,
     state_unavailable,
 )
+from gateway.http_limits import RequestLimits
 from gateway.metrics import Metrics
 from gateway.pacers import Pacers
 from gateway.pipeline import Services, handle
@@ -56,6 +57,8 @@ class Settings:
     watch_policy: bool = True
     # Applied policy versions (the dashboard's history); None: beside log_path.
     policy_history_path: Path | None = None
+    # A request's whole body must arrive within this long of the first read (408 after).
+    body_timeout_s: float = 60.0
 
 
 def _json(data: Any, status: int = 200) -> Response:
@@ -116,6 +119,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(admin_router)
     mount_dashboard(app, settings)
 
+    def api_body_limit() -> int:
+        holder: PolicyHolder | None = getattr(app.state, "holder", None)
+        runtime = holder.current if holder is not None else None
+        return runtime.policy.defaults.max_request_bytes if runtime else 4 * 1024 * 1024
+
+    app.add_middleware(
+        RequestLimits, api_limit=api_body_limit, body_timeout_s=settings.body_timeout_s
+    )
+
     def runtime_of(request: Request) -> Runtime:
         runtime = request.app.state.holder.current
         if runtime is None:
@@ -139,7 +151,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
-        return ApiError(400, str(exc.errors()[0].get("msg")), code="invalid_value").response()
+        err = exc.errors()[0]
+        # ("path", "version_id"): where it came from, then the field.
+        loc = [str(p) for p in err.get("loc", ())][1:]
+        param = ".".join(loc) or None
+        where = f"Invalid field '{param}': " if param else ""
+        return ApiError(
+            400, where + str(err.get("msg")), code="invalid_value", param=param
+        ).response()
+
+    @app.exception_handler(Exception)
+    async def _internal_error(request: Request, exc: Exception) -> Response:
+        # The last resort (Starlette logs the traceback after it): JSON, never plain text.
+        return ApiError(500, "Internal error in the gateway", code="internal_error").response()
 
     # The two hot endpoints are plain Starlette routes: they read the raw body themselves, so
     # FastAPI's per-request dependency solving would only add latency.

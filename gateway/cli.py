@@ -58,11 +58,43 @@ def serve(
             "Default: none, so a client cannot pick the address its failed logins count to."
         ),
     ] = "",
+    header_timeout: Annotated[
+        float,
+        typer.Option(
+            envvar="ROUTEGATE_HEADER_TIMEOUT_S",
+            help="Seconds a request line and headers may take to arrive (408 after).",
+        ),
+    ] = 10.0,
+    body_timeout: Annotated[
+        float,
+        typer.Option(
+            envvar="ROUTEGATE_BODY_TIMEOUT_S",
+            help="Seconds a request body may take to arrive, from its first read (408 after).",
+        ),
+    ] = 60.0,
+    max_headers: Annotated[
+        int, typer.Option(envvar="ROUTEGATE_MAX_HEADERS", help="Request headers allowed (431).")
+    ] = 100,
+    max_header_bytes: Annotated[
+        int,
+        typer.Option(
+            envvar="ROUTEGATE_MAX_HEADER_BYTES",
+            help="Bytes of request line and headers allowed (431).",
+        ),
+    ] = 32 * 1024,
+    keep_alive_timeout: Annotated[
+        int,
+        typer.Option(
+            envvar="ROUTEGATE_KEEP_ALIVE_TIMEOUT_S",
+            help="Seconds an idle keep-alive connection stays open.",
+        ),
+    ] = 5,
 ) -> None:
     """Run the gateway (one uvicorn worker)."""
     import uvicorn
 
     from gateway.app import Settings, create_app
+    from gateway.http_server import ServerLimits, guarded_protocol
 
     path = policy or example_policy_path()
     try:
@@ -85,12 +117,15 @@ def serve(
                 state_path=state_file,
                 watch_policy=watch,
                 policy_history_path=policy_history,
+                body_timeout_s=body_timeout,
             )
         ),
         host=host,
         port=port,
         loop="uvloop",
-        http="httptools",
+        # httptools, with the header limits and timeout uvicorn lacks (gateway/http_server.py).
+        http=guarded_protocol(ServerLimits(header_timeout, max_headers, max_header_bytes)),
+        timeout_keep_alive=keep_alive_timeout,
         access_log=access_log,
         log_level=log_level,
         timeout_graceful_shutdown=30,

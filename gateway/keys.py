@@ -18,6 +18,8 @@ from gateway.state import State, VirtualKey
 
 SECRET_PREFIX = "sk-rg-"
 Period = Literal["day", "week", "month", "total"]
+# Limits are stored as SQLite and Redis integers and shown by JavaScript: keep them exact there.
+MAX_LIMIT = 2**53
 
 
 class KeySpec(BaseModel):
@@ -27,10 +29,10 @@ class KeySpec(BaseModel):
 
     team: str = Field(min_length=1, max_length=128)
     name: str | None = Field(default=None, max_length=128)
-    budget_usd: float | None = Field(default=None, gt=0)
+    budget_usd: float | None = Field(default=None, gt=0, le=1e15, allow_inf_nan=False)
     period: Period = "month"
-    rpm: int | None = Field(default=None, gt=0)
-    tpm: int | None = Field(default=None, gt=0)
+    rpm: int | None = Field(default=None, gt=0, le=MAX_LIMIT)
+    tpm: int | None = Field(default=None, gt=0, le=MAX_LIMIT)
     routes: list[str] | None = Field(default=None, min_length=1)
     pacing: Literal["uniform", "weekday"] | None = Field(
         default=None, description="spread the budget over its period with this plan"

@@ -59,7 +59,8 @@ class PolicyHolder:
         runtime: Runtime | None = None
         try:
             text = await asyncio.to_thread(read_policy_text, self.path)
-            policy = parse_policy(text, str(self.path))
+            # Off the event loop: a large policy must not stall requests while it is parsed.
+            policy = await asyncio.to_thread(parse_policy, text, str(self.path))
             learned = await asyncio.to_thread(load_learned_routers, policy, str(self.path))
             runtime = build_runtime(policy, text, str(self.path), self._client, learned)
             await runtime.start()

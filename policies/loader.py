@@ -2,18 +2,33 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml as libyaml
 from pydantic import ValidationError
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError
+from ruamel.yaml.reader import ReaderError
 
 from policies.schema import CascadeRoute, EadRoute, LearnedRoute, Policy, VllmModel
 
 Loc = tuple[str | int, ...]
+
+# Caps checked before the YAML tree is built: policy text comes from the dashboard too, and
+# ruamel's scanner is quadratic in flow nesting, its composer recursive. Real policies are a
+# few KB deep by a handful of levels.
+MAX_POLICY_BYTES = 256 * 1024
+MAX_DEPTH = 32
+MAX_NODES = 100_000  # counting every alias as the node it copies: no "billion laughs"
+MAX_NUMBER_CHARS = 100  # int() of thousands of digits is slow, and past 4300 refused
+_NUMBER = re.compile(
+    r"[-+]?(0[xX][0-9a-fA-F_]+|0[oO][0-7_]+|0[bB][01_]+"
+    r"|([0-9][0-9_]*(\.[0-9_]*)?|\.[0-9_]+)([eE][-+]?[0-9]+)?)"
+)
 
 
 @dataclass(frozen=True)
@@ -34,6 +49,82 @@ class PolicyError(Exception):
     def __init__(self, problems: list[Problem]):
         self.problems = problems
         super().__init__("\n".join(str(p) for p in problems))
+
+
+class PolicyTooLarge(PolicyError):
+    """Past a size, nesting or alias cap: refused before the text is read as a policy."""
+
+
+def _too_large(file: str, mark: Any, field: str, message: str) -> PolicyTooLarge:
+    line, col = (mark.line, mark.column) if mark is not None else (0, 0)
+    return PolicyTooLarge([Problem(file, line + 1, col + 1, field, message)])
+
+
+def check_limits(text: str, file: str = "<policy>") -> None:
+    """Raise PolicyTooLarge if `text` is past the size, depth, alias or number caps.
+
+    Walks libyaml's event stream (C, not recursive, linear) and stops at the first excess, so
+    the cost is bounded whatever the text. A text libyaml cannot parse is left to ruamel, whose
+    messages are the ones users see.
+    """
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_POLICY_BYTES:
+        raise PolicyTooLarge(
+            [Problem(file, 1, 1, "(file)", f"larger than {MAX_POLICY_BYTES} bytes ({size})")]
+        )
+    loader = getattr(libyaml, "CSafeLoader", libyaml.SafeLoader)
+    # Per open collection: [expanded node count, anchor]; sizes of anchored nodes by name.
+    stack: list[list[Any]] = []
+    sizes: dict[str, int] = {}
+    total = 0
+
+    def add(n: int, mark: Any) -> None:
+        """`n` more nodes in the innermost open collection (passed up as it closes)."""
+        nonlocal total
+        total += n
+        if total > MAX_NODES:
+            raise _too_large(
+                file, mark, "(yaml)", f"aliases expand the policy past {MAX_NODES} nodes"
+            )
+        if stack:
+            stack[-1][0] += n
+
+    try:
+        for event in libyaml.parse(text, Loader=loader):
+            mark = event.start_mark
+            if isinstance(event, libyaml.CollectionStartEvent):
+                if len(stack) >= MAX_DEPTH:
+                    raise _too_large(file, mark, "(yaml)", f"nested deeper than {MAX_DEPTH} levels")
+                stack.append([0, event.anchor])
+                add(1, mark)
+            elif isinstance(event, libyaml.CollectionEndEvent):
+                count, anchor = stack.pop()
+                if anchor:
+                    sizes[anchor] = count
+                if stack:  # `total` has it already
+                    stack[-1][0] += count
+            elif isinstance(event, libyaml.ScalarEvent):
+                value = event.value
+                if event.implicit[0] and len(value) > MAX_NUMBER_CHARS and _NUMBER.fullmatch(value):
+                    raise _too_large(file, mark, "(yaml)", f"a number of {len(value)} characters")
+                add(1, mark)
+                if event.anchor:
+                    sizes[event.anchor] = 1
+            elif isinstance(event, libyaml.AliasEvent):
+                add(sizes.get(event.anchor or "", 1), mark)
+    except libyaml.MarkedYAMLError as exc:
+        if "nesting depth" in str(exc.problem):  # libyaml's own cap, met while scanning ahead
+            raise _too_large(
+                file, exc.problem_mark, "(yaml)", f"nested deeper than {MAX_DEPTH} levels"
+            ) from None
+    except libyaml.YAMLError:
+        pass  # ruamel says what is wrong
+
+
+def _position_of(text: str, index: int) -> tuple[int, int]:
+    """1-based line and column of a character offset."""
+    line = text.count("\n", 0, index)
+    return line + 1, index - (text.rfind("\n", 0, index) + 1) + 1
 
 
 def _position(tree: Any, loc: Loc) -> tuple[int, int]:
@@ -180,7 +271,20 @@ def _ead_route_problems(route_name: str, route: EadRoute, policy: Policy) -> lis
 
 
 def parse_policy(text: str, file: str = "<policy>") -> Policy:
-    """Parse and validate policy text; raise PolicyError with every problem found."""
+    """Parse and validate policy text; raise PolicyError with every problem found.
+
+    Whatever the text, nothing else escapes: a failure no check foresaw is a problem too."""
+    try:
+        return _parse_policy(text, file)
+    except PolicyError:
+        raise
+    except Exception as exc:  # RecursionError, ValueError from a constructor, a bug, ...
+        message = f"cannot be read: {type(exc).__name__}: {exc}"
+        raise PolicyError([Problem(file, 1, 1, "(policy)", message)]) from None
+
+
+def _parse_policy(text: str, file: str) -> Policy:
+    check_limits(text, file)
     try:
         tree = YAML(typ="rt").load(text)
     except MarkedYAMLError as exc:
@@ -188,6 +292,11 @@ def parse_policy(text: str, file: str = "<policy>") -> Policy:
         line, col = (mark.line, mark.column) if mark else (0, 0)
         raise PolicyError(
             [Problem(file, line + 1, col + 1, "(yaml)", str(exc.problem or exc).strip())]
+        ) from None
+    except ReaderError as exc:  # a character YAML does not allow
+        line, col = _position_of(text, exc.position)
+        raise PolicyError(
+            [Problem(file, line, col, "(yaml)", f"character {exc.character!r}: {exc.reason}")]
         ) from None
     if not isinstance(tree, CommentedMap):
         raise PolicyError([Problem(file, 1, 1, "(policy)", "the policy must be a YAML mapping")])
@@ -221,10 +330,27 @@ def parse_policy(text: str, file: str = "<policy>") -> Policy:
 
 
 def read_policy_text(path: str | Path) -> str:
+    """The file's text with universal newlines; PolicyError if it cannot be read, is past
+    MAX_POLICY_BYTES or is not UTF-8."""
+    file = str(path)
     try:
-        return Path(path).read_text(encoding="utf-8")
+        with Path(path).open("rb") as f:
+            data = f.read(MAX_POLICY_BYTES + 1)
     except OSError as exc:
-        raise PolicyError([Problem(str(path), 1, 1, "(file)", exc.strerror or str(exc))]) from None
+        raise PolicyError([Problem(file, 1, 1, "(file)", exc.strerror or str(exc))]) from None
+    if len(data) > MAX_POLICY_BYTES:
+        raise PolicyTooLarge(
+            [Problem(file, 1, 1, "(file)", f"larger than {MAX_POLICY_BYTES} bytes")]
+        )
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        col = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise PolicyError(
+            [Problem(file, line, col, "(file)", f"not UTF-8 at byte {exc.start}")]
+        ) from None
+    return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
 def load_policy(path: str | Path) -> Policy:

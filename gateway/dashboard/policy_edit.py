@@ -10,16 +10,23 @@ from __future__ import annotations
 import asyncio
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 from gateway.dashboard.history import PolicyHistory, PolicyVersion
 from gateway.reloader import PolicyHolder
 from gateway.runtime import Runtime, policy_version
 from policies.loader import PolicyError, Problem, parse_policy
 
+T = TypeVar("T")
+
 # How long apply waits for the file watcher (debounce 300 ms, plus learned-router loading)
 # before reloading by itself.
 WATCH_WAIT_S = 20.0
+# Policy texts parsed at once, each in a worker thread: a flood of validations queues here
+# instead of taking every thread (and the GIL) from the rest of the gateway.
+PARSE_SLOTS = 2
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -38,12 +45,18 @@ def write_atomic(path: Path, text: str) -> None:
         raise
 
 
-def validate(text: str, source: str) -> list[Problem]:
+def rejection(text: str, source: str) -> PolicyError | None:
+    """Why `text` cannot serve (a PolicyTooLarge past the caps), or None if it can."""
     try:
         parse_policy(text, source)
     except PolicyError as exc:
-        return exc.problems
-    return []
+        return exc
+    return None
+
+
+def validate(text: str, source: str) -> list[Problem]:
+    found = rejection(text, source)
+    return found.problems if found else []
 
 
 class PolicyEditor:
@@ -52,6 +65,16 @@ class PolicyEditor:
         self.watching = watching
         # One apply at a time, and history writes never interleave with one.
         self._lock = asyncio.Lock()
+        self._parse_slots = asyncio.Semaphore(PARSE_SLOTS)
+
+    async def rejection(self, text: str, source: str) -> PolicyError | None:
+        """`rejection` off the event loop: a large or hostile text never stalls the rest."""
+        return await self.run_parsing(rejection, text, source)
+
+    async def run_parsing(self, fn: Callable[..., T], *args: Any) -> T:
+        """Any other policy parsing (diffs), under the same slots and off the loop."""
+        async with self._parse_slots:
+            return await asyncio.to_thread(fn, *args)
 
     async def sync(self, holder: PolicyHolder) -> None:
         """Record the serving version if history does not know it yet (the start-up policy, or
@@ -92,10 +115,9 @@ class PolicyEditor:
         # The reloader reads the file with universal newlines: hash what it will read, or the
         # version never matches and apply waits out WATCH_WAIT_S for a policy already serving.
         text = text.replace("\r\n", "\n").replace("\r", "\n")
-        source = str(holder.path)
-        problems = validate(text, source)
-        if problems:
-            raise PolicyError(problems)
+        found = await self.rejection(text, str(holder.path))
+        if found is not None:
+            raise found
         async with self._lock:
             await self._sync(holder)
             old_runtime, old_error = holder.current, holder.last_error

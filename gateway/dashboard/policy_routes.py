@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Path, Request
 from starlette.responses import Response
 
 from gateway.admin import MASTER_KEY_ENV
 from gateway.dashboard import auth
-from gateway.dashboard.policy_edit import validate
 from gateway.dashboard.routes import (
     api_guard,
     editor_of,
@@ -22,10 +21,12 @@ from gateway.dashboard.routes import (
 )
 from gateway.errors import ApiError
 from policies.diff import diff_policies
-from policies.loader import PolicyError, Problem, parse_policy
+from policies.loader import PolicyError, PolicyTooLarge, Problem, parse_policy
 
 router = APIRouter(prefix="/dashboard/policy")
 MAX_WHO = 100
+MAX_VERSION_ID = 2**63 - 1  # SQLite's INTEGER
+VersionId = Annotated[int, Path(ge=1, le=MAX_VERSION_ID)]
 
 
 def _problem(p: Problem) -> dict[str, Any]:
@@ -116,7 +117,7 @@ async def history_json(request: Request) -> Response:
 
 
 @router.get("/versions/{version_id}")
-async def version_text(request: Request, version_id: int) -> Response:
+async def version_text(request: Request, version_id: VersionId) -> Response:
     await api_guard(request)
     found = await asyncio.to_thread(editor_of(request).history.get, version_id)
     if found is None:
@@ -128,14 +129,17 @@ async def version_text(request: Request, version_id: int) -> Response:
 async def validate_text(request: Request) -> Response:
     await api_guard(request)
     text = _text(await _body(request))
-    holder = holder_of(request)
-    problems = validate(text, str(holder.path))
-    current = await editor_of(request).current_text(holder)
+    holder, editor = holder_of(request), editor_of(request)
+    source = str(holder.path)
+    found = await editor.rejection(text, source)
+    if isinstance(found, PolicyTooLarge):
+        return _rejected(found)
+    current = await editor.current_text(holder)
     return json_response(
         {
-            "ok": not problems,
-            "problems": [_problem(p) for p in problems],
-            "diff": _diff(current, text, str(holder.path)) if not problems else None,
+            "ok": found is None,
+            "problems": [_problem(p) for p in found.problems] if found else [],
+            "diff": await editor.run_parsing(_diff, current, text, source) if not found else None,
             "changed": text != current,
         }
     )
@@ -148,12 +152,23 @@ def _applied(request: Request, version: Any) -> Response:
 
 
 def _rejected(exc: PolicyError) -> Response:
+    """400: OpenAI's error shape, and the problems with their lines for the page."""
+    if isinstance(exc, PolicyTooLarge):
+        err = ApiError(
+            400,
+            f"The policy text is refused: {exc.problems[0].message}",
+            code="policy_too_large",
+            param="text",
+        )
+    else:
+        err = ApiError(
+            400,
+            "The policy was rejected; the previous one keeps serving",
+            code="policy_rejected",
+            param="text",
+        )
     return json_response(
-        {
-            "ok": False,
-            "error": {"message": "The policy was rejected; the previous one keeps serving"},
-            "problems": [_problem(p) for p in exc.problems],
-        },
+        {"ok": False, **orjson.loads(err.body()), "problems": [_problem(p) for p in exc.problems]},
         400,
     )
 
@@ -181,10 +196,13 @@ async def rollback(request: Request) -> Response:
     await _require_master(request)
     body = await _body(request)
     who = _who(body)
+    raw = body.get("id")
     try:
-        version_id = int(body.get("id"))  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise ApiError(400, "'id' must be a version number", param="id") from None
+        version_id = int(raw) if isinstance(raw, int | str) and not isinstance(raw, bool) else 0
+    except ValueError:
+        version_id = 0
+    if not 1 <= version_id <= MAX_VERSION_ID:
+        raise ApiError(400, "'id' must be a version number", param="id", code="invalid_value")
     try:
         version = await editor_of(request).rollback(
             holder_of(request), version_id, who, _client(request)
