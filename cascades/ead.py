@@ -302,15 +302,12 @@ class _Decoder:
                 UpstreamCall("completions", payload, self.c.timeout_s, self.c.retries)
             )
         except UpstreamError as err:
+            if err.usage is not None:  # answered, but no answer: paid for all the same
+                self._count(model, err.usage, ",".join(err.attempts))
             raise CascadeFailed(err, model, self.steps()) from None
         tally = self.tally[model]
         tally.call_ms += (time.perf_counter() - t0) * 1000
-        tally.calls += 1
-        tally.usage.prompt_tokens += done.usage.prompt_tokens
-        tally.usage.completion_tokens += done.usage.completion_tokens
-        tally.usage.exact = tally.usage.exact and done.usage.exact
-        if done.endpoint not in tally.endpoints:
-            tally.endpoints.append(done.endpoint)
+        self._count(model, done.usage, done.endpoint)
         try:
             piece = _piece(done.body)
         except (KeyError, IndexError, TypeError, ValueError) as exc:  # paid for, yet unreadable
@@ -320,12 +317,28 @@ class _Decoder:
         tally.generated += len(piece.entropies)
         return piece
 
+    def _count(self, model: str, usage: Usage, endpoint: str) -> None:
+        tally = self.tally[model]
+        tally.calls += 1
+        tally.usage.prompt_tokens += usage.prompt_tokens
+        tally.usage.completion_tokens += usage.completion_tokens
+        tally.usage.exact = tally.usage.exact and usage.exact
+        # The backend clamped each call to its own bound; the first impossible report is kept.
+        tally.usage.anomaly = tally.usage.anomaly or usage.anomaly
+        if endpoint not in tally.endpoints:
+            tally.endpoints.append(endpoint)
+
     # -- results ---------------------------------------------------------------------------
     def steps(self) -> list[Step]:
         return [
             Step(
                 m,
-                Usage(t.usage.prompt_tokens, t.usage.completion_tokens, t.usage.exact),
+                Usage(
+                    t.usage.prompt_tokens,
+                    t.usage.completion_tokens,
+                    t.usage.exact,
+                    t.usage.anomaly,
+                ),
                 ",".join(t.endpoints),
                 None,
                 {"calls": t.calls, "tokens": t.kept},
@@ -497,12 +510,12 @@ class EadCascade:
         return [self.small, self.large]
 
     def max_tokens_of(self, body: dict[str, Any]) -> int:
-        """The answer's token budget: the client's max_tokens (max_completion_tokens for chat),
-        or the policy default. worst_case_usd must be given the same number."""
-        for key in ("max_tokens", "max_completion_tokens"):
-            if body.get(key) is not None:
-                return int(body[key])
-        return self.default_max_tokens
+        """The answer's token budget: the client's max_tokens (or max_completion_tokens for chat,
+        the larger), or the policy default. worst_case_usd must be given the same number."""
+        # The larger of the two (chat), as the gateway's reservation reads them.
+        keys = ("max_tokens", "max_completion_tokens") if "messages" in body else ("max_tokens",)
+        limits = [int(body[k]) for k in keys if body.get(k)]
+        return max(limits, default=self.default_max_tokens)
 
     def call_bounds(self, max_tokens: int) -> tuple[int, int]:
         """The most calls (small, large) one request makes with a budget of `max_tokens`.

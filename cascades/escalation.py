@@ -46,6 +46,12 @@ def _client_wants_logprobs(kind: Kind, body: dict[str, Any]) -> bool:
     return bool(body.get("logprobs"))
 
 
+def _failed_step(model: str, err: UpstreamError) -> Step:
+    """A call that failed: free, unless the upstream answered it (then its usage is charged)."""
+    usage = err.usage or Usage(0, 0, True)
+    return Step(model, usage, ",".join(err.attempts), None, {"error": str(err)})
+
+
 def _strip_logprobs(payload: dict[str, Any]) -> None:
     for choice in payload.get("choices") or []:
         if "logprobs" in choice:
@@ -102,7 +108,13 @@ class EscalationCascade:
         judge = conf.judge_model
         assert judge is not None  # the schema requires it for method judge
         timeout_s, _ = self._calls[judge]
-        judged = await ask_judge(backends[judge], kind, body, answer, conf.top_k, timeout_s)
+        try:
+            judged = await ask_judge(backends[judge], kind, body, answer, conf.top_k, timeout_s)
+        except UpstreamError as err:  # a judge answered but unusable is paid for all the same
+            if err.usage is not None:
+                steps.append(Step(judge, err.usage, ",".join(err.attempts), None,
+                                  {"role": "judge", "error": str(err)}))  # fmt: skip
+            raise
         steps.append(Step(judge, judged.usage, judged.endpoint, judged.provider_cost_usd,
                           {"role": "judge"}))  # fmt: skip
         return p_yes(judged)
@@ -110,9 +122,10 @@ class EscalationCascade:
     def _passed_over(self, err: UpstreamError, model: str, i: int, steps: list[Step]) -> None:
         """Raise unless the next model may succeed where this one failed."""
         if not err.retryable or i == len(self.config.models) - 1:
+            if err.usage is not None:  # answered, but no answer: paid for all the same
+                steps.append(_failed_step(model, err))
             raise CascadeFailed(err, model, steps) from None
-        steps.append(Step(model, Usage(0, 0, True), ",".join(err.attempts), None,
-                          {"error": str(err)}))  # fmt: skip
+        steps.append(_failed_step(model, err))
 
     # -- non-streaming -----------------------------------------------------------------------
     async def complete(
@@ -131,7 +144,7 @@ class EscalationCascade:
                 if answer is not None and (last or not err.retryable):
                     # The stronger model failed: the cheaper answer is better than none.
                     detail["escalation_failed"] = str(err)
-                    steps.append(Step(model, Usage(0, 0, True), ",".join(err.attempts)))
+                    steps.append(_failed_step(model, err))
                     break
                 self._passed_over(err, model, i, steps)
                 continue

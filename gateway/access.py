@@ -12,6 +12,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cascades.base import Cascade
+from gateway.accounting.usage_bounds import (
+    completion_cap,
+    completion_limit,
+)
+from gateway.accounting.usage_bounds import (
+    prompt_tokens_upper as prompt_tokens_upper,  # re-exported: judges and the pipeline use it
+)
 from gateway.errors import ApiError
 from gateway.guard import (
     AccessRules,
@@ -29,42 +36,10 @@ from policies.schema import PacingConfig
 RATE_WINDOW_S = 60.0
 
 
-def prompt_tokens_upper(body: dict[str, Any]) -> int:
-    """A bound on the prompt's token count that no tokenizer exceeds in practice: one token per
-    UTF-8 byte of the text, plus a chat template's overhead per message. Budgets use it, so
-    the reservation can only be too large, never too small."""
-    if "messages" in body:
-        total = 0
-        for message in body["messages"]:
-            content = message.get("content")
-            text = content if isinstance(content, str) else _parts_text(content)
-            total += len(text.encode()) + len(str(message.get("role", ""))) + 16
-        return total + len(_tools_text(body)) + 16
-    prompt = body.get("prompt", "")
-    if isinstance(prompt, str):
-        return len(prompt.encode())
-    if prompt and isinstance(prompt[0], list):  # several token-id prompts
-        return sum(len(p) for p in prompt)
-    if prompt and isinstance(prompt[0], int):  # one token-id prompt
-        return len(prompt)
-    return sum(len(str(p).encode()) for p in prompt)
-
-
 def typical_from_upper(upper: int) -> int:
     """About four characters a token: what rate limits and routers count before the real
     usage is known."""
     return max(1, upper // 4)
-
-
-def _parts_text(content: Any) -> str:
-    if not content:
-        return ""
-    return " ".join(str(p.get("text", "")) if isinstance(p, dict) else str(p) for p in content)
-
-
-def _tools_text(body: dict[str, Any]) -> str:
-    tools = body.get("tools")
-    return str(tools) if tools else ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,9 +199,10 @@ class Access:
         now: float,
         cascade: Cascade | None,
     ) -> None:
-        if not (body.get("max_tokens") or body.get("max_completion_tokens")):
+        if completion_limit(body) is None:
             body["max_tokens"] = runtime.policy.defaults.max_tokens
-        completion = int(body.get("max_tokens") or body.get("max_completion_tokens"))
+        # The largest limit the upstream may honour, times the answers it may generate.
+        completion = completion_cap(body) or runtime.policy.defaults.max_tokens
         ttl = runtime.policy.defaults.reservation_ttl_s
         admission.reservation_id = request_id
         if cascade is not None:

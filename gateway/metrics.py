@@ -67,6 +67,13 @@ class Metrics:
             ("route",),
             registry=self.registry,
         )
+        self.anomalies = Counter(
+            "routegate_upstream_anomalies",
+            "Upstream reports no call can produce (negative, non-number or unbounded usage, "
+            "no usage, no choices, a cost above the reservation), by kind; clamped, not trusted",
+            ("route", "model", "kind"),
+            registry=self.registry,
+        )
         self.backend_healthy = Gauge(
             "routegate_backend_healthy",
             "1 if the model has a usable endpoint",

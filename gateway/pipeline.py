@@ -150,22 +150,34 @@ class Accounting:
         rec.status, rec.model, rec.endpoint, rec.error = status, model, endpoint, error
         rec.fallbacks = fallbacks or []
         rec.latency_ms = (time.perf_counter() - self._t0) * 1000
-        step_costs: list[tuple[Step, float]] = []
-        if steps:
-            step_costs = [(s, self.cost(s.model, s.usage, s.provider_cost_usd)) for s in steps]
-            rec.prompt_tokens = sum(s.usage.prompt_tokens for s in steps)
-            rec.completion_tokens = sum(s.usage.completion_tokens for s in steps)
-            rec.usage_exact = all(s.usage.exact for s in steps)
+        calls = steps or []
+        if not steps and usage is not None and model is not None:
+            calls = [Step(model, usage, endpoint or "", provider_cost)]
+        step_costs = [(s, self.cost(s.model, s.usage, s.provider_cost_usd)) for s in calls]
+        anomalies = _anomalies(step_costs)
+        step_costs = self._within_reservation(step_costs, anomalies)
+        if calls:
+            rec.prompt_tokens = sum(s.usage.prompt_tokens for s in calls)
+            rec.completion_tokens = sum(s.usage.completion_tokens for s in calls)
+            rec.usage_exact = all(s.usage.exact for s in calls) and not anomalies
             rec.cost_usd = math.fsum(c for _, c in step_costs)
+        if steps:
             rec.extra["steps"] = [_step_row(s, c) for s, c in step_costs]
-        elif usage is not None and model is not None:
-            rec.prompt_tokens = usage.prompt_tokens
-            rec.completion_tokens = usage.completion_tokens
-            rec.usage_exact = usage.exact
-            rec.cost_usd = self.cost(model, usage, provider_cost)
-            step_costs = [(Step(model, usage, endpoint or ""), rec.cost_usd)]
         if detail:
             rec.extra.update(detail)
+        if anomalies:
+            rec.extra["usage_anomaly"] = {
+                "kinds": sorted({k for a in anomalies for k in a["kinds"]}),
+                "calls": anomalies,
+                "charged_usd": rec.cost_usd,
+            }
+            log.warning(
+                "request %s: upstream anomaly on route %r: %s; charged $%.6f",
+                rec.request_id,
+                rec.route,
+                anomalies,
+                rec.cost_usd,
+            )
         if self.admission is not None:
             try:
                 await self.admission.settle(rec.cost_usd, rec.prompt_tokens + rec.completion_tokens)
@@ -193,11 +205,55 @@ class Accounting:
             m.escalations.labels(route).inc(rec.extra["escalations"])
         if rec.extra.get("switches"):
             m.switches.labels(route).inc(rec.extra["switches"])
+        for anomaly in anomalies:
+            for kind in anomaly["kinds"]:
+                m.anomalies.labels(route, anomaly["model"], kind).inc()
         for step, cost in step_costs:
             m.tokens.labels(route, step.model, "prompt").inc(step.usage.prompt_tokens)
             m.tokens.labels(route, step.model, "completion").inc(step.usage.completion_tokens)
             m.cost.labels(route, step.model).inc(cost)
         return rec.cost_usd
+
+    def _within_reservation(
+        self, step_costs: list[tuple[Step, float]], anomalies: list[dict[str, Any]]
+    ) -> list[tuple[Step, float]]:
+        """Never charge more than a budget reserved: the reservation was the worst case the
+        request can truthfully cost, so anything above it is an upstream's report not to pay."""
+        admission = self.admission
+        total = math.fsum(c for _, c in step_costs)
+        if admission is None or not admission.budgets or total <= admission.reserved_usd:
+            return step_costs
+        cap = admission.reserved_usd
+        anomalies.append(
+            {
+                "model": step_costs[-1][0].model,
+                "kinds": ["over_reservation"],
+                "cost_usd": total,
+                "reserved_usd": cap,
+            }
+        )
+        return [(s, c * cap / total) for s, c in step_costs]
+
+
+def _anomalies(step_costs: list[tuple[Step, float]]) -> list[dict[str, Any]]:
+    """The calls whose upstream reported what no call can produce; a cost that is no
+    non-negative number (a provider's own price) is one too, and charged as nothing."""
+    found: list[dict[str, Any]] = []
+    for i, (step, cost) in enumerate(step_costs):
+        kinds = list((step.usage.anomaly or {}).get("kinds", []))
+        if not (math.isfinite(cost) and cost >= 0):
+            kinds.append("invalid_cost")
+            step_costs[i] = (step, 0.0)
+        if kinds:
+            charged = {
+                "prompt_tokens": step.usage.prompt_tokens,
+                "completion_tokens": step.usage.completion_tokens,
+            }
+            found.append(
+                {**(step.usage.anomaly or {}), "model": step.model, "kinds": kinds,
+                 "charged": charged}
+            )  # fmt: skip
+    return found
 
 
 def _step_row(step: Step, cost: float) -> dict[str, Any]:
@@ -305,8 +361,10 @@ async def _handle(
             return _upstream_stream_response(stream, kind, body, acct, t0, cache)
         done = await first_success(attempts, runtime.backends, _complete)
     except ChainFailed as failed:
-        return await _failed(acct, failed.error, failed.model, fallbacks=failed.fallbacks)
+        paid = {"steps": failed.charged} if failed.charged else {}
+        return await _failed(acct, failed.error, failed.model, fallbacks=failed.fallbacks, **paid)
     result = done.result
+    answer = Step(done.model, result.usage, result.endpoint, result.provider_cost_usd)
     return await _answered(
         acct,
         cache,
@@ -316,6 +374,8 @@ async def _handle(
         provider_cost=result.provider_cost_usd,
         endpoint=result.endpoint,
         fallbacks=done.fallbacks,
+        # Models that answered 200 with no usable answer before this one are paid for too.
+        steps=[*done.charged, answer] if done.charged else None,
     )
 
 
@@ -473,6 +533,7 @@ def _upstream_stream_response(
     acct.record.fallbacks = outcome.fallbacks
 
     def settle(status: int, error: str | None) -> Awaitable[float]:
+        answer = Step(outcome.model, stream.usage, stream.endpoint, stream.provider_cost_usd)
         return acct.finish(
             status=status,
             model=outcome.model,
@@ -481,6 +542,7 @@ def _upstream_stream_response(
             endpoint=stream.endpoint,
             fallbacks=outcome.fallbacks,
             error=error,
+            steps=[*outcome.charged, answer] if outcome.charged else None,
         )
 
     return _stream_response(stream, outcome.model, settle, kind, body, acct, t0, cache)

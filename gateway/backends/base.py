@@ -29,6 +29,9 @@ class Usage:
     completion_tokens: int = 0
     # False while the numbers are an estimate (e.g. a stream cut before the usage chunk).
     exact: bool = False
+    # Set when the upstream reported usage no call can produce: what it said, and the bound
+    # the numbers above were clamped to (gateway/accounting/usage_bounds.py).
+    anomaly: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)
@@ -64,6 +67,8 @@ class UpstreamError(Exception):
     retryable: bool = True
     param: str | None = None
     attempts: list[str] = field(default_factory=list)  # endpoints tried, for the request log
+    # A call that was answered (200) but could not be used: what it is charged all the same.
+    usage: Usage | None = None
 
     def __str__(self) -> str:
         return f"{self.status} {self.code}: {self.message}"

@@ -36,6 +36,14 @@ from typing import Any, TypeVar
 import httpx
 import orjson
 
+from gateway.accounting.usage_bounds import (
+    CallBound,
+    call_bound,
+    estimated_usage,
+    malformed_choices,
+    read_usage,
+    usage_object,
+)
 from gateway.backends.base import (
     Completion,
     Kind,
@@ -251,13 +259,24 @@ def _shape_body(kind: Kind, data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-def _usage_of(usage: Any) -> Usage | None:
+def _usage_of(usage: Any, bound: CallBound) -> Usage | None:
+    """The reported usage clamped to the call's bound; None when there is none (litellm fills
+    zeros in for a provider that sent no usage)."""
     if not isinstance(usage, dict):
         return None
-    prompt, completion = usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0
-    if not prompt and not completion:
+    if not usage.get("prompt_tokens") and not usage.get("completion_tokens"):
         return None
-    return Usage(int(prompt), int(completion), exact=True)
+    return read_usage(usage, bound)
+
+
+def _answered_unreadable(exc: BaseException) -> bool:
+    """litellm refused a 200 answer's shape (no choices, usage that is no number): the call
+    was made and may be billed, unlike a failed one."""
+    from pydantic import ValidationError
+
+    return any(
+        isinstance(e, ValidationError) or "provider returned" in str(e) for e in _causes(exc)
+    )
 
 
 # -- the backend ------------------------------------------------------------------------------
@@ -369,6 +388,8 @@ class LitellmBackend:
     def _retry_delay(self, err: UpstreamError, attempt: int, call: UpstreamCall) -> float | None:
         """Seconds to wait before the next try, or None to give up."""
         if not err.retryable or err.status == 429 or attempt >= call.retries:
+            return None
+        if err.usage is not None:  # answered, unusable: a re-ask is another paid call
             return None  # a rate limit is better answered by a fallback model than a re-ask
         return min(_RETRY_BACKOFF_S * 2**attempt, 2.0)
 
@@ -412,6 +433,9 @@ class LitellmBackend:
             except Exception as exc:
                 err = _to_upstream_error(exc, self.name, self.endpoint)
                 err.attempts = tried
+                if err.usage is None and _answered_unreadable(exc):
+                    err.usage = read_usage(None, self._bound(call))
+                    err.message = f"answered 200 but no usable answer: {err.message}"
                 self._note(err)
                 delay = self._retry_delay(err, attempt, call)
                 if delay is None:
@@ -428,17 +452,32 @@ class LitellmBackend:
         response, _ = await self._retrying(call, lambda: self._send(call.kind, kwargs))
         return self._completion(call, response)
 
+    def _bound(self, call: UpstreamCall) -> CallBound:
+        return call_bound(call.body, self.config.context_length)
+
     def _completion(self, call: UpstreamCall, response: Any) -> Completion:
         body = _shape_body(call.kind, _dump(response))
+        bound = self._bound(call)
+        problem = malformed_choices(call.kind, body)
+        if problem is not None:
+            raise UpstreamError(
+                502,
+                f"{self.name} answered 200 but {problem}",
+                attempts=[self.endpoint],
+                usage=_usage_of(body.get("usage"), bound) or read_usage(None, bound),
+            )
         body["model"] = self.name
-        usage = _usage_of(body.get("usage"))
+        usage = _usage_of(body.get("usage"), bound)
         if usage is None:  # the provider sent none: estimate, and say so
             text = " ".join(
                 str((c.get("message") or {}).get("content") or c.get("text") or "")
                 for c in body.get("choices") or []
             )
             completion = int(load_litellm().token_counter(model=self.config.model, text=text))
-            usage = Usage(self.prompt_tokens_estimate(call.body, call.kind), completion, False)
+            prompt = self.prompt_tokens_estimate(call.body, call.kind)
+            usage = estimated_usage(prompt, completion, bound)
+        if usage.anomaly is not None:
+            body["usage"] = usage_object(usage)  # the client sees what it is charged for
         cost = litellm_cost_usd(self.config.model, usage.prompt_tokens, usage.completion_tokens)
         return Completion(body=body, usage=usage, endpoint=self.endpoint, provider_cost_usd=cost)
 
@@ -581,6 +620,9 @@ class LitellmStream:
             if self._saw_chunk and not self._saw_usage:
                 # The provider reported no usage: send the estimate in OpenAI's place for it.
                 u = self.usage
+                self._usage = u = estimated_usage(
+                    u.prompt_tokens, u.completion_tokens, self._backend._bound(self._call)
+                )
                 self._pending.append(self._usage_chunk(u.prompt_tokens, u.completion_tokens))
             return
         data = _dump(chunk)
@@ -597,17 +639,19 @@ class LitellmStream:
             if data.get("system_fingerprint"):
                 out["system_fingerprint"] = data["system_fingerprint"]
             self._pending.append(out)
-        usage = _usage_of(data.get("usage"))
+        usage = _usage_of(data.get("usage"), self._backend._bound(self._call))
         if usage is not None and not self._saw_usage:
             self._saw_usage = True
             self._usage.prompt_tokens = usage.prompt_tokens
             self._usage.completion_tokens = usage.completion_tokens
             self._usage.exact = True
+            self._usage.anomaly = usage.anomaly
             self.provider_cost_usd = litellm_cost_usd(
                 self._backend.config.model, usage.prompt_tokens, usage.completion_tokens
             )
             final = self._usage_chunk(usage.prompt_tokens, usage.completion_tokens)
-            final["usage"] = _drop_none(data["usage"])  # with the provider's token details
+            if usage.anomaly is None:
+                final["usage"] = _drop_none(data["usage"])  # with the provider's token details
             self._pending.append(final)
 
     def _usage_chunk(self, prompt: int, completion: int) -> dict[str, Any]:

@@ -19,6 +19,15 @@ import aiohttp
 import httpx
 import orjson
 
+from gateway.accounting.usage_bounds import (
+    SPECIAL_TOKENS,
+    CallBound,
+    answer_bytes,
+    call_bound,
+    malformed_choices,
+    read_usage,
+    usage_object,
+)
 from gateway.backends.base import Completion, UpstreamCall, UpstreamError, Usage, http_error
 from policies.schema import VllmModel
 
@@ -85,6 +94,7 @@ class VllmPool:
         self.name = name
         self.served_name = config.served_name or name
         self.endpoints = [Endpoint(str(url)) for url in config.endpoints]
+        self.context_length = config.context_length
         self._client = client
         self._health_interval_s = health_interval_s
         self._cooldown_s = cooldown_s
@@ -237,11 +247,28 @@ class VllmPool:
                 self._mark_failed(endpoint)
                 last = UpstreamError(502, f"{self.name} answered with invalid JSON")
                 continue
-            body["model"] = self.name
-            u = body.get("usage") or {}
-            usage = Usage(u.get("prompt_tokens", 0), u.get("completion_tokens", 0), bool(u))
-            return Completion(body, usage, endpoint.base_url)
+            return self._completion(call, body, endpoint)
         raise self._exhausted(last, tried)
+
+    def _completion(self, call: UpstreamCall, body: Any, endpoint: Endpoint) -> Completion:
+        """A 200's body, its usage clamped to what the call can produce; a 502 that is still
+        charged when it is no OpenAI answer."""
+        bound = call_bound(call.body, self.context_length)
+        problem = malformed_choices(call.kind, body)
+        raw = body.get("usage") if isinstance(body, dict) else None
+        if problem is not None:
+            self._mark_failed(endpoint)
+            raise UpstreamError(
+                502,
+                f"{self.name} answered 200 but {problem}",
+                attempts=[endpoint.base_url],
+                usage=read_usage(raw, bound),
+            )
+        body["model"] = self.name
+        usage = read_usage(raw, bound, answer_bytes(call.kind, body))
+        if usage.anomaly is not None:
+            body["usage"] = usage_object(usage)  # the client sees what it is charged for
+        return Completion(body, usage, endpoint.base_url)
 
     def _exhausted(self, last: UpstreamError | None, tried: list[str]) -> UpstreamError:
         err = last or UpstreamError(503, f"{self.name} has no endpoints", "upstream_unavailable")
@@ -254,7 +281,9 @@ class VllmPool:
         last: UpstreamError | None = None
         async for endpoint in self._attempts(call):
             tried.append(endpoint.base_url)
-            stream = VllmStream(self, endpoint, call.kind)
+            stream = VllmStream(
+                self, endpoint, call.kind, call_bound(call.body, self.context_length)
+            )
             try:
                 await stream.open(payload, call.timeout_s)
             except UpstreamError as err:
@@ -273,10 +302,13 @@ class VllmPool:
 class VllmStream:
     """One streaming response from one endpoint, the first chunk already read."""
 
-    def __init__(self, pool: VllmPool, endpoint: Endpoint, kind: str):
+    def __init__(self, pool: VllmPool, endpoint: Endpoint, kind: str, bound: CallBound):
         self._pool = pool
         self._ep = endpoint
         self._kind = kind
+        self._bound = bound
+        self._anomaly: dict[str, Any] | None = None  # the first impossible report, kept
+        self._text_bytes = 0  # of the answer so far: the estimate should no usage come
         self.endpoint = endpoint.base_url
         self.usage = Usage()
         self.provider_cost_usd: float | None = None
@@ -329,11 +361,20 @@ class VllmStream:
                 err = chunk["error"]
                 raise UpstreamError(502, str(err.get("message", err)), "upstream_error")
             chunk["model"] = self._pool.name
+            for choice in chunk.get("choices") or []:
+                if isinstance(choice, dict):
+                    delta = choice.get("delta")
+                    text = (delta.get("content") if isinstance(delta, dict) else None) or (
+                        choice.get("text")
+                    )
+                    self._text_bytes += len(str(text or "").encode())
             usage = chunk.get("usage")
             if usage:
-                self.usage = Usage(
-                    usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0), True
-                )
+                self.usage = read_usage(usage, self._bound)
+                self._anomaly = self._anomaly or self.usage.anomaly
+                self.usage.anomaly = self._anomaly
+                if self._anomaly is not None:  # the client sees what it is charged for
+                    chunk["usage"] = usage_object(self.usage)
                 # Continuous usage is for our accounting; the client sees OpenAI's shape:
                 # usage only on the final chunk, which has no choices.
                 if chunk.get("choices"):
@@ -361,6 +402,9 @@ class VllmStream:
             return
         self._closed = True
         self._ep.outstanding -= 1
+        if self.usage.anomaly is None and not self.usage.exact:
+            # No usage came: charge an estimate, flagged, rather than nothing.
+            self.usage = read_usage(None, self._bound, self._text_bytes + SPECIAL_TOKENS)
         if self._resp is not None:
             # Closing the connection mid-stream makes vLLM abort the generation.
             await self._resp.aclose()

@@ -20,6 +20,17 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+# Usage no real server reports: what the modes of the same names answer with.
+HOSTILE_USAGE: dict[str, dict[str, Any]] = {
+    "negative_usage": {"prompt_tokens": 7, "completion_tokens": -1_000_000, "total_tokens": -1},
+    "absurd_usage": {
+        "prompt_tokens": 10**12,
+        "completion_tokens": 10**12,
+        "total_tokens": 2 * 10**12,
+    },
+    "non_numeric_usage": {"prompt_tokens": "seven", "completion_tokens": None, "total_tokens": []},
+}
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -31,6 +42,8 @@ def free_port() -> int:
 class Upstream:
     name: str = "up"
     mode: str = "ok"  # ok | 500 | 400 | 401 | 404 | 429 | slow | unhealthy | drip | garbage
+    # Hostile shapes of a 200: no_choices | bad_choices | no_usage (whole answers; no_usage
+    # also drops usage from streams), and the usage presets in HOSTILE_USAGE (both).
     delay_s: float = 0.0
     prompt_tokens: int = 7  # what the usage reports for every prompt
     hits: int = 0
@@ -38,15 +51,26 @@ class Upstream:
     disconnects: int = 0
     bodies: list[dict[str, Any]] = field(default_factory=list)
     port: int = field(default_factory=free_port)
+    # When set, every usage the upstream reports (whole answers, each stream chunk) is this.
+    usage_report: dict[str, Any] | None = None
+    # The finish_reason of a stream's last text chunk (litellm's chat streams need one).
+    stream_finish: str | None = None
     _server: uvicorn.Server | None = None
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
-    def _answer(self, body: dict[str, Any], kind: str) -> dict[str, Any]:
+    def _usage(self, completion: int) -> dict[str, Any]:
+        if self.usage_report is not None:
+            return dict(self.usage_report)
+        if self.mode in HOSTILE_USAGE:
+            return dict(HOSTILE_USAGE[self.mode])
         p = self.prompt_tokens
-        usage = {"prompt_tokens": p, "completion_tokens": 5, "total_tokens": p + 5}
+        return {"prompt_tokens": p, "completion_tokens": completion, "total_tokens": p + completion}
+
+    def _answer(self, body: dict[str, Any], kind: str) -> dict[str, Any]:
+        usage = self._usage(5)
         if kind == "chat":
             choice = {
                 "index": 0,
@@ -63,7 +87,7 @@ class Upstream:
                 "logprobs": None,
             }
             obj = "text_completion"
-        return {
+        answer: dict[str, Any] = {
             "id": "x-1",
             "object": obj,
             "created": 1,
@@ -71,6 +95,13 @@ class Upstream:
             "choices": [choice],
             "usage": usage,
         }
+        if self.mode == "no_choices":
+            del answer["choices"]
+        elif self.mode == "bad_choices":
+            answer["choices"] = "none today"
+        elif self.mode == "no_usage":
+            del answer["usage"]
+        return answer
 
     async def _completion(self, request: Request) -> Response:
         kind = "chat" if request.url.path.endswith("chat/completions") else "completions"
@@ -101,16 +132,17 @@ class Upstream:
         try:
             for i in range(n):
                 delta = {"delta": {"content": f"t{i} "}} if kind == "chat" else {"text": f"t{i} "}
-                p = self.prompt_tokens
-                usage = {"prompt_tokens": p, "completion_tokens": i + 1, "total_tokens": p + i + 1}
-                chunk = {
+                chunk: dict[str, Any] = {
                     "id": "x",
                     "object": obj,
                     "created": 1,
                     "model": body.get("model"),
                     "choices": [{"index": 0, **delta, "finish_reason": None}],
-                    "usage": usage,
                 }
+                if i == n - 1 and self.stream_finish is not None:
+                    chunk["choices"][0]["finish_reason"] = self.stream_finish
+                if self.mode != "no_usage":
+                    chunk["usage"] = self._usage(i + 1)
                 yield b"data: " + orjson.dumps(chunk) + b"\n\n"
                 if self.mode == "drip":
                     await asyncio.sleep(0.05)
@@ -120,13 +152,11 @@ class Upstream:
                 "created": 1,
                 "model": body.get("model"),
                 "choices": [],
-                "usage": {
-                    "prompt_tokens": self.prompt_tokens,
-                    "completion_tokens": n,
-                    "total_tokens": self.prompt_tokens + n,
-                },
+                "usage": self._usage(n),
             }
-            yield b"data: " + orjson.dumps(final) + b"\n\ndata: [DONE]\n\n"
+            if self.mode != "no_usage":
+                yield b"data: " + orjson.dumps(final) + b"\n\n"
+            yield b"data: [DONE]\n\n"
         except asyncio.CancelledError:
             self.disconnects += 1
             raise

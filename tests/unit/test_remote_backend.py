@@ -229,7 +229,7 @@ async def drain(stream: LitellmStream) -> list[dict[str, Any]]:
 async def test_chat_completion_body_usage_and_passthrough(upstream: Upstream) -> None:
     body = {
         **CHAT_BODY,
-        "max_tokens": 5,
+        "max_tokens": 8,  # room for the COMPLETION_TOKENS the fake reports: more is clamped
         "temperature": 0.2,
         "stop": ["\n"],
         "n": 1,
@@ -273,7 +273,7 @@ async def test_chat_completion_body_usage_and_passthrough(upstream: Upstream) ->
 
 
 async def test_text_completion_keeps_logprobs(upstream: Upstream) -> None:
-    body = {**TEXT_BODY, "max_tokens": 3, "logprobs": 2, "echo": False, "seed": 4}
+    body = {**TEXT_BODY, "max_tokens": 8, "logprobs": 2, "echo": False, "seed": 4}
     done = await backend("echo", upstream.base).complete(call("completions", body))
 
     assert done.body["object"] == "text_completion"
@@ -287,7 +287,7 @@ async def test_text_completion_keeps_logprobs(upstream: Upstream) -> None:
     assert {k: req["body"][k] for k in ("model", "prompt", "max_tokens", "logprobs", "seed")} == {
         "model": "echo",
         "prompt": "Once upon a time",
-        "max_tokens": 3,
+        "max_tokens": 8,
         "logprobs": 2,
         "seed": 4,
     }
@@ -395,7 +395,7 @@ async def test_no_key_configured_still_reaches_a_keyless_server(upstream: Upstre
 
 @pytest.mark.parametrize("kind", ["chat", "completions"])
 async def test_stream_chunks_and_final_usage_chunk(upstream: Upstream, kind: Kind) -> None:
-    body = {**(CHAT_BODY if kind == "chat" else TEXT_BODY), "stream": True, "max_tokens": 4}
+    body = {**(CHAT_BODY if kind == "chat" else TEXT_BODY), "stream": True, "max_tokens": 8}
     stream = await backend("echo", upstream.base).open_stream(call(kind, body))
     chunks = await drain(stream)
 
