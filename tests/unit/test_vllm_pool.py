@@ -31,11 +31,16 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
         yield c
 
 
-def pool(urls: list[str], client: httpx.AsyncClient, cooldown_s: float = 30) -> VllmPool:
+def pool(
+    urls: list[str], client: httpx.AsyncClient, cooldown_s: float = 30, eject_after: int = 1
+) -> VllmPool:
     cfg = VllmModel(
         provider="vllm", endpoints=urls, pricing={"input_per_1m": 1, "output_per_1m": 1}
     )
-    return VllmPool("m", cfg, client, health_interval_s=60, cooldown_s=cooldown_s)
+    # One failed call ejects, unless a test says otherwise: the rules below count single calls.
+    return VllmPool(
+        "m", cfg, client, health_interval_s=60, cooldown_s=cooldown_s, eject_after=eject_after
+    )
 
 
 def call(retries: int = 1, timeout_s: float = 5) -> UpstreamCall:
@@ -111,6 +116,8 @@ async def test_health_probe_marks_down_and_back_up(
     await p.probe_all()
     assert p.healthy()
     ups[0].mode = "unhealthy"
+    await p.probe_all()
+    assert p.healthy()  # one failed probe is not enough (unhealthy_after: 2)
     await p.probe_all()
     assert not p.healthy()
     # Still tried as a last resort rather than refusing outright.
