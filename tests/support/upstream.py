@@ -31,6 +31,7 @@ def free_port() -> int:
 class Upstream:
     name: str = "up"
     mode: str = "ok"  # ok | 500 | 400 | 401 | 404 | 429 | slow | unhealthy | drip | garbage
+    # ... | hang (accepts, never answers) | slow_first (stream headers, then delay_s, then chunks)
     delay_s: float = 0.0
     prompt_tokens: int = 7  # what the usage reports for every prompt
     hits: int = 0
@@ -38,6 +39,11 @@ class Upstream:
     disconnects: int = 0
     bodies: list[dict[str, Any]] = field(default_factory=list)
     port: int = field(default_factory=free_port)
+    drip_interval_s: float = 0.05  # drip: the pause after each chunk
+    drip_chunks: int = 200  # drip: chunks before the end
+    continuous_usage: bool = True  # streams: usage on every chunk, as vLLM's continuous stats
+    finish_reason: str = "stop"  # of non-streaming answers
+    hang_health: bool = False  # /health accepts and never answers too
     _server: uvicorn.Server | None = None
 
     @property
@@ -51,7 +57,7 @@ class Upstream:
             choice = {
                 "index": 0,
                 "message": {"role": "assistant", "content": f"hi from {self.name}"},
-                "finish_reason": "stop",
+                "finish_reason": self.finish_reason,
                 "logprobs": None,
             }
             obj = "chat.completion"
@@ -59,7 +65,7 @@ class Upstream:
             choice = {
                 "index": 0,
                 "text": f"hi from {self.name}",
-                "finish_reason": "stop",
+                "finish_reason": self.finish_reason,
                 "logprobs": None,
             }
             obj = "text_completion"
@@ -89,6 +95,12 @@ class Upstream:
             return Response(orjson.dumps(err), int(self.mode), media_type="application/json")
         if self.mode == "garbage":
             return Response(b"<html>proxy error</html>", media_type="application/json")
+        if self.mode == "hang":
+            try:
+                await asyncio.Event().wait()  # until the client goes away
+            except asyncio.CancelledError:
+                self.disconnects += 1
+                raise
         if self.mode == "slow":
             await asyncio.sleep(self.delay_s)
         if not body.get("stream"):
@@ -97,8 +109,11 @@ class Upstream:
 
     async def _stream(self, body: dict[str, Any], kind: str):  # type: ignore[no-untyped-def]
         obj = "chat.completion.chunk" if kind == "chat" else "text_completion"
-        n = 200 if self.mode == "drip" else 5
+        n = self.drip_chunks if self.mode == "drip" else 5
         try:
+            if self.mode == "slow_first":
+                yield b": waiting\n\n"  # the headers and a comment go out; the first chunk waits
+                await asyncio.sleep(self.delay_s)
             for i in range(n):
                 delta = {"delta": {"content": f"t{i} "}} if kind == "chat" else {"text": f"t{i} "}
                 p = self.prompt_tokens
@@ -109,11 +124,11 @@ class Upstream:
                     "created": 1,
                     "model": body.get("model"),
                     "choices": [{"index": 0, **delta, "finish_reason": None}],
-                    "usage": usage,
+                    "usage": usage if self.continuous_usage else None,
                 }
                 yield b"data: " + orjson.dumps(chunk) + b"\n\n"
                 if self.mode == "drip":
-                    await asyncio.sleep(0.05)
+                    await asyncio.sleep(self.drip_interval_s)
             final = {
                 "id": "x",
                 "object": obj,
@@ -133,7 +148,18 @@ class Upstream:
 
     async def _health(self, request: Request) -> Response:
         self.health_hits += 1
+        if self.hang_health:
+            await asyncio.Event().wait()
         return Response(status_code=503 if self.mode == "unhealthy" else 200)
+
+    async def _stats(self, request: Request) -> Response:
+        """The counters, for an upstream run in another process (tests/support/upstream_process)."""
+        stats = {
+            "hits": self.hits,
+            "health_hits": self.health_hits,
+            "disconnects": self.disconnects,
+        }
+        return Response(orjson.dumps(stats), media_type="application/json")
 
     def start(self) -> Upstream:
         app = Starlette(
@@ -141,6 +167,7 @@ class Upstream:
                 Route("/v1/chat/completions", self._completion, methods=["POST"]),
                 Route("/v1/completions", self._completion, methods=["POST"]),
                 Route("/health", self._health),
+                Route("/stats", self._stats),
             ]
         )
         self._server = uvicorn.Server(
