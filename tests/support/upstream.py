@@ -44,6 +44,9 @@ class Upstream:
     continuous_usage: bool = True  # streams: usage on every chunk, as vLLM's continuous stats
     finish_reason: str = "stop"  # of non-streaming answers
     hang_health: bool = False  # /health accepts and never answers too
+    # Completion requests that reached the app, read or not: one whose client left before its
+    # body was read (a frozen server reading its backlog) counts here, not in `hits`.
+    arrivals: int = 0
     _server: uvicorn.Server | None = None
 
     @property
@@ -80,6 +83,7 @@ class Upstream:
 
     async def _completion(self, request: Request) -> Response:
         kind = "chat" if request.url.path.endswith("chat/completions") else "completions"
+        self.arrivals += 1
         body = orjson.loads(await request.body())
         self.hits += 1
         self.bodies.append(body)
@@ -156,6 +160,7 @@ class Upstream:
         """The counters, for an upstream run in another process (tests/support/upstream_process)."""
         stats = {
             "hits": self.hits,
+            "arrivals": self.arrivals,
             "health_hits": self.health_hits,
             "disconnects": self.disconnects,
         }

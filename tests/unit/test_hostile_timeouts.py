@@ -26,7 +26,7 @@ MESSAGES = [{"role": "user", "content": "hello"}]
 
 # Before the fix there was one timeout, the total (9 s here): a call to a frozen endpoint
 # waited all of it. Now a call with no byte for first_byte_timeout_s asks /health
-# (health_timeout_s) and moves on: about 1 s, well under a third of the old wait.
+# (health_timeout_s) and moves on: 1.4 s here, well under a third of the old wait.
 OLD_TOTAL_S = 9.0
 FROZEN_POLICY = """
 version: 1
@@ -36,8 +36,8 @@ defaults:
   health_interval_s: 0.5
   cooldown_s: 30
   connect_timeout_s: 0.5
-  first_byte_timeout_s: 0.6
-  health_timeout_s: 0.4
+  first_byte_timeout_s: 0.8
+  health_timeout_s: 0.6
   unhealthy_after: 2
   eject_after: 3
 models:
@@ -110,8 +110,8 @@ def test_a_frozen_endpoint_is_abandoned_fast_then_taken_out(
     gw, frozen, _ = frozen_setup
     for _ in range(4):
         assert _ask(gw, "pair")["status"] == 200
-    warm_hits = frozen.stats()["hits"]
-    assert warm_hits >= 1  # both endpoints were in use
+    warm = frozen.stats()["arrivals"]
+    assert warm >= 1  # both endpoints were in use
 
     frozen.freeze()
     # Concurrent requests right after the freeze, before any health check noticed it: the
@@ -133,17 +133,16 @@ def test_a_frozen_endpoint_is_abandoned_fast_then_taken_out(
     time.sleep(1.5)
     later = [_ask(gw, "pair", stream=i % 2 == 1) for i in range(10)]
     assert [r["status"] for r in later] == [200] * 10
-    assert max(r["wall"] for r in later) < 0.9  # a try on the frozen one costs >= 1 s
+    assert max(r["wall"] for r in later) < 1.2  # a try on the frozen one costs >= 1.4 s
     assert all(_failed_endpoints(gw, r["id"]) == [] for r in later)
 
     # Thawed, the frozen server reads what was sent to it while stopped: exactly the requests
     # that were abandoned there, none of the later ones.
     frozen.thaw()
-    _wait_until(
-        lambda: frozen.stats()["hits"] >= warm_hits + len(tried_frozen), 5, "backlog not read"
-    )
+    expected = warm + len(tried_frozen)
+    _wait_until(lambda: frozen.stats()["arrivals"] >= expected, 5, "backlog not read")
     time.sleep(0.3)
-    assert frozen.stats()["hits"] == warm_hits + len(tried_frozen)
+    assert frozen.stats()["arrivals"] == expected
 
 
 def test_a_model_whose_only_endpoint_froze_goes_straight_to_its_fallback(
@@ -159,7 +158,7 @@ def test_a_model_whose_only_endpoint_froze_goes_straight_to_its_fallback(
     hits = good.hits
     for stream in (False, True, False, True):
         r = _ask(gw, "solo", stream)
-        assert r["status"] == 200 and r["wall"] < 0.9
+        assert r["status"] == 200 and r["wall"] < 1.2
         assert r["headers"]["x-routegate-model"] == "backup"
         assert r["headers"]["x-routegate-fallbacks"] == "solo"
     assert good.hits == hits + 4
