@@ -5,11 +5,11 @@ before any byte was streamed moves the call to the next endpoint.
 
 An endpoint is out of use while it is unhealthy (`unhealthy_after` failed health probes in a
 row; back after one success) or ejected (`eject_after` failed calls in a row, as Envoy's outlier
-detection does; out for `cooldown_s`, doubling per ejection in a row up to 8x). A frozen server
-(SIGSTOP, a wedged event loop) still accepts TCP connections, so neither a connect error nor a
-timeout shows it quickly: a call that gets no byte for `first_byte_timeout_s` asks the endpoint's
-/health, and one that does not answer within `health_timeout_s` is ejected at once and the call
-moves on. A live server that is merely generating is waited on, up to `timeout_s`; running out
+detection does; out for `cooldown_s`, doubling per ejection in a row up to 8x, or until a health
+probe passes). A frozen server (SIGSTOP, a wedged event loop) still accepts TCP connections, so
+neither a connect error nor a timeout shows it quickly: a call that gets no byte for
+`first_byte_timeout_s` asks the endpoint's /health, and one that does not answer within
+`health_timeout_s` is ejected at once and the call moves on. A live server that is merely generating is waited on, up to `timeout_s`; running out
 of it there is the request's length, not the server's fault, so it does not count towards
 ejection (else any client could eject servers with long requests).
 """
@@ -161,6 +161,9 @@ class VllmPool:
             if not endpoint.healthy:
                 log.info("endpoint %s of %s is back", endpoint.base_url, self.name)
             endpoint.healthy, endpoint.probe_failures = True, 0
+            # A passing probe also ends an ejection early, as Envoy does by default; the call
+            # count stays, so one more failure ejects it again, for twice as long.
+            endpoint.down_until = 0.0
             return True
         endpoint.probe_failures += 1
         if endpoint.healthy and endpoint.probe_failures >= self._unhealthy_after:
