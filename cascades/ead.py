@@ -38,7 +38,7 @@ from typing import Any
 
 from cascades.base import CascadeFailed, CascadeResult, Step
 from gateway.accounting.pricing import CostFn
-from gateway.backends.base import Backend, Kind, UpstreamCall, UpstreamError, Usage
+from gateway.backends.base import Backend, CallLimits, Kind, UpstreamError, Usage
 from gateway.backends.vllm_pool import VllmPool
 from policies.schema import EadRoute
 
@@ -298,9 +298,7 @@ class _Decoder:
         self._calls += 1
         t0 = time.perf_counter()
         try:
-            done = await self.backends[model].complete(
-                UpstreamCall("completions", payload, self.c.timeout_s, self.c.retries)
-            )
+            done = await self.backends[model].complete(self.c.limits.call("completions", payload))
         except UpstreamError as err:
             if err.usage is not None:  # answered, but no answer: paid for all the same
                 self._count(model, err.usage, ",".join(err.attempts))
@@ -497,6 +495,7 @@ class EadCascade:
         retries: int,
         *,
         default_max_tokens: int = DEFAULT_MAX_TOKENS,
+        limits: CallLimits | None = None,  # the small model's timeouts, for every call
     ):
         self.route_name = route_name
         self.config = config
@@ -504,6 +503,7 @@ class EadCascade:
         self.prices = prices
         self.timeout_s = timeout_s
         self.retries = retries
+        self.limits = limits or CallLimits(timeout_s, retries)
         self.default_max_tokens = default_max_tokens
 
     def models(self) -> list[str]:

@@ -25,6 +25,7 @@ from cascades.judge import ask_judge, judge_prompt_bound, p_yes
 from gateway.accounting.pricing import CostFn
 from gateway.backends.base import (
     Backend,
+    CallLimits,
     Completion,
     Kind,
     UpstreamCall,
@@ -63,7 +64,7 @@ class EscalationCascade:
         self,
         route_name: str,
         config: CascadeRoute,
-        calls: Mapping[str, tuple[float, int]],  # model -> (timeout_s, retries)
+        calls: Mapping[str, CallLimits],  # model -> its timeouts and retries
     ):
         self.route_name = route_name
         self.config = config
@@ -87,11 +88,10 @@ class EscalationCascade:
 
     # -- shared ------------------------------------------------------------------------------
     def _call(self, model: str, kind: Kind, body: dict[str, Any], last: bool) -> UpstreamCall:
-        timeout_s, retries = self._calls[model]
         asked = dict(body)
         if not last and self.config.confidence.method != "judge":
             asked.update(logprob_request(kind, self.config.confidence.top_k))
-        return UpstreamCall(kind, asked, timeout_s, retries)
+        return self._calls[model].call(kind, asked)
 
     async def _confidence(
         self,
@@ -107,9 +107,9 @@ class EscalationCascade:
             return score(conf.method, tokens)
         judge = conf.judge_model
         assert judge is not None  # the schema requires it for method judge
-        timeout_s, _ = self._calls[judge]
+        limits = self._calls[judge]
         try:
-            judged = await ask_judge(backends[judge], kind, body, answer, conf.top_k, timeout_s)
+            judged = await ask_judge(backends[judge], kind, body, answer, conf.top_k, limits)
         except UpstreamError as err:  # a judge answered but unusable is paid for all the same
             if err.usage is not None:
                 steps.append(Step(judge, err.usage, ",".join(err.attempts), None,

@@ -59,17 +59,26 @@ async def first_success(
     backends: Mapping[str, Backend],
     send: Callable[[Backend, UpstreamCall], Awaitable[T]],
 ) -> Outcome[T]:
-    """`send` is the backend call to make, e.g. `lambda b, c: b.complete(c)`."""
+    """`send` is the backend call to make, e.g. `lambda b, c: b.complete(c)`.
+
+    A model with no usable endpoint (down, ejected) goes after those that have one, as a last
+    resort: a frozen or dead model must not cost every request its timeout before the fallback
+    that would answer. It counts among the fallbacks when another model answers."""
+    healthy = [backends[a.model].healthy() for a in attempts]
+    ready = [a for a, ok in zip(attempts, healthy, strict=True) if ok]
+    skipped = [a for a, ok in zip(attempts, healthy, strict=True) if not ok]
     failed: list[str] = []
+    ordered = ready + skipped
     charged: list[Step] = []
-    for i, attempt in enumerate(attempts):
+    for i, attempt in enumerate(ordered):
         try:
             result = await send(backends[attempt.model], attempt.call)
-            return Outcome(attempt.model, result, failed, charged)
+            passed = [a.model for a in skipped if a.model not in failed and a is not attempt]
+            return Outcome(attempt.model, result, failed + passed, charged)
         except UpstreamError as err:
             if (step := charged_step(attempt.model, err)) is not None:
                 charged.append(step)
-            if not err.retryable or i == len(attempts) - 1:
+            if not err.retryable or i == len(ordered) - 1:
                 raise ChainFailed(err, attempt.model, failed, charged) from None
             failed.append(attempt.model)
     raise ValueError("no models to try")

@@ -10,7 +10,7 @@ import math
 from typing import Any
 
 from gateway.access import prompt_tokens_upper
-from gateway.backends.base import Backend, Completion, Kind, UpstreamCall
+from gateway.backends.base import Backend, CallLimits, Completion, Kind
 
 _SYSTEM = (
     "You check answers. Reply with exactly one word: yes if the answer is correct and "
@@ -82,8 +82,8 @@ def p_yes(judged: Completion) -> float:
 
 
 async def ask_judge(
-    judge: Backend, kind: Kind, body: dict[str, Any], answer: str, top_k: int, timeout_s: float
+    judge: Backend, kind: Kind, body: dict[str, Any], answer: str, top_k: int, limits: CallLimits
 ) -> Completion:
-    call = UpstreamCall("chat", {"model": judge.name, **judge_body(kind, body, answer, top_k)},
-                        timeout_s, 1)  # fmt: skip
+    call = limits.call("chat", {"model": judge.name, **judge_body(kind, body, answer, top_k)})
+    call.retries = 1
     return await judge.complete(call)

@@ -6,6 +6,7 @@ headers, the request log and metrics.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import math
@@ -31,7 +32,14 @@ from cascades.cache import (
 from cascades.fallback import Attempt, ChainFailed, Outcome, first_success
 from gateway.access import Access, Admission, prompt_tokens_upper, typical_from_upper
 from gateway.accounting.request_log import RequestLog, RequestRecord
-from gateway.backends.base import Kind, UpstreamCall, UpstreamError, UpstreamStream, Usage
+from gateway.backends.base import (
+    CallLimits,
+    Kind,
+    UpstreamCall,
+    UpstreamError,
+    UpstreamStream,
+    Usage,
+)
 from gateway.errors import ApiError
 from gateway.guard import access_rules, client_address, master_key, state_unavailable
 from gateway.metrics import Metrics
@@ -105,10 +113,7 @@ async def plan(
         routed = runtime.routers[route].route(body, ctx)
         # Learned routers score off the event loop and are awaited; the rest answer at once.
         decision = await routed if inspect.isawaitable(routed) else routed
-    attempts = [
-        Attempt(model, UpstreamCall(kind, body, *runtime.limits[model]))
-        for model in decision.models
-    ]
+    attempts = [Attempt(model, runtime.limits[model].call(kind, body)) for model in decision.models]
     return decision, attempts
 
 
@@ -357,8 +362,10 @@ async def _handle(
         return await _run_cascade(cascade, kind, body, runtime, acct, t0, cache)
     try:
         if rec.stream:
+            opened = time.monotonic()
             stream = await first_success(attempts, runtime.backends, _open_stream)
-            return _upstream_stream_response(stream, kind, body, acct, t0, cache)
+            limits = runtime.limits[stream.model]
+            return _upstream_stream_response(stream, kind, body, acct, t0, cache, limits, opened)
         done = await first_success(attempts, runtime.backends, _complete)
     except ChainFailed as failed:
         paid = {"steps": failed.charged} if failed.charged else {}
@@ -376,6 +383,7 @@ async def _handle(
         fallbacks=done.fallbacks,
         # Models that answered 200 with no usable answer before this one are paid for too.
         steps=[*done.charged, answer] if done.charged else None,
+        detail={"failed_endpoints": result.failed} if result.failed else None,
     )
 
 
@@ -418,8 +426,11 @@ async def _run_cascade(
     rec = acct.record
     try:
         if rec.stream:
+            opened = time.monotonic()
             stream = await cascade.open_stream(kind, body, runtime.backends)
-            return _cascade_stream_response(stream, kind, body, acct, t0, cache)
+            # The streaming model's limits; EAD's combined name has none: its small model's.
+            limits = runtime.limits.get(stream.model) or runtime.limits[cascade.models()[0]]
+            return _cascade_stream_response(stream, kind, body, acct, t0, cache, limits, opened)
         result = await cascade.complete(kind, body, runtime.backends)
     except CascadeFailed as failed:
         return await _failed(acct, failed.error, failed.model, steps=failed.steps)
@@ -528,9 +539,12 @@ def _upstream_stream_response(
     acct: Accounting,
     t0: float,
     cache: CacheUse | None,
+    limits: CallLimits,
+    opened: float,
 ) -> StreamingResponse:
     stream = outcome.result
     acct.record.fallbacks = outcome.fallbacks
+    failed = list(getattr(stream, "attempts", [])[:-1])  # endpoints that failed before it
 
     def settle(status: int, error: str | None) -> Awaitable[float]:
         answer = Step(outcome.model, stream.usage, stream.endpoint, stream.provider_cost_usd)
@@ -543,9 +557,12 @@ def _upstream_stream_response(
             fallbacks=outcome.fallbacks,
             error=error,
             steps=[*outcome.charged, answer] if outcome.charged else None,
+            detail={"failed_endpoints": failed} if failed else None,
         )
 
-    return _stream_response(stream, outcome.model, settle, kind, body, acct, t0, cache)
+    return _stream_response(
+        stream, outcome.model, settle, kind, body, acct, t0, cache, limits, opened
+    )
 
 
 def _cascade_stream_response(
@@ -555,6 +572,8 @@ def _cascade_stream_response(
     acct: Accounting,
     t0: float,
     cache: CacheUse | None,
+    limits: CallLimits,
+    opened: float,
 ) -> StreamingResponse:
     def settle(status: int, error: str | None) -> Awaitable[float]:
         last = stream.steps[-1].endpoint if stream.steps else None
@@ -567,7 +586,35 @@ def _cascade_stream_response(
             error=error,
         )
 
-    return _stream_response(stream, stream.model, settle, kind, body, acct, t0, cache)
+    return _stream_response(
+        stream, stream.model, settle, kind, body, acct, t0, cache, limits, opened
+    )
+
+
+async def _within(
+    chunks: AsyncIterator[dict[str, Any]], limits: CallLimits, opened: float
+) -> AsyncIterator[dict[str, Any]]:
+    """The stream's chunks, cut (UpstreamError 504) past its deadline, `stream_timeout_s` after
+    the first upstream call, or after a gap of `stream_idle_timeout_s` between two chunks."""
+    total = limits.stream_timeout_s or limits.timeout_s
+    deadline = opened + total
+    idle = limits.stream_idle_timeout_s
+    while True:
+        left = deadline - time.monotonic()
+        by_deadline = idle is None or left <= idle
+        try:
+            async with asyncio.timeout(max(left, 0.0) if by_deadline else idle):
+                chunk = await anext(chunks)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            why = (
+                f"the stream ran past its deadline of {total:g} s (stream_timeout_s)"
+                if by_deadline
+                else f"no chunk came for {idle:g} s (stream_idle_timeout_s)"
+            )
+            raise UpstreamError(504, f"stream cut: {why}", "upstream_timeout") from None
+        yield chunk
 
 
 def _stream_response(
@@ -579,6 +626,8 @@ def _stream_response(
     acct: Accounting,
     t0: float,
     cache: CacheUse | None,
+    limits: CallLimits,
+    opened: float,
 ) -> StreamingResponse:
     rec = acct.record
     rec.ttft_ms = (time.perf_counter() - t0) * 1000
@@ -588,16 +637,19 @@ def _stream_response(
     async def events() -> AsyncIterator[bytes]:
         status, error = 499, "client disconnected"  # unless the stream runs to its end
         try:
-            async for chunk in stream:
+            async for chunk in _within(aiter(stream), limits, opened):
                 if kept is not None:
                     kept.append(chunk)
                 if not chunk.get("choices") and chunk.get("usage") and not wants_usage:
                     continue  # the client did not ask for the usage chunk
                 yield b"data: " + orjson.dumps(chunk) + b"\n\n"
             status, error = 200, None
-        except Exception as exc:  # the upstream broke mid-stream: tell the client in-band
+        except Exception as exc:  # the upstream broke or was cut: tell the client in-band
             status, error = 502, str(exc)
             api = ApiError(502, f"upstream stream failed: {exc}", code="upstream_error")
+            if isinstance(exc, UpstreamError):
+                status = exc.status
+                api = ApiError(exc.status, exc.message, code=exc.code, param=exc.param)
             yield b"data: " + api.body() + b"\n\n"
         finally:
             # Shielded: on a client disconnect this task is being cancelled, and closing the

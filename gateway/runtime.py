@@ -11,12 +11,13 @@ import contextlib
 import hashlib
 import time
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import httpx
 
 from cascades.base import Cascade
 from gateway.accounting.pricing import CostFn, price_table
-from gateway.backends.base import Backend
+from gateway.backends.base import Backend, CallLimits
 from gateway.backends.vllm_pool import VllmPool
 from policies.loader import PolicyError, Problem, router_dir
 from policies.schema import (
@@ -32,6 +33,8 @@ from routers.base import Router
 from routers.cost_aware import CostAwareRouter
 from routers.fixed import FixedRouter
 
+T = TypeVar("T")
+
 
 @dataclass
 class Runtime:
@@ -41,8 +44,8 @@ class Runtime:
     backends: dict[str, Backend]
     prices: dict[str, CostFn]
     routers: dict[str, Router]
-    # model -> (timeout_s, retries) for its upstream calls: the model's own or the default.
-    limits: dict[str, tuple[float, int]] = field(default_factory=dict)
+    # model -> timeouts and retries for its upstream calls: the model's own or the default.
+    limits: dict[str, CallLimits] = field(default_factory=dict)
     # Routes whose answer may take several models (kind cascade or ead), by route name.
     cascades: dict[str, Cascade] = field(default_factory=dict)
     loaded_at: float = field(default_factory=time.time)
@@ -74,6 +77,9 @@ def _backend(name: str, policy: Policy, client: httpx.AsyncClient) -> Backend:
         client,
         health_interval_s=policy.defaults.health_interval_s,
         cooldown_s=policy.defaults.cooldown_s,
+        health_timeout_s=policy.defaults.health_timeout_s,
+        unhealthy_after=policy.defaults.unhealthy_after,
+        eject_after=policy.defaults.eject_after,
     )
 
 
@@ -113,16 +119,25 @@ def policy_version(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def call_limits(policy: Policy) -> dict[str, tuple[float, int]]:
-    """model -> (timeout_s, retries), the model's own or the policy default."""
+def _or(own: T | None, default: T) -> T:
+    return own if own is not None else default
+
+
+def call_limits(policy: Policy) -> dict[str, CallLimits]:
+    """model -> its timeouts and retries, each the model's own or the policy default."""
     d = policy.defaults
-    return {
-        name: (
-            m.timeout_s if m.timeout_s is not None else d.timeout_s,
-            m.retries if m.retries is not None else d.retries,
+    out: dict[str, CallLimits] = {}
+    for name, m in policy.models.items():
+        timeout_s = _or(m.timeout_s, d.timeout_s)
+        out[name] = CallLimits(
+            timeout_s=timeout_s,
+            retries=_or(m.retries, d.retries),
+            connect_timeout_s=_or(m.connect_timeout_s, d.connect_timeout_s),
+            first_byte_timeout_s=_or(m.first_byte_timeout_s, d.first_byte_timeout_s),
+            stream_timeout_s=m.stream_timeout_s or d.stream_timeout_s or timeout_s,
+            stream_idle_timeout_s=_or(m.stream_idle_timeout_s, d.stream_idle_timeout_s),
         )
-        for name, m in policy.models.items()
-    }
+    return out
 
 
 def _cascade(
@@ -130,7 +145,7 @@ def _cascade(
     route: RouteConfig,
     policy: Policy,
     prices: dict[str, CostFn],
-    limits: dict[str, tuple[float, int]],
+    limits: dict[str, CallLimits],
 ) -> Cascade | None:
     if isinstance(route, CascadeRoute):
         from cascades.escalation import EscalationCascade
@@ -139,14 +154,15 @@ def _cascade(
     if isinstance(route, EadRoute):
         from cascades.ead import EadCascade
 
-        timeout_s, retries = limits[route.small]
+        small = limits[route.small]
         return EadCascade(
             name,
             route,
             prices,
-            timeout_s,
-            retries,
+            small.timeout_s,
+            small.retries,
             default_max_tokens=policy.defaults.max_tokens,
+            limits=small,
         )
     return None
 

@@ -54,8 +54,13 @@ Pricing = Annotated[
 
 class _ModelBase(_Strict):
     context_length: int | None = Field(default=None, gt=0)
+    # Each of these overrides the policy default of the same name (see `Defaults`).
     timeout_s: float | None = Field(default=None, gt=0)
     retries: int | None = Field(default=None, ge=0, le=10)
+    connect_timeout_s: float | None = Field(default=None, gt=0)
+    first_byte_timeout_s: float | None = Field(default=None, gt=0)
+    stream_timeout_s: float | None = Field(default=None, gt=0)
+    stream_idle_timeout_s: float | None = Field(default=None, gt=0)
     fallbacks: list[Name] = Field(
         default_factory=list, description="models tried, in order, when this one fails"
     )
@@ -280,11 +285,36 @@ RouteConfig = Annotated[
 
 
 class Defaults(_Strict):
-    timeout_s: float = Field(default=120.0, gt=0)
+    timeout_s: float = Field(
+        default=120.0, gt=0, description="one upstream attempt in all (a stream: to its 1st chunk)"
+    )
     retries: int = Field(default=1, ge=0, le=10)
+    connect_timeout_s: float = Field(default=2.0, gt=0, description="TCP (and TLS) connect")
+    first_byte_timeout_s: float = Field(
+        default=3.0,
+        gt=0,
+        description="no byte from a vLLM endpoint this long: its /health is asked, and the call "
+        "moves on if it does not answer (a frozen server); a live one is waited on",
+    )
+    stream_timeout_s: float | None = Field(
+        default=None, gt=0, description="a whole stream, first call to last chunk; unset: timeout_s"
+    )
+    stream_idle_timeout_s: float = Field(
+        default=30.0, gt=0, description="the longest gap between two chunks of a stream"
+    )
     max_tokens: int = Field(default=512, gt=0, description="assumed when a request sets none")
     max_request_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
     health_interval_s: float = Field(default=5.0, gt=0)
+    health_timeout_s: float = Field(default=2.0, gt=0, description="one health probe")
+    unhealthy_after: int = Field(
+        default=2, ge=1, le=100, description="failed probes in a row that take an endpoint out"
+    )
+    eject_after: int = Field(
+        default=3,
+        ge=1,
+        le=100,
+        description="failed calls in a row (connect error, 5xx, frozen) that eject an endpoint",
+    )
     cooldown_s: float = Field(default=10.0, ge=0)
     reservation_ttl_s: float = Field(
         default=600.0, gt=0, description="a budget reservation left by a dead replica expires"

@@ -19,8 +19,29 @@ Kind = Literal["chat", "completions"]
 class UpstreamCall:
     kind: Kind
     body: dict[str, Any]  # the client's body; the backend must not mutate it
-    timeout_s: float
+    timeout_s: float  # one attempt, in all (a stream: until its first chunk)
     retries: int  # extra attempts on other endpoints, before any byte was streamed
+    connect_timeout_s: float = 2.0
+    # No byte this long: a vLLM endpoint is asked /health, and abandoned if it does not answer.
+    first_byte_timeout_s: float | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class CallLimits:
+    """A model's timeouts and retries (see docs/policy.md), worked out once per policy load."""
+
+    timeout_s: float
+    retries: int
+    connect_timeout_s: float = 2.0
+    first_byte_timeout_s: float | None = None
+    stream_timeout_s: float | None = None  # a whole stream; None: timeout_s
+    stream_idle_timeout_s: float | None = None  # between two chunks; None: no limit
+
+    def call(self, kind: Kind, body: dict[str, Any]) -> UpstreamCall:
+        return UpstreamCall(
+            kind, body, self.timeout_s, self.retries, self.connect_timeout_s,
+            self.first_byte_timeout_s,
+        )  # fmt: skip
 
 
 @dataclass(slots=True)
@@ -40,6 +61,7 @@ class Completion:
     usage: Usage
     endpoint: str  # which upstream answered (URL, or the litellm model string)
     provider_cost_usd: float | None = None  # the provider's own price, when it reports one
+    failed: list[str] = field(default_factory=list)  # endpoints tried first that failed
 
 
 class UpstreamStream(Protocol):

@@ -130,21 +130,27 @@ def litellm_cost_usd(
 # connection reuse, and an "Unclosed connector" warning each time); we hand it a pooled one.
 # Process-wide and never closed, like the gateway's shared client: requests of an old policy
 # may still use it after a reload.
-_clients: dict[tuple[int, str, str | None, float], Any] = {}
+_clients: dict[tuple[int, str, str | None, float, float], Any] = {}
 
 
-def _openai_client(api_base: str, api_key: str | None, timeout_s: float) -> Any:
+def _timeouts(call: UpstreamCall) -> httpx.Timeout:
+    """The timeouts litellm passes on: the connect timeout apart (OpenAI-like providers, Azure
+    and Bedrock take an httpx.Timeout; litellm gives the others the total alone)."""
+    return httpx.Timeout(call.timeout_s, connect=call.connect_timeout_s)
+
+
+def _openai_client(api_base: str, api_key: str | None, timeout: httpx.Timeout) -> Any:
     loop_id = id(asyncio.get_running_loop())  # an httpx client is bound to its event loop
-    key = (loop_id, api_base, api_key, timeout_s)
+    key = (loop_id, api_base, api_key, timeout.read or 0.0, timeout.connect or 0.0)
     client = _clients.get(key)
     if client is None:
-        base = _clients.get((loop_id, api_base, api_key, 0.0))
+        base = _clients.get((loop_id, api_base, api_key, 0.0, 0.0))
         if base is None:
             import openai
 
             base = openai.AsyncOpenAI(api_key=api_key, base_url=api_base, max_retries=0)
-            _clients[(loop_id, api_base, api_key, 0.0)] = base
-        client = base.with_options(timeout=timeout_s)  # shares base's connection pool
+            _clients[(loop_id, api_base, api_key, 0.0, 0.0)] = base
+        client = base.with_options(timeout=timeout)  # shares base's connection pool
         _clients[key] = client
     return client
 
@@ -365,7 +371,7 @@ class LitellmBackend:
         kwargs = orjson.loads(orjson.dumps(kwargs))
         key = self._api_key()
         load_litellm()  # before any timeout starts, should start() not have run
-        kwargs.update(model=self.config.model, timeout=call.timeout_s, max_retries=0)
+        kwargs.update(model=self.config.model, timeout=_timeouts(call), max_retries=0)
         if key is not None:
             kwargs["api_key"] = key
         if self.api_base:
@@ -376,7 +382,7 @@ class LitellmBackend:
             options["include_usage"] = True  # usage must be known, whatever the client asked
             kwargs.update(stream=True, stream_options=options)
         if call.kind == "completions" and self.api_base and self._provider_name() in _OPENAI_LIKE:
-            kwargs["client"] = _openai_client(self.api_base, key, call.timeout_s)
+            kwargs["client"] = _openai_client(self.api_base, key, _timeouts(call))
         return kwargs
 
     async def _send(self, kind: Kind, kwargs: dict[str, Any]) -> Any:

@@ -1,8 +1,18 @@
 """A pool of vLLM OpenAI servers serving one model.
 
-Choice by fewest outstanding requests among healthy endpoints; a connect error, timeout or 5xx
-before any byte was streamed marks the endpoint down (cooled down, re-probed by the health
-loop) and the call moves to the next endpoint.
+Choice by fewest outstanding requests among usable endpoints; a connect error, timeout or 5xx
+before any byte was streamed moves the call to the next endpoint.
+
+An endpoint is out of use while it is unhealthy (`unhealthy_after` failed health probes in a
+row; back after one success) or ejected (`eject_after` failed calls in a row, as Envoy's outlier
+detection does; out for `cooldown_s`, doubling per ejection in a row up to 8x, or until a health
+probe passes). A frozen server (SIGSTOP, a wedged event loop) still accepts TCP connections, so
+neither a connect error nor a timeout shows it quickly: a call that gets no byte for
+`first_byte_timeout_s` asks the endpoint's /health, and one that does not answer within
+`health_timeout_s` is ejected at once and the call moves on. A live server that is merely
+generating is waited on, up to `timeout_s`; running out of it there is the request's length,
+not the server's fault, so it does not count towards ejection (else any client could eject
+servers with long requests).
 """
 
 from __future__ import annotations
@@ -12,8 +22,9 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import aiohttp
 import httpx
@@ -33,12 +44,24 @@ from policies.schema import VllmModel
 
 log = logging.getLogger("routegate.vllm")
 
+T = TypeVar("T")
+
 _PATHS = {"chat": "/chat/completions", "completions": "/completions"}
 _NO_TEMPLATE = {400, 404, 422}  # /tokenize refused the messages: the model has no chat template
 
 
 class Endpoint:
-    __slots__ = ("base_url", "down_until", "failures", "health_url", "healthy", "outstanding")
+    __slots__ = (
+        "base_url",
+        "check",
+        "down_until",
+        "ejections",
+        "failures",
+        "health_url",
+        "healthy",
+        "outstanding",
+        "probe_failures",
+    )
 
     def __init__(self, base_url: str):
         self.base_url = base_url.rstrip("/")
@@ -46,9 +69,12 @@ class Endpoint:
         root = self.base_url.removesuffix("/v1")
         self.health_url = f"{root}/health"
         self.outstanding = 0
-        self.healthy = True  # optimistic until the first probe says otherwise
-        self.down_until = 0.0
-        self.failures = 0
+        self.healthy = True  # optimistic until probes say otherwise
+        self.probe_failures = 0  # failed health probes in a row
+        self.down_until = 0.0  # ejected until then
+        self.failures = 0  # failed calls in a row
+        self.ejections = 0  # ejections in a row (no successful call between): the backoff
+        self.check: asyncio.Task[bool] | None = None  # a liveness probe that calls share
 
     def usable(self, now: float) -> bool:
         return self.healthy and now >= self.down_until
@@ -68,6 +94,16 @@ def _transport_error(exc: httpx.HTTPError, model: str) -> UpstreamError:
     if timed_out:
         return UpstreamError(504, f"{model} timed out", "upstream_timeout")
     return UpstreamError(503, f"{model} unreachable: {cause or exc!r}", "upstream_unavailable")
+
+
+@dataclass
+class _Frozen(UpstreamError):
+    """No byte, and no answer to /health either: the endpoint is ejected at once."""
+
+
+@dataclass
+class _Overran(UpstreamError):
+    """Out of time on an endpoint that still answers /health: not the endpoint's fault."""
 
 
 def _error_from_response(status: int, payload: bytes, endpoint: str) -> UpstreamError:
@@ -90,6 +126,9 @@ class VllmPool:
         *,
         health_interval_s: float = 5.0,
         cooldown_s: float = 10.0,
+        health_timeout_s: float = 2.0,
+        unhealthy_after: int = 2,
+        eject_after: int = 3,
     ):
         self.name = name
         self.served_name = config.served_name or name
@@ -98,6 +137,9 @@ class VllmPool:
         self._client = client
         self._health_interval_s = health_interval_s
         self._cooldown_s = cooldown_s
+        self._health_timeout_s = health_timeout_s
+        self._unhealthy_after = unhealthy_after
+        self._eject_after = eject_after
         self._health_task: asyncio.Task[None] | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -118,20 +160,68 @@ class VllmPool:
     async def probe_all(self) -> None:
         await asyncio.gather(*(self._probe(e) for e in self.endpoints))
 
-    async def _probe(self, endpoint: Endpoint) -> None:
+    async def _probe(self, endpoint: Endpoint) -> bool:
         try:
-            resp = await self._client.get(endpoint.health_url, timeout=2.0)
+            # The wall-clock bound also stops a /health that drips its answer byte by byte.
+            async with asyncio.timeout(self._health_timeout_s):
+                resp = await self._client.get(endpoint.health_url, timeout=self._health_timeout_s)
             ok = resp.status_code == 200
-        except httpx.HTTPError:
+        except Exception:  # whatever went wrong, the probe failed; the loop must not die of it
             ok = False
-        if ok and not endpoint.healthy:
-            log.info("endpoint %s of %s is back", endpoint.base_url, self.name)
-        if not ok and endpoint.healthy:
-            log.warning("endpoint %s of %s failed its health check", endpoint.base_url, self.name)
-        endpoint.healthy = ok
         if ok:
+            if not endpoint.healthy:
+                log.info("endpoint %s of %s is back", endpoint.base_url, self.name)
+            endpoint.healthy, endpoint.probe_failures = True, 0
+            # A passing probe also ends an ejection early, as Envoy does by default; the call
+            # count stays, so one more failure ejects it again, for twice as long.
             endpoint.down_until = 0.0
-            endpoint.failures = 0
+            return True
+        endpoint.probe_failures += 1
+        if endpoint.healthy and endpoint.probe_failures >= self._unhealthy_after:
+            log.warning(
+                "endpoint %s of %s failed %d health checks in a row: out of use until one passes",
+                endpoint.base_url, self.name, endpoint.probe_failures,
+            )  # fmt: skip
+            endpoint.healthy = False
+        return False
+
+    async def _alive(self, endpoint: Endpoint) -> bool:
+        """A liveness probe for calls waiting on `endpoint`; calls waiting together share one."""
+        if endpoint.check is None or endpoint.check.done():
+            endpoint.check = asyncio.ensure_future(self._probe(endpoint))
+        return await asyncio.shield(endpoint.check)
+
+    async def _watched(self, endpoint: Endpoint, call: UpstreamCall, wait: Awaitable[T]) -> T:
+        """`wait` (an exchange up to its first byte, or a whole answer) under the call's
+        deadlines: `timeout_s` in all, and a liveness probe each `first_byte_timeout_s`."""
+        task = asyncio.ensure_future(wait)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + call.timeout_s
+        step = call.first_byte_timeout_s
+        try:
+            while True:
+                left = deadline - loop.time()
+                if left <= 0:
+                    raise _Overran(
+                        504, f"{self.name} timed out after {call.timeout_s:g} s", "upstream_timeout"
+                    )
+                done, _ = await asyncio.wait({task}, timeout=min(left, step or left))
+                if done:
+                    return task.result()
+                if step and loop.time() < deadline and not await self._alive(endpoint):
+                    if task.done():  # the answer came while the probe failed
+                        return task.result()
+                    raise _Frozen(
+                        504,
+                        f"{self.name}: {endpoint.base_url} sent nothing for {step:g} s and did "
+                        f"not answer its health check within {self._health_timeout_s:g} s",
+                        "upstream_timeout",
+                    )
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
 
     async def _health_loop(self) -> None:
         while True:
@@ -175,7 +265,7 @@ class VllmPool:
             except (httpx.HTTPError, orjson.JSONDecodeError, KeyError) as exc:
                 status = exc.response.status_code if isinstance(exc, httpx.HTTPStatusError) else 0
                 if isinstance(exc, httpx.TransportError) or status >= 500:
-                    self._mark_failed(endpoint)  # as a failed completion call would
+                    self._failed(endpoint)  # as a failed completion call would
                 last = UpstreamError(503, f"{self.name}: rendering the chat failed: {exc!r}")
         err = last or UpstreamError(503, f"{self.name} has no endpoints", "upstream_unavailable")
         err.attempts = tried
@@ -191,12 +281,32 @@ class VllmPool:
         cooling = sorted((e for e in eps if not e.usable(now)), key=lambda e: e.down_until)
         return usable + cooling
 
-    def _mark_failed(self, endpoint: Endpoint) -> None:
+    def _failed(self, endpoint: Endpoint, eject: bool = False) -> None:
         endpoint.failures += 1
-        # Back off longer after repeated failures, capped at 8x the cooldown.
-        endpoint.down_until = time.monotonic() + self._cooldown_s * min(
-            2 ** (endpoint.failures - 1), 8
-        )
+        if not eject and endpoint.failures < self._eject_after:
+            return
+        endpoint.ejections += 1
+        # Back off longer after repeated ejections, capped at 8x the cooldown.
+        cooldown = self._cooldown_s * min(2 ** (endpoint.ejections - 1), 8)
+        endpoint.down_until = time.monotonic() + cooldown
+        log.warning(
+            "endpoint %s of %s ejected for %g s after %d failed calls in a row",
+            endpoint.base_url, self.name, cooldown, endpoint.failures,
+        )  # fmt: skip
+
+    def _note(self, endpoint: Endpoint, err: UpstreamError | None) -> None:
+        """Count a call's outcome towards ejection: only what says the endpoint is at fault."""
+        if err is None:
+            endpoint.failures = endpoint.ejections = 0
+        elif isinstance(err, _Frozen):
+            self._failed(endpoint, eject=True)
+        elif err.retryable and err.status != 429 and not isinstance(err, _Overran):
+            self._failed(endpoint)
+
+    @staticmethod
+    def _timeouts(call: UpstreamCall) -> httpx.Timeout:
+        # Reads are bounded by _watched (and a stream's gaps by the pipeline), not by httpx.
+        return httpx.Timeout(None, connect=call.connect_timeout_s)
 
     def _body(self, call: UpstreamCall, stream: bool) -> bytes:
         body = dict(call.body)
@@ -220,15 +330,23 @@ class VllmPool:
             tried.append(endpoint.base_url)
             endpoint.outstanding += 1
             try:
-                resp = await self._client.post(
-                    endpoint.base_url + _PATHS[call.kind],
-                    content=payload,
-                    headers={"content-type": "application/json"},
-                    timeout=call.timeout_s,
+                resp = await self._watched(
+                    endpoint,
+                    call,
+                    self._client.post(
+                        endpoint.base_url + _PATHS[call.kind],
+                        content=payload,
+                        headers={"content-type": "application/json"},
+                        timeout=self._timeouts(call),
+                    ),
                 )
             except httpx.HTTPError as exc:
-                self._mark_failed(endpoint)
                 last = _transport_error(exc, self.name)
+                self._note(endpoint, last)
+                continue
+            except UpstreamError as err:  # frozen, or out of time
+                self._note(endpoint, err)
+                last = err
                 continue
             finally:
                 endpoint.outstanding -= 1
@@ -237,38 +355,41 @@ class VllmPool:
                 if not err.retryable:
                     err.attempts = tried
                     raise err
-                if resp.status_code >= 500:
-                    self._mark_failed(endpoint)
+                self._note(endpoint, err)
                 last = err
                 continue
             try:
                 body = orjson.loads(resp.content)
             except orjson.JSONDecodeError:
-                self._mark_failed(endpoint)
                 last = UpstreamError(502, f"{self.name} answered with invalid JSON")
+                self._note(endpoint, last)
                 continue
-            return self._completion(call, body, endpoint)
+            return self._completion(call, body, endpoint, tried[:-1])
         raise self._exhausted(last, tried)
 
-    def _completion(self, call: UpstreamCall, body: Any, endpoint: Endpoint) -> Completion:
+    def _completion(
+        self, call: UpstreamCall, body: Any, endpoint: Endpoint, failed: list[str]
+    ) -> Completion:
         """A 200's body, its usage clamped to what the call can produce; a 502 that is still
         charged when it is no OpenAI answer."""
         bound = call_bound(call.body, self.context_length)
         problem = malformed_choices(call.kind, body)
         raw = body.get("usage") if isinstance(body, dict) else None
         if problem is not None:
-            self._mark_failed(endpoint)
-            raise UpstreamError(
+            err = UpstreamError(
                 502,
                 f"{self.name} answered 200 but {problem}",
                 attempts=[endpoint.base_url],
                 usage=read_usage(raw, bound),
             )
+            self._note(endpoint, err)
+            raise err
+        self._note(endpoint, None)
         body["model"] = self.name
         usage = read_usage(raw, bound, answer_bytes(call.kind, body))
         if usage.anomaly is not None:
             body["usage"] = usage_object(usage)  # the client sees what it is charged for
-        return Completion(body, usage, endpoint.base_url)
+        return Completion(body, usage, endpoint.base_url, failed=failed)
 
     def _exhausted(self, last: UpstreamError | None, tried: list[str]) -> UpstreamError:
         err = last or UpstreamError(503, f"{self.name} has no endpoints", "upstream_unavailable")
@@ -285,15 +406,15 @@ class VllmPool:
                 self, endpoint, call.kind, call_bound(call.body, self.context_length)
             )
             try:
-                await stream.open(payload, call.timeout_s)
+                await stream.open(payload, call)
             except UpstreamError as err:
                 if not err.retryable:
                     err.attempts = tried
                     raise
-                if err.status != 429:
-                    self._mark_failed(endpoint)
+                self._note(endpoint, err)
                 last = err
                 continue
+            self._note(endpoint, None)
             stream.attempts = tried
             return stream
         raise self._exhausted(last, tried)
@@ -318,31 +439,36 @@ class VllmStream:
         self._first: dict[str, Any] | None = None
         self._closed = False
 
-    async def open(self, payload: bytes, timeout_s: float) -> None:
+    async def open(self, payload: bytes, call: UpstreamCall) -> None:
         pool = self._pool
         self._ep.outstanding += 1
         try:
-            req = pool._client.build_request(
-                "POST",
-                self._ep.base_url + _PATHS[self._kind],
-                content=payload,
-                headers={"content-type": "application/json"},
-                timeout=timeout_s,
-            )
-            self._resp = await pool._client.send(req, stream=True)
-            if self._resp.status_code != 200:
-                content = await self._resp.aread()
-                raise _error_from_response(self._resp.status_code, content, self.endpoint)
-            self._lines = self._resp.aiter_lines()
-            self._first = await self._next_chunk()
-            if self._first is None:
-                raise UpstreamError(502, f"{pool.name} closed the stream before any data")
+            await pool._watched(self._ep, call, self._start(payload, call))
         except httpx.HTTPError as exc:
             await self.aclose()
             raise _transport_error(exc, pool.name) from None
         except BaseException:
             await self.aclose()
             raise
+
+    async def _start(self, payload: bytes, call: UpstreamCall) -> None:
+        """Send the request and read up to the first chunk."""
+        pool = self._pool
+        req = pool._client.build_request(
+            "POST",
+            self._ep.base_url + _PATHS[self._kind],
+            content=payload,
+            headers={"content-type": "application/json"},
+            timeout=pool._timeouts(call),
+        )
+        self._resp = await pool._client.send(req, stream=True)
+        if self._resp.status_code != 200:
+            content = await self._resp.aread()
+            raise _error_from_response(self._resp.status_code, content, self.endpoint)
+        self._lines = self._resp.aiter_lines()
+        self._first = await self._next_chunk()
+        if self._first is None:
+            raise UpstreamError(502, f"{pool.name} closed the stream before any data")
 
     async def _next_chunk(self) -> dict[str, Any] | None:
         assert self._lines is not None
@@ -379,6 +505,10 @@ class VllmStream:
                 # usage only on the final chunk, which has no choices.
                 if chunk.get("choices"):
                     chunk["usage"] = None
+            elif not self.usage.exact and chunk.get("choices"):
+                # No usage reported (yet): about a token a chunk, an estimate flagged inexact,
+                # so a stream cut short is still charged for what it sent.
+                self.usage.completion_tokens += 1
             return chunk
         return None
 

@@ -44,6 +44,7 @@ class Upstream:
     mode: str = "ok"  # ok | 500 | 400 | 401 | 404 | 429 | slow | unhealthy | drip | garbage
     # Hostile shapes of a 200: no_choices | bad_choices | no_usage (whole answers; no_usage
     # also drops usage from streams), and the usage presets in HOSTILE_USAGE (both).
+    # ... | hang (accepts, never answers) | slow_first (stream headers, then delay_s, then chunks)
     delay_s: float = 0.0
     prompt_tokens: int = 7  # what the usage reports for every prompt
     hits: int = 0
@@ -55,6 +56,14 @@ class Upstream:
     usage_report: dict[str, Any] | None = None
     # The finish_reason of a stream's last text chunk (litellm's chat streams need one).
     stream_finish: str | None = None
+    drip_interval_s: float = 0.05  # drip: the pause after each chunk
+    drip_chunks: int = 200  # drip: chunks before the end
+    continuous_usage: bool = True  # streams: usage on every chunk, as vLLM's continuous stats
+    finish_reason: str = "stop"  # of non-streaming answers
+    hang_health: bool = False  # /health accepts and never answers too
+    # Completion requests that reached the app, read or not: one whose client left before its
+    # body was read (a frozen server reading its backlog) counts here, not in `hits`.
+    arrivals: int = 0
     _server: uvicorn.Server | None = None
 
     @property
@@ -75,7 +84,7 @@ class Upstream:
             choice = {
                 "index": 0,
                 "message": {"role": "assistant", "content": f"hi from {self.name}"},
-                "finish_reason": "stop",
+                "finish_reason": self.finish_reason,
                 "logprobs": None,
             }
             obj = "chat.completion"
@@ -83,7 +92,7 @@ class Upstream:
             choice = {
                 "index": 0,
                 "text": f"hi from {self.name}",
-                "finish_reason": "stop",
+                "finish_reason": self.finish_reason,
                 "logprobs": None,
             }
             obj = "text_completion"
@@ -105,6 +114,7 @@ class Upstream:
 
     async def _completion(self, request: Request) -> Response:
         kind = "chat" if request.url.path.endswith("chat/completions") else "completions"
+        self.arrivals += 1
         body = orjson.loads(await request.body())
         self.hits += 1
         self.bodies.append(body)
@@ -120,6 +130,12 @@ class Upstream:
             return Response(orjson.dumps(err), int(self.mode), media_type="application/json")
         if self.mode == "garbage":
             return Response(b"<html>proxy error</html>", media_type="application/json")
+        if self.mode == "hang":
+            try:
+                await asyncio.Event().wait()  # until the client goes away
+            except asyncio.CancelledError:
+                self.disconnects += 1
+                raise
         if self.mode == "slow":
             await asyncio.sleep(self.delay_s)
         if not body.get("stream"):
@@ -128,8 +144,11 @@ class Upstream:
 
     async def _stream(self, body: dict[str, Any], kind: str):  # type: ignore[no-untyped-def]
         obj = "chat.completion.chunk" if kind == "chat" else "text_completion"
-        n = 200 if self.mode == "drip" else 5
+        n = self.drip_chunks if self.mode == "drip" else 5
         try:
+            if self.mode == "slow_first":
+                yield b": waiting\n\n"  # the headers and a comment go out; the first chunk waits
+                await asyncio.sleep(self.delay_s)
             for i in range(n):
                 delta = {"delta": {"content": f"t{i} "}} if kind == "chat" else {"text": f"t{i} "}
                 chunk: dict[str, Any] = {
@@ -141,11 +160,11 @@ class Upstream:
                 }
                 if i == n - 1 and self.stream_finish is not None:
                     chunk["choices"][0]["finish_reason"] = self.stream_finish
-                if self.mode != "no_usage":
+                if self.mode != "no_usage" and self.continuous_usage:
                     chunk["usage"] = self._usage(i + 1)
                 yield b"data: " + orjson.dumps(chunk) + b"\n\n"
                 if self.mode == "drip":
-                    await asyncio.sleep(0.05)
+                    await asyncio.sleep(self.drip_interval_s)
             final = {
                 "id": "x",
                 "object": obj,
@@ -163,7 +182,19 @@ class Upstream:
 
     async def _health(self, request: Request) -> Response:
         self.health_hits += 1
+        if self.hang_health:
+            await asyncio.Event().wait()
         return Response(status_code=503 if self.mode == "unhealthy" else 200)
+
+    async def _stats(self, request: Request) -> Response:
+        """The counters, for an upstream run in another process (tests/support/upstream_process)."""
+        stats = {
+            "hits": self.hits,
+            "arrivals": self.arrivals,
+            "health_hits": self.health_hits,
+            "disconnects": self.disconnects,
+        }
+        return Response(orjson.dumps(stats), media_type="application/json")
 
     def start(self) -> Upstream:
         app = Starlette(
@@ -171,6 +202,7 @@ class Upstream:
                 Route("/v1/chat/completions", self._completion, methods=["POST"]),
                 Route("/v1/completions", self._completion, methods=["POST"]),
                 Route("/health", self._health),
+                Route("/stats", self._stats),
             ]
         )
         self._server = uvicorn.Server(

@@ -295,7 +295,7 @@ def test_unhealthy_endpoints_are_skipped_and_reprobed(
     client: openai.OpenAI, upstreams: dict[str, Upstream], gateway: GatewayProcess
 ) -> None:
     upstreams["a1"].mode = "unhealthy"
-    time.sleep(1.2)  # one health interval
+    time.sleep(2.0)  # two failed probes (unhealthy_after: 2) at 0.5 s intervals, and a margin
     a1 = upstreams["a1"].hits
     for _ in range(5):
         client.chat.completions.create(model="fast", messages=MESSAGES)

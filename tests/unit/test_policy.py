@@ -158,3 +158,23 @@ access:
     assert (
         lines[1] == "F:6:19 access.auth_failures.limit: Input should be greater than or equal to 1"
     )
+
+
+def test_timeout_settings_must_be_positive_and_name_the_field(tmp_path: Path) -> None:
+    code, lines = validate(
+        tmp_path,
+        "version: 1\n"
+        "defaults: {first_byte_timeout_s: 0, eject_after: 0}\n"
+        "models:\n"
+        "  m:\n"
+        "    provider: vllm\n"
+        "    endpoints: [http://h:8000/v1]\n"
+        "    pricing: {input_per_1m: 1, output_per_1m: 1}\n"
+        "    stream_idle_timeout_s: -1\n",
+    )
+    assert code == 1
+    assert lines == [
+        "F:2:12 defaults.first_byte_timeout_s: Input should be greater than 0",
+        "F:2:37 defaults.eject_after: Input should be greater than or equal to 1",
+        "F:8:5 models.m.stream_idle_timeout_s: Input should be greater than 0",
+    ]

@@ -31,11 +31,16 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
         yield c
 
 
-def pool(urls: list[str], client: httpx.AsyncClient, cooldown_s: float = 30) -> VllmPool:
+def pool(
+    urls: list[str], client: httpx.AsyncClient, cooldown_s: float = 30, eject_after: int = 1
+) -> VllmPool:
     cfg = VllmModel(
         provider="vllm", endpoints=urls, pricing={"input_per_1m": 1, "output_per_1m": 1}
     )
-    return VllmPool("m", cfg, client, health_interval_s=60, cooldown_s=cooldown_s)
+    # One failed call ejects, unless a test says otherwise: the rules below count single calls.
+    return VllmPool(
+        "m", cfg, client, health_interval_s=60, cooldown_s=cooldown_s, eject_after=eject_after
+    )
 
 
 def call(retries: int = 1, timeout_s: float = 5) -> UpstreamCall:
@@ -112,6 +117,8 @@ async def test_health_probe_marks_down_and_back_up(
     assert p.healthy()
     ups[0].mode = "unhealthy"
     await p.probe_all()
+    assert p.healthy()  # one failed probe is not enough (unhealthy_after: 2)
+    await p.probe_all()
     assert not p.healthy()
     # Still tried as a last resort rather than refusing outright.
     ups[0].mode = "ok"
@@ -147,3 +154,28 @@ async def test_gateway_side_faults_move_on_as_502(
         await p.complete(call(retries=0))
     assert exc.value.status == 502 and exc.value.retryable
     assert f"refused the gateway ({status})" in exc.value.message
+
+
+async def test_ejection_takes_failed_calls_in_a_row_but_not_a_long_request(
+    ups: list[Upstream], client: httpx.AsyncClient
+) -> None:
+    ups[0].mode = "500"
+    p = pool([ups[0].base_url], client, eject_after=3)
+    for _ in range(2):
+        with pytest.raises(UpstreamError):
+            await p.complete(call(retries=0))
+        assert p.healthy()  # not yet: two failures in a row
+    with pytest.raises(UpstreamError):
+        await p.complete(call(retries=0))
+    assert not p.healthy()  # the third ejects it
+
+    # A live endpoint that runs past timeout_s answers /health: the request was too long for
+    # the timeout, the server is fine, and no client can eject servers that way.
+    ups[1].mode, ups[1].delay_s = "slow", 2
+    p2 = pool([ups[1].base_url], client, eject_after=1)
+    timed = UpstreamCall("chat", BODY, 0.5, 0, first_byte_timeout_s=0.2)
+    for _ in range(2):
+        with pytest.raises(UpstreamError) as exc:
+            await p2.complete(timed)
+        assert exc.value.status == 504
+    assert p2.healthy() and p2.endpoints[0].failures == 0
