@@ -331,7 +331,9 @@ class StateConfig(_Strict):
     )
     prefix: str = Field(default="routegate", min_length=1, description="Redis key prefix")
     connect_timeout_s: float = Field(
-        default=1.0, gt=0, le=60, description="Redis: opening a connection gives up after this"
+        # 3 s: a burst of new connections can overflow the accept backlog, and a lost SYN is
+        # only sent again after 1 s.
+        default=3.0, gt=0, le=60, description="Redis: opening a connection gives up after this"
     )
     timeout_s: float = Field(
         default=2.0,

@@ -37,7 +37,7 @@ async def open_state(
     *,
     memory_path: Path | None = None,
     prefix: str = "routegate",
-    connect_timeout_s: float = 1.0,
+    connect_timeout_s: float = 3.0,
     timeout_s: float = 2.0,
 ) -> State:
     """The store `url` names: None or "memory" -> in-process (persisted to `memory_path` when

@@ -363,7 +363,7 @@ class RedisState:
         *,
         prefix: str = "routegate",
         max_connections: int = 64,
-        connect_timeout_s: float = 1.0,
+        connect_timeout_s: float = 3.0,
         timeout_s: float = 2.0,
     ) -> None:
         self.url = url

@@ -303,7 +303,10 @@ def test_a_cut_stream_without_usage_is_charged_an_estimate_flagged_inexact(
     _assert_cut(got, "stream_timeout_s")  # 0.1 s gaps are under the idle timeout; 6 s in all
     row = drip_gw.record(got["id"])
     assert row["status"] == 504
-    assert row["completion_tokens"] == got["text"].count(" ") > 0
+    # No usage came: the estimate is the bound of what was sent (a token a byte of text, plus
+    # special tokens), never less than a token a chunk, and flagged inexact.
+    chunks, sent_bytes = got["text"].count(" "), len(got["text"].encode())
+    assert 0 < chunks <= row["completion_tokens"] <= sent_bytes + 8
     assert row["usage_exact"] == 0 and row["cost_usd"] > 0
 
 
@@ -357,4 +360,5 @@ def test_an_ead_stream_is_cut_and_the_calls_made_are_charged(
     assert got["text"].startswith("hi from ead")
     row = drip_gw.record(got["id"])
     assert row["status"] == 504 and "stream_idle_timeout_s" in row["error"]
-    assert row["completion_tokens"] >= 5 and row["cost_usd"] > 0  # the first call, at least
+    # The first call, at least: its reported 5 tokens are clamped to its chunk of 4.
+    assert row["completion_tokens"] >= 4 and row["cost_usd"] > 0

@@ -29,7 +29,9 @@ HONEST = 7 * IN + 5 * OUT  # what the honest upstream reports: 7 prompt + 5 comp
 POLICY = """
 version: 1
 state: {{url: "{state}", prefix: "{prefix}"}}
-defaults: {{max_tokens: 5, reservation_ttl_s: 30}}
+# eject_after: these tests are about charging; a model that keeps answering 200 without choices
+# would otherwise be ejected part-way and change which model a later test reaches first.
+defaults: {{max_tokens: 5, reservation_ttl_s: 30, eject_after: 100}}
 models:
   fast:
     provider: vllm
