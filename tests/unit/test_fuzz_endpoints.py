@@ -210,61 +210,40 @@ def baseline_rss(gateway: GatewayProcess, secret: str) -> float:
     return rss_mb(gateway)
 
 
+def fuzz_json(
+    client: httpx.Client, paths: list[str], bodies: st.SearchStrategy, examples: int, at: int
+) -> None:
+    """POST `examples` bodies drawn from `bodies` (seed `at`) to `paths`; check every answer."""
+
+    @settings(SETTINGS, max_examples=examples)
+    @seed(at)
+    @given(path=st.sampled_from(paths), body=bodies)
+    def run(path: str, body: Any) -> None:
+        data = encode(body)
+        check(post(client, path, data, "application/json"), f"{path} {data[:200]!r}")
+
+    run()
+
+
 def test_fuzz_chat_completions(gateway: GatewayProcess, secret: str, baseline_rss: float) -> None:
     with session(gateway, "127.0.0.2", secret) as c:
-
-        @settings(SETTINGS, max_examples=1200)
-        @seed(20261201)
-        @given(body=chat_bodies)
-        def run(body: Any) -> None:
-            data = body if isinstance(body, bytes) else encode(body)
-            check(post(c, "/v1/chat/completions", data, "application/json"), f"chat {data[:200]!r}")
-
-        run()
+        fuzz_json(c, ["/v1/chat/completions"], chat_bodies, 1200, 20261201)
 
 
 def test_fuzz_completions(gateway: GatewayProcess, secret: str, baseline_rss: float) -> None:
     with session(gateway, "127.0.0.3", secret) as c:
-
-        @settings(SETTINGS, max_examples=800)
-        @seed(20261202)
-        @given(body=completion_bodies)
-        def run(body: Any) -> None:
-            data = body if isinstance(body, bytes) else encode(body)
-            check(
-                post(c, "/v1/completions", data, "application/json"), f"completions {data[:200]!r}"
-            )
-
-        run()
+        fuzz_json(c, ["/v1/completions"], completion_bodies, 800, 20261202)
 
 
 def test_fuzz_admin_keys(gateway: GatewayProcess, baseline_rss: float) -> None:
     with session(gateway, "127.0.0.4", MASTER) as c:
-
-        @settings(SETTINGS, max_examples=400)
-        @seed(20261203)
-        @given(body=key_bodies)
-        def run(body: Any) -> None:
-            data = body if isinstance(body, bytes) else encode(body)
-            check(post(c, "/admin/keys", data, "application/json"), f"admin {data[:200]!r}")
-
-        run()
+        fuzz_json(c, ["/admin/keys"], key_bodies, 400, 20261203)
 
 
 def test_fuzz_policy_page(gateway: GatewayProcess, baseline_rss: float) -> None:
+    paths = ["/dashboard/policy/validate", "/dashboard/policy/rollback"]
     with session(gateway, "127.0.0.5", MASTER) as c:
-
-        @settings(SETTINGS, max_examples=400)
-        @seed(20261204)
-        @given(
-            path=st.sampled_from(["/dashboard/policy/validate", "/dashboard/policy/rollback"]),
-            body=policy_bodies,
-        )
-        def run(path: str, body: Any) -> None:
-            data = body if isinstance(body, bytes) else encode(body)
-            check(post(c, path, data, "application/json"), f"{path} {data[:200]!r}")
-
-        run()
+        fuzz_json(c, paths, policy_bodies, 400, 20261204)
 
 
 def test_fuzz_login(gateway: GatewayProcess, baseline_rss: float) -> None:
@@ -278,8 +257,8 @@ def test_fuzz_login(gateway: GatewayProcess, baseline_rss: float) -> None:
                 st.sampled_from(["master_key", "next", "x"]), st.text(max_size=40), max_size=3
             )
         )
-        def run(form: Any) -> None:
-            data = form if isinstance(form, bytes) else urlencode(form).encode()
+        def run(form: dict[str, str]) -> None:
+            data = urlencode(form).encode()
             resp = post(c, "/dashboard/login", data, "application/x-www-form-urlencoded")
             assert resp.status_code < 500, f"login {data[:200]!r}: {resp.status_code}"
 
