@@ -110,7 +110,10 @@ def test_the_route_spends_to_plan_then_gets_cheaper_and_the_budget_holds(
     refusal = resp.json()["error"]
     assert refusal["code"] == "budget_exceeded" and "route 'paced'" in refusal["message"]
     assert sum(costs) <= BUDGET + 1e-12
-    assert sum(costs) >= BUDGET - 2e-4  # used up to about one cheap worst case
+    # Used up to about one cheap worst case. The store counts whole micro-dollars, each charge
+    # rounded up, so the cap is reached up to a micro-dollar a request earlier than the exact
+    # sum: after midnight the route turns cheap at once and that is ~280 requests.
+    assert sum(costs) >= BUDGET - 2e-4 - len(costs) * 1e-6
 
     # The multiplier and predictions are in the request log; an unpaced route is untouched.
     row = gateway.record(resp.headers["x-routegate-request-id"])
