@@ -26,7 +26,6 @@ from gateway.dashboard import mount_dashboard
 from gateway.errors import ApiError
 from gateway.guard import (
     METRICS_TOKEN_ENV,
-    access_rules,
     bearer_is,
     client_address,
     master_key,
@@ -180,7 +179,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def models(request: Request) -> Response:
         runtime = runtime_of(request)
         created = int(runtime.loaded_at)
-        rules = access_rules(runtime.policy.access, master_key())
+        rules = runtime.access
         allowed: list[str] | None = None  # None: everything
         if rules.models_guarded:
             # The same check as a completion: a key is needed, and it sees what it may use.

@@ -74,8 +74,9 @@ def access_rules(config: AccessConfig, master: str | None) -> AccessRules:
 def rules_of(request: Request) -> AccessRules:
     """The rules of the policy serving now (a reload may change them)."""
     runtime = request.app.state.holder.current
-    config = runtime.policy.access if runtime is not None else AccessConfig()
-    return access_rules(config, master_key())
+    if runtime is not None:
+        return runtime.access
+    return access_rules(AccessConfig(), master_key())
 
 
 def throttle_of(request: Request) -> AuthThrottle:

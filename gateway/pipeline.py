@@ -41,7 +41,7 @@ from gateway.backends.base import (
     Usage,
 )
 from gateway.errors import ApiError
-from gateway.guard import access_rules, client_address, master_key, state_unavailable
+from gateway.guard import client_address, state_unavailable
 from gateway.metrics import Metrics
 from gateway.pacers import Pacers
 from gateway.request_schema import parse_request
@@ -320,7 +320,7 @@ async def _handle(
     services: Services,
 ) -> Response:
     try:
-        rules = access_rules(runtime.policy.access, master_key())
+        rules = runtime.access
         key = await services.access.authenticate(
             request.headers.get("authorization"), rules, client_address(request)
         )

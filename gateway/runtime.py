@@ -19,6 +19,7 @@ from cascades.base import Cascade
 from gateway.accounting.pricing import CostFn, price_table
 from gateway.backends.base import Backend, CallLimits
 from gateway.backends.vllm_pool import VllmPool
+from gateway.guard import AccessRules, access_rules, master_key
 from policies.loader import PolicyError, Problem, router_dir
 from policies.schema import (
     CascadeRoute,
@@ -44,6 +45,8 @@ class Runtime:
     backends: dict[str, Backend]
     prices: dict[str, CostFn]
     routers: dict[str, Router]
+    # Who may call what (policy `access` and the master key), worked out once per policy load.
+    access: AccessRules
     # model -> timeouts and retries for its upstream calls: the model's own or the default.
     limits: dict[str, CallLimits] = field(default_factory=dict)
     # Routes whose answer may take several models (kind cascade or ead), by route name.
@@ -179,6 +182,7 @@ def build_runtime(
     limits = call_limits(policy)
     learned = learned or {}
     return Runtime(
+        access=access_rules(policy.access, master_key()),
         policy=policy,
         version=policy_version(text),
         source=source,
