@@ -77,16 +77,6 @@ def new_request_id() -> str:
     return "rg-" + secrets.token_hex(12)
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise ApiError(413, f"Request body is larger than {limit} bytes", code="request_too_large")
-    body = await request.body()
-    if len(body) > limit:
-        raise ApiError(413, f"Request body is larger than {limit} bytes", code="request_too_large")
-    return body
-
-
 def resolve(runtime: Runtime, name: str) -> tuple[str | None, RouteConfig | None]:
     """Policy: the route asked for (None, None for a model asked by name), or 404."""
     if name in runtime.policy.models:
@@ -326,7 +316,8 @@ async def _handle(
         )
         if key is not None:
             rec.api_key_id, rec.team = key.id, key.team
-        raw = await read_body(request, runtime.policy.defaults.max_request_bytes)
+        # Size and time limits are enforced while the body is read (gateway/http_limits.py).
+        raw = await request.body()
         body = parse_request(raw, kind)
         rec.stream = bool(body.get("stream"))
         route, config = resolve(runtime, body["model"])
