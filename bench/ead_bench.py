@@ -38,10 +38,10 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cascades.ead import EadCascade
-from gateway.accounting.pricing import price_table
 from gateway.backends.base import Backend, UpstreamCall
 from gateway.backends.http_client import new_upstream_client
 from gateway.backends.vllm_pool import VllmPool
+from policies.pricing import price_table
 from policies.schema import EadRoute, Policy, VllmModel
 
 PROMPTS = [

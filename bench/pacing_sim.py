@@ -36,7 +36,7 @@ from typing import Literal
 from rich.console import Console
 from rich.table import Table
 
-from gateway.pacing import PacingController, planned_fraction
+from gateway.admission.pacing_controller import PacingController, planned_fraction
 from gateway.state import MemoryState
 from policies.schema import PacingConfig
 

@@ -90,8 +90,8 @@ def measure(fn: Callable[[str], Any], prompts: list[str], warmup: int = 20) -> d
 
 def targets() -> dict[str, Callable[[str], Any]]:
     """What is timed, by name. Router scoring goes here too."""
-    from routers.embedding import embed
-    from routers.features import lexical_features
+    from routers.predictors.embedding import embed
+    from routers.predictors.features import lexical_features
 
     def both(prompt: str) -> Any:
         return embed([prompt]), lexical_features([prompt])
@@ -110,9 +110,9 @@ def router_targets() -> dict[str, Callable[[str], Any]]:
     features and the predictor, for each shipped default router."""
     import numpy as np
 
-    from routers import artifact
-    from routers.learned import serve_single_threaded
-    from routers.predictors import Queries
+    from routers.predictors import artifact
+    from routers.predictors.base import Queries
+    from routers.serving.learned import serve_single_threaded
 
     serve_single_threaded()  # as the gateway serves
     out: dict[str, Callable[[str], Any]] = {}
@@ -134,7 +134,7 @@ ARTIFACTS = Path(__file__).resolve().parents[1] / "routers" / "artifacts"
 def throughput(n: int) -> float:
     """Training-path embedding rate (queries/s) over `n` shipped MMLU questions, no cache."""
     from routers.data import DEFAULT_TRAIN
-    from routers.embedding import embed
+    from routers.predictors.embedding import embed
 
     texts = list(dict.fromkeys(json.loads(line)["query"] for line in DEFAULT_TRAIN.open("rb")))
     texts = texts[:n]
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from routers.embedding import encoder_id
+    from routers.predictors.embedding import encoder_id
 
     prompts = typical_prompts(args.prompts, args.seed)
     fns = targets()

@@ -11,8 +11,8 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from gateway.accounting.pricing import CostFn
 from gateway.backends.base import Backend, Kind, UpstreamError, Usage
+from policies.pricing import CostFn
 
 
 @dataclass(slots=True)

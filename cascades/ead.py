@@ -37,9 +37,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cascades.base import CascadeFailed, CascadeResult, Step
-from gateway.accounting.pricing import CostFn
 from gateway.backends.base import Backend, CallLimits, Kind, UpstreamError, Usage
 from gateway.backends.vllm_pool import VllmPool
+from policies.pricing import CostFn
 from policies.schema import EadRoute
 
 # The re-sent text is re-tokenized by the other model, so its token count is bounded by bytes

@@ -22,7 +22,6 @@ from cascades.confidence import (
     should_escalate,
 )
 from cascades.judge import ask_judge, judge_prompt_bound, p_yes
-from gateway.accounting.pricing import CostFn
 from gateway.backends.base import (
     Backend,
     CallLimits,
@@ -33,6 +32,7 @@ from gateway.backends.base import (
     UpstreamStream,
     Usage,
 )
+from policies.pricing import CostFn
 from policies.schema import CascadeRoute
 
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from gateway.access import prompt_tokens_upper
 from gateway.backends.base import Backend, CallLimits, Completion, Kind
+from gateway.tokens import prompt_tokens_upper
 
 _SYSTEM = (
     "You check answers. Reply with exactly one word: yes if the answer is correct and "
@@ -57,7 +57,7 @@ def judge_body(kind: Kind, body: dict[str, Any], answer: str, top_k: int) -> dic
 
 def judge_prompt_bound(top_k: int) -> int:
     """The most prompt tokens one judge call can send: its fixed text (counted like any
-    request, gateway.access.prompt_tokens_upper) plus the question and the answer, each cut to
+    request, gateway.tokens.prompt_tokens_upper) plus the question and the answer, each cut to
     MAX_JUDGED_CHARS characters of at most 4 UTF-8 bytes, and never more tokens than bytes."""
     fixed = prompt_tokens_upper(judge_body("chat", {"messages": []}, "", top_k))
     return fixed + 2 * 4 * MAX_JUDGED_CHARS

@@ -7,4 +7,5 @@ bash deploy/setup.sh
 # shellcheck disable=SC1091
 . .venv/bin/activate
 ruff check .
+lint-imports  # the layer and no-cycle contracts in .importlinter
 exec python -m pytest -ra "$@"

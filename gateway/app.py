@@ -18,13 +18,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from gateway.access import Access
 from gateway.accounting.request_log import RequestLog
-from gateway.admin import router as admin_router
-from gateway.backends.http_client import new_upstream_client
-from gateway.dashboard import mount_dashboard
-from gateway.errors import ApiError
-from gateway.guard import (
+from gateway.admission.access import Access
+from gateway.admission.admin_api import router as admin_router
+from gateway.admission.guard import (
     METRICS_TOKEN_ENV,
     bearer_is,
     client_address,
@@ -33,9 +30,12 @@ from gateway.guard import (
     rules_of,
     state_unavailable,
 )
+from gateway.admission.price_multiplier import Pacers
+from gateway.backends.http_client import new_upstream_client
+from gateway.dashboard import mount_dashboard
+from gateway.errors import ApiError
 from gateway.http_limits import RequestLimits
 from gateway.metrics import Metrics
-from gateway.pacers import Pacers
 from gateway.pipeline import Services, handle
 from gateway.reloader import PolicyHolder
 from gateway.runtime import Runtime

@@ -22,16 +22,11 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from cascades.base import Cascade, CascadeFailed, CascadeStream, Step
-from cascades.cache import (
-    CachedAnswer,
-    ResponseCache,
-    body_from_chunks,
-    chunks_from_body,
-    scope_id,
-)
 from cascades.fallback import Attempt, ChainFailed, Outcome, first_success
-from gateway.access import Access, Admission, prompt_tokens_upper, typical_from_upper
 from gateway.accounting.request_log import RequestLog, RequestRecord
+from gateway.admission.access import Access, Admission, typical_from_upper
+from gateway.admission.guard import client_address, state_unavailable
+from gateway.admission.price_multiplier import Pacers
 from gateway.backends.base import (
     CallLimits,
     Kind,
@@ -40,15 +35,21 @@ from gateway.backends.base import (
     UpstreamStream,
     Usage,
 )
+from gateway.cache.response_cache import (
+    CachedAnswer,
+    ResponseCache,
+    body_from_chunks,
+    chunks_from_body,
+    scope_id,
+)
 from gateway.errors import ApiError
-from gateway.guard import client_address, state_unavailable
 from gateway.metrics import Metrics
-from gateway.pacers import Pacers
 from gateway.request_schema import parse_request
 from gateway.runtime import Runtime
 from gateway.state import StateUnavailable
+from gateway.tokens import prompt_tokens_upper
 from policies.schema import RouteConfig
-from routers.base import RouteContext, RoutingDecision
+from routers.serving.base import RouteContext, RoutingDecision
 
 log = logging.getLogger("routegate.pipeline")
 
@@ -339,7 +340,15 @@ async def _handle(
         if decision.predictions:
             rec.extra["predictions"] = decision.predictions
         acct.admission = await access.admit(
-            key, budgets, body, prompt_upper, runtime, decision.models, rec.request_id, cascade
+            key,
+            budgets,
+            body,
+            prompt_upper,
+            runtime.prices,
+            runtime.policy.defaults,
+            decision.models,
+            rec.request_id,
+            cascade,
         )
         allowed = acct.admission.models
         if allowed is not None and len(allowed) < len(attempts):

@@ -16,11 +16,11 @@ from typing import TypeVar
 import httpx
 
 from cascades.base import Cascade
-from gateway.accounting.pricing import CostFn, price_table
+from gateway.admission.guard import AccessRules, access_rules, master_key
 from gateway.backends.base import Backend, CallLimits
 from gateway.backends.vllm_pool import VllmPool
-from gateway.guard import AccessRules, access_rules, master_key
 from policies.loader import PolicyError, Problem, router_dir
+from policies.pricing import CostFn, price_table
 from policies.schema import (
     CascadeRoute,
     CostAwareRoute,
@@ -30,9 +30,9 @@ from policies.schema import (
     Policy,
     RouteConfig,
 )
-from routers.base import Router
-from routers.cost_aware import CostAwareRouter
-from routers.fixed import FixedRouter
+from routers.serving.base import Router
+from routers.serving.cost_aware import CostAwareRouter
+from routers.serving.fixed import FixedRouter
 
 T = TypeVar("T")
 
@@ -89,7 +89,7 @@ def _backend(name: str, policy: Policy, client: httpx.AsyncClient) -> Backend:
 def load_learned_routers(policy: Policy, source: str) -> dict[str, Router]:
     """The learned routes' routers, artifacts loaded and warmed up. Slow (model loading): run it
     in a thread. A broken artifact is a PolicyError, so the old policy keeps serving."""
-    from routers.learned import LearnedRouter, load_predictor
+    from routers.serving.learned import LearnedRouter, load_predictor
 
     prices = price_table(policy)
     out: dict[str, Router] = {}

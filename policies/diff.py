@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from gateway.accounting.pricing import token_pricing
+from policies.pricing import token_pricing
 from policies.schema import ModelConfig, Policy, RouteConfig
 
 Section = Literal[

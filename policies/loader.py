@@ -184,7 +184,7 @@ def router_dir(policy_file: str, router: str) -> Path:
 def _learned_route_problems(
     route_name: str, route: LearnedRoute, policy: Policy, policy_file: str
 ) -> list[tuple[Loc, str]]:
-    from routers.artifact import ArtifactError, read_manifest
+    from policies.artifact_manifest import ArtifactError, read_manifest
 
     try:
         manifest = read_manifest(router_dir(policy_file, route.router))

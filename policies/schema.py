@@ -97,7 +97,8 @@ ModelConfig = Annotated[VllmModel | LitellmModel, Field(discriminator="provider"
 
 class PacingConfig(_Strict):
     """Spread a budget over its period: a controller compares spend with the plan and sets the
-    price multiplier lambda that cost-aware routers weigh cost by (see gateway/pacing.py)."""
+    price multiplier lambda that cost-aware routers weigh cost by
+    (see gateway/admission/pacing_controller.py)."""
 
     budget_usd: float = Field(gt=0, description="spend planned over one period; also a hard cap")
     period: Literal["day", "week", "month"] = "day"
@@ -356,7 +357,7 @@ Guard = Literal["guarded", "open"]
 
 class AccessConfig(_Strict):
     """Who may call what. `None` means the safe default, worked out at start-up from whether
-    ROUTEGATE_MASTER_KEY is set (gateway/guard.py)."""
+    ROUTEGATE_MASTER_KEY is set (gateway/admission/guard.py)."""
 
     auth: Literal["keys", "open"] | None = Field(
         default=None,

@@ -51,7 +51,7 @@ class Usage:
     # False while the numbers are an estimate (e.g. a stream cut before the usage chunk).
     exact: bool = False
     # Set when the upstream reported usage no call can produce: what it said, and the bound
-    # the numbers above were clamped to (gateway/accounting/usage_bounds.py).
+    # the numbers above were clamped to (gateway/backends/usage_bounds.py).
     anomaly: dict[str, Any] | None = None
 
 

@@ -27,7 +27,6 @@ import inspect
 import itertools
 import logging
 import os
-import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -36,14 +35,6 @@ from typing import Any, TypeVar
 import httpx
 import orjson
 
-from gateway.accounting.usage_bounds import (
-    CallBound,
-    call_bound,
-    estimated_usage,
-    malformed_choices,
-    read_usage,
-    usage_object,
-)
 from gateway.backends.base import (
     Completion,
     Kind,
@@ -52,6 +43,14 @@ from gateway.backends.base import (
     Usage,
     http_error,
 )
+from gateway.backends.usage_bounds import (
+    estimated_usage,
+    malformed_choices,
+    read_usage,
+    usage_object,
+)
+from gateway.provider_prices import litellm_cost_usd, load_litellm
+from gateway.tokens import CallBound, call_bound
 from policies.schema import LitellmModel
 
 log = logging.getLogger("routegate.remote")
@@ -87,42 +86,6 @@ UNHEALTHY_AFTER_FAILURES = 3
 UNHEALTHY_FOR_S = 30.0
 _RETRY_BACKOFF_S = 0.25  # doubled per retry, capped at 2 s
 _CLOSE_TIMEOUT_S = 2.0
-
-# -- litellm, loaded once ---------------------------------------------------------------------
-
-_litellm: Any = None
-_litellm_lock = threading.Lock()
-
-
-def load_litellm() -> Any:
-    """Import and quiet litellm once (thread-safe, so start() may do it off the event loop)."""
-    global _litellm
-    if _litellm is None:
-        with _litellm_lock:
-            if _litellm is None:
-                # Without this, the import fetches the price map from GitHub (and waits out
-                # retries when offline); the copy bundled with the installed version is enough.
-                os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-                import litellm
-
-                litellm.suppress_debug_info = True  # no "Give Feedback / Get Help" banners
-                _litellm = litellm
-    return _litellm
-
-
-def litellm_cost_usd(
-    litellm_model: str, prompt_tokens: int, completion_tokens: int
-) -> float | None:
-    """USD for a call by litellm's price map, or None when the model is not in it."""
-    litellm = load_litellm()
-    try:
-        prompt_usd, completion_usd = litellm.cost_per_token(
-            model=litellm_model, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens
-        )
-    except Exception:  # litellm raises for models missing from its map
-        return None
-    return float(prompt_usd) + float(completion_usd)
-
 
 # -- OpenAI SDK clients for text completions --------------------------------------------------
 

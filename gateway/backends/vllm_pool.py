@@ -30,16 +30,14 @@ import aiohttp
 import httpx
 import orjson
 
-from gateway.accounting.usage_bounds import (
-    SPECIAL_TOKENS,
-    CallBound,
+from gateway.backends.base import Completion, UpstreamCall, UpstreamError, Usage, http_error
+from gateway.backends.usage_bounds import (
     answer_bytes,
-    call_bound,
     malformed_choices,
     read_usage,
     usage_object,
 )
-from gateway.backends.base import Completion, UpstreamCall, UpstreamError, Usage, http_error
+from gateway.tokens import SPECIAL_TOKENS, CallBound, call_bound
 from policies.schema import VllmModel
 
 log = logging.getLogger("routegate.vllm")

@@ -1,5 +1,5 @@
 """The web dashboard: live spend, budgets and traffic, and the policy editor (docs/dashboard.md)."""
 
-from gateway.dashboard.routes import mount_dashboard
+from gateway.dashboard.mount import mount_dashboard
 
 __all__ = ["mount_dashboard"]

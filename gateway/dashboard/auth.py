@@ -13,7 +13,7 @@ import hmac
 
 from starlette.requests import Request
 
-from gateway.guard import bearer_is, master_key, rules_of, secret_matches
+from gateway.admission.guard import bearer_is, master_key, rules_of, secret_matches
 
 COOKIE = "routegate_dashboard"
 _COOKIE_CONTEXT = b"routegate-dashboard-session-v1"

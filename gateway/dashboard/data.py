@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gateway.access import Budget, key_budget, route_budget
-from gateway.pacing import planned_fraction
+from gateway.admission.access import Budget, key_budget, route_budget
+from gateway.admission.pacing_controller import planned_fraction
 from gateway.runtime import Runtime
 from gateway.state import State
 from policies.schema import PacingConfig
@@ -123,7 +123,7 @@ async def _budget_row(
     state: State, kind: str, name: str, budget: Budget, pacing: PacingConfig | None,
     controller: str, now: float,
 ) -> dict[str, Any]:  # fmt: skip
-    """`controller`: the pacing state's name, as gateway/pacers.py gives it."""
+    """`controller`: the pacing state's name, as gateway/admission/price_multiplier.py gives it."""
     spent, reserved = await state.budget_usage(budget.name, now)
     row: dict[str, Any] = {
         "kind": kind,

@@ -9,9 +9,9 @@ import orjson
 from fastapi import APIRouter, Path, Request
 from starlette.responses import Response
 
-from gateway.admin import MASTER_KEY_ENV
+from gateway.admission.admin_api import MASTER_KEY_ENV
 from gateway.dashboard import auth
-from gateway.dashboard.routes import (
+from gateway.dashboard.common import (
     api_guard,
     editor_of,
     holder_of,

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.accounting.pricing import CostFn, price_table
 from gateway.report.load import ReportError
+from policies.pricing import CostFn, price_table
 from policies.schema import Policy
 
 _REFERENCE_TOKENS = 1_000_000  # "dearest" compares one million prompt plus completion tokens

@@ -7,8 +7,8 @@ from collections import Counter, defaultdict
 from datetime import UTC, datetime
 from typing import Any
 
-from gateway.pacing import planned_fraction
-from gateway.periods import period_bounds
+from gateway.admission.pacing_controller import planned_fraction
+from gateway.admission.periods import period_bounds
 from gateway.report.stats import ExactSum
 from policies.schema import PacingConfig, Policy
 

@@ -16,10 +16,10 @@ from openai.types.chat import ChatCompletionChunk
 
 from cascades.base import CascadeFailed
 from cascades.ead import EadCascade, plain_chat_prompt
-from gateway.access import prompt_tokens_upper
-from gateway.accounting.pricing import price_table
 from gateway.backends.http_client import new_upstream_client
 from gateway.backends.vllm_pool import VllmPool
+from gateway.tokens import prompt_tokens_upper
+from policies.pricing import price_table
 from policies.schema import EadRoute, Policy
 from tests.support.upstream import free_port
 

@@ -7,7 +7,7 @@ import dataclasses
 import orjson
 from typer.testing import CliRunner
 
-from cascades.cache_sim import SimConfig, parse_capacity, simulate
+from gateway.cache.replay import SimConfig, parse_capacity, simulate
 from gateway.cli import app
 
 SMALL = ["--queries", "2000", "--requests", "20000", "--capacity", "200", "--seed", "3"]

@@ -9,8 +9,8 @@ import pytest
 
 from cascades.confidence import entropy_of_top, read_logprobs, score, should_escalate
 from cascades.judge import judge_body, judge_prompt_bound, p_yes
-from gateway.access import prompt_tokens_upper
 from gateway.backends.base import Completion, Usage
+from gateway.tokens import prompt_tokens_upper
 from policies.schema import ConfidenceConfig
 
 CHAT_CHOICE = {

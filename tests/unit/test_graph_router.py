@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from routers import artifact
-from routers.graph import GraphRouter, describe_task, nearest, pair_quality
-from routers.predictors import Queries
+from routers.predictors import artifact
+from routers.predictors.base import Queries
+from routers.predictors.graph import GraphRouter, describe_task, nearest, pair_quality
 from routers.records import RecordTable, split_by_query, split_by_task
 
 STRONG, WEAK = "big-frontier", "tiny-fast"

@@ -17,7 +17,7 @@ import httpx
 import openai
 import pytest
 
-from gateway.access import prompt_tokens_upper
+from gateway.tokens import prompt_tokens_upper
 from tests.support.gateway import GatewayProcess
 from tests.support.upstream import Upstream
 

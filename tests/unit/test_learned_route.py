@@ -133,8 +133,8 @@ def test_validate_names_a_model_the_router_does_not_know(tmp_path: Path) -> None
 def test_graph_router_places_a_model_known_only_by_its_description() -> None:
     import numpy as np
 
-    from routers import artifact
-    from routers.predictors import Queries
+    from routers.predictors import artifact
+    from routers.predictors.base import Queries
 
     graph = artifact.load(ARTIFACT.parent / "graph-default")
     graph.add_model(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from routers.objective import rank_models
+from routers.serving.objective import rank_models
 
 PREDICTIONS = {
     "small": {"quality": 0.50, "cost_usd": 0.001},

@@ -11,9 +11,9 @@ from itertools import pairwise
 import pytest
 
 from bench.pacing_sim import SCENARIOS, simulate
-from gateway import pacing
-from gateway.pacing import PacingController, next_state, planned_fraction
-from gateway.periods import period_bounds
+from gateway.admission import pacing_controller as pacing
+from gateway.admission.pacing_controller import PacingController, next_state, planned_fraction
+from gateway.admission.periods import period_bounds
 from gateway.state import MemoryState, PacingState, State
 from policies.schema import PacingConfig
 

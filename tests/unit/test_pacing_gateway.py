@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway.pacing import planned_fraction
+from gateway.admission.pacing_controller import planned_fraction
 from policies.schema import PacingConfig
 from tests.support.gateway import GatewayProcess
 from tests.support.upstream import Upstream

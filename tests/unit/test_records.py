@@ -224,7 +224,7 @@ CHOICE = "Which planet is largest?\nA. Mars\nB. Jupiter\nC. Venus\nD. Earth\nAns
 
 
 def test_lexical_features_shape_and_sanity() -> None:
-    from routers.features import FEATURE_NAMES, lexical_features
+    from routers.predictors.features import FEATURE_NAMES, lexical_features
 
     x = lexical_features([CODE, MATH, PLAIN, CHOICE, ""])
     assert x.shape == (5, len(FEATURE_NAMES)) and x.dtype == np.float32
@@ -245,7 +245,7 @@ def test_lexical_features_shape_and_sanity() -> None:
 
 
 def test_lexical_features_are_cheap() -> None:
-    from routers.features import lexical_features
+    from routers.predictors.features import lexical_features
 
     texts = [CODE, MATH, PLAIN, CHOICE] * 100
     start = time.perf_counter()
@@ -260,7 +260,7 @@ def test_lexical_features_are_cheap() -> None:
 
 @pytest.fixture(scope="module")
 def embedding():
-    from routers import embedding
+    from routers.predictors import embedding
 
     embedding.embed(["warm up"])  # loads the model once for the module
     return embedding
@@ -320,7 +320,7 @@ def test_cache_returns_identical_arrays(embedding, tmp_path: Path) -> None:
 
 
 def test_batches_use_the_cache(embedding, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from routers.predictors import Queries
+    from routers.predictors.base import Queries
 
     monkeypatch.setenv("ROUTEGATE_CACHE", str(tmp_path))
     texts = [f"question number {i}" for i in range(40)]

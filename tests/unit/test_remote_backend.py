@@ -24,7 +24,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from gateway.backends.base import Kind, UpstreamCall, UpstreamError
-from gateway.backends.remote import LitellmBackend, LitellmStream, litellm_cost_usd, load_litellm
+from gateway.backends.remote import LitellmBackend, LitellmStream
+from gateway.provider_prices import litellm_cost_usd, load_litellm
 from policies.schema import LitellmModel
 
 # One event loop for the module: litellm caches HTTP clients per loop.

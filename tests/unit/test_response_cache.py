@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from cascades.cache import ResponseCache, body_from_chunks, chunks_from_body, scope_id
+from gateway.cache.response_cache import ResponseCache, body_from_chunks, chunks_from_body, scope_id
 from gateway.state import MemoryState, State
 from policies.schema import CacheConfig
 

@@ -16,12 +16,12 @@ import pytest
 from typer.testing import CliRunner
 
 from gateway.cli import app
-from routers import artifact, embedding
-from routers import evaluate as ev
-from routers.baselines import KnnRouter, MatrixFactorisationRouter
-from routers.objective import rank_models
-from routers.predictors import Queries
+from routers.offline import evaluate as ev
+from routers.predictors import artifact, embedding
+from routers.predictors.base import Queries
+from routers.predictors.baselines import KnnRouter, MatrixFactorisationRouter
 from routers.records import RecordTable, RoutingRecord, split_by_query
+from routers.serving.objective import rank_models
 
 CHEAP, STRONG = "acme/cheap-7b", "acme/strong-70b"
 TOPICS = {

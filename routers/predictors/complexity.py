@@ -25,7 +25,7 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 
-from routers.predictors import CostModel, Queries
+from routers.predictors.base import CostModel, Queries
 from routers.records import RecordTable
 
 WEIGHTS = "complexity.npz"
@@ -62,7 +62,7 @@ def neighbour_quality(
 
 
 def _lexical(queries: Queries) -> np.ndarray:
-    from routers.features import lexical_features
+    from routers.predictors.features import lexical_features
 
     return lexical_features(queries.texts).astype(np.float64)
 

@@ -68,7 +68,7 @@ def train(
     ] = None,
 ) -> None:
     """Train a router on routing records and save it as an artifact."""
-    from routers import artifact
+    from routers.predictors import artifact
     from routers.records import (
         RecordError,
         RecordTable,
@@ -145,8 +145,8 @@ def evaluate(
     lambdas: Annotated[int, typer.Option(help="Lambda grid size (x2, plus ends).")] = 100,
 ) -> None:
     """Replay the records: train each router's kind afresh per seed, judge on held-out queries."""
-    from routers import artifact
-    from routers import evaluate as ev
+    from routers.offline import evaluate as ev
+    from routers.predictors import artifact
     from routers.records import RecordError, RecordTable, load_descriptions
 
     _check_split(split)

@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gateway.accounting.pricing import CostFn, price_table
 from gateway.report.stats import ExactSum
+from policies.pricing import CostFn, price_table
 from policies.schema import (
     CascadeRoute,
     CostAwareRoute,
@@ -35,9 +35,9 @@ from policies.schema import (
     Policy,
     RouteConfig,
 )
-from routers.base import RouteContext, Router, RoutingDecision
-from routers.cost_aware import CostAwareRouter
-from routers.objective import rank_models
+from routers.serving.base import RouteContext, Router, RoutingDecision
+from routers.serving.cost_aware import CostAwareRouter
+from routers.serving.objective import rank_models
 
 BY_NAME = "(model by name)"  # log rows that asked for a model, not a route
 SQLITE_MAGIC = b"SQLite format 3\x00"

@@ -17,23 +17,18 @@ from typing import Any
 
 import orjson
 
-from routers.predictors import Predictor
+from policies.artifact_manifest import FORMAT_VERSION, MANIFEST, ArtifactError, read_manifest
+from routers.predictors.base import Predictor
 
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
 _LIBRARIES = ("numpy", "scikit-learn", "torch", "torch-geometric", "sentence-transformers")
-
-
-class ArtifactError(ValueError):
-    pass
 
 
 # Imported lazily: the gateway loads only the kind its policy names.
 KINDS = {
-    "complexity": "routers.complexity:ComplexityRouter",
-    "graph": "routers.graph:GraphRouter",
-    "knn": "routers.baselines:KnnRouter",
-    "mf": "routers.baselines:MatrixFactorisationRouter",
+    "complexity": "routers.predictors.complexity:ComplexityRouter",
+    "graph": "routers.predictors.graph:GraphRouter",
+    "knn": "routers.predictors.baselines:KnnRouter",
+    "mf": "routers.predictors.baselines:MatrixFactorisationRouter",
 }
 
 
@@ -74,22 +69,6 @@ def save(
     }
     (out / MANIFEST).write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
     return out
-
-
-def read_manifest(directory: str | Path) -> dict[str, Any]:
-    path = Path(directory) / MANIFEST
-    try:
-        manifest = orjson.loads(path.read_bytes())
-    except FileNotFoundError:
-        raise ArtifactError(f"{directory}: not a router artifact (no {MANIFEST})") from None
-    except orjson.JSONDecodeError as exc:
-        raise ArtifactError(f"{path}: invalid JSON: {exc}") from None
-    version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
-        raise ArtifactError(
-            f"{path}: format_version {version!r}; this Routegate reads {FORMAT_VERSION}"
-        )
-    return manifest
 
 
 def load(directory: str | Path) -> Predictor:

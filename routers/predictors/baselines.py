@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from routers.predictors import CostModel, Queries
+from routers.predictors.base import CostModel, Queries
 from routers.records import RecordTable
 
 KNN_WEIGHTS = "knn.npz"

@@ -29,7 +29,7 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from functools import lru_cache
 
-from gateway.periods import period_bounds
+from gateway.admission.periods import period_bounds
 from gateway.state.base import PacingState, State
 from policies.schema import PacingConfig
 

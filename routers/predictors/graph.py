@@ -52,7 +52,7 @@ from torch.nn import functional as F
 from torch_geometric.data import HeteroData
 from torch_geometric.nn import HeteroConv, MessagePassing
 
-from routers.predictors import CostModel, Queries
+from routers.predictors.base import CostModel, Queries
 from routers.records import RecordTable, load_descriptions
 
 STATE = "graph_state.pt"
@@ -80,7 +80,7 @@ DEFAULTS: dict[str, Any] = {
     "val_fraction": 0.1,
     "patience": 40,
     "ema": 0.9,  # decay of the moving average of the weights (0: none)
-    "lexical": False,  # append routers.features.lexical_features to the query features
+    "lexical": False,  # append routers.predictors.features.lexical_features to the query features
     # Each query's k most similar training queries (0: none), as similarity edges in the GNN
     # and as the edge head's neighbourhood quality.
     "neighbours": 30,
@@ -519,14 +519,14 @@ def _query_features(queries: Queries, lexical: bool) -> np.ndarray:
         np.log1p(np.asarray(queries.input_tokens, np.float64)).reshape(-1, 1),
     ]
     if lexical:
-        from routers.features import lexical_features
+        from routers.predictors.features import lexical_features
 
         parts.append(np.asarray(lexical_features(queries.texts), np.float64))
     return np.hstack([p.astype(np.float32) for p in parts])
 
 
 def _embed(texts: list[str]) -> np.ndarray:
-    from routers.embedding import embed
+    from routers.predictors.embedding import embed
 
     return np.asarray(embed(texts), np.float32)
 

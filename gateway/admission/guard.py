@@ -19,8 +19,8 @@ from typing import Literal
 
 from starlette.requests import Request
 
+from gateway.admission.keys import bearer_token
 from gateway.errors import ApiError
-from gateway.keys import bearer_token
 from gateway.state import State, StateUnavailable, VirtualKey
 from policies.schema import AccessConfig, AuthFailuresConfig
 

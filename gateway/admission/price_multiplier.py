@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import time
 
-from gateway.access import Budget, key_budget, route_budget
-from gateway.pacing import PacingController
+from gateway.admission.access import Budget, key_budget, route_budget
+from gateway.admission.pacing_controller import PacingController
 from gateway.state import State, VirtualKey
 from policies.schema import PacingConfig, RouteConfig
 

@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from gateway.admin import MASTER_KEY_ENV
+from gateway.admission.admin_api import MASTER_KEY_ENV
 
 keys_app = typer.Typer(help="Create, list and revoke virtual API keys.", no_args_is_help=True)
 out = Console(highlight=False)

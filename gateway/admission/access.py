@@ -8,30 +8,25 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from cascades.base import Cascade
-from gateway.accounting.usage_bounds import (
-    completion_cap,
-    completion_limit,
-)
-from gateway.accounting.usage_bounds import (
-    prompt_tokens_upper as prompt_tokens_upper,  # re-exported: judges and the pipeline use it
-)
-from gateway.errors import ApiError
-from gateway.guard import (
+from gateway.admission.guard import (
     AccessRules,
     AuthThrottle,
     master_identity,
     master_key,
     secret_matches,
 )
-from gateway.keys import bearer_token, hash_secret
-from gateway.periods import resets_at, window_id
-from gateway.runtime import Runtime
+from gateway.admission.keys import bearer_token, hash_secret
+from gateway.admission.periods import resets_at, window_id
+from gateway.errors import ApiError
 from gateway.state import Reservation, State, VirtualKey, from_micros, to_micros
-from policies.schema import PacingConfig
+from gateway.tokens import completion_cap, completion_limit
+from policies.pricing import CostFn
+from policies.schema import Defaults, PacingConfig
 
 RATE_WINDOW_S = 60.0
 
@@ -153,7 +148,8 @@ class Access:
         budgets: list[Budget],
         body: dict[str, Any],
         prompt_upper: int,
-        runtime: Runtime,
+        prices: Mapping[str, CostFn],
+        defaults: Defaults,
         models: list[str],
         request_id: str,
         cascade: Cascade | None = None,
@@ -171,7 +167,16 @@ class Access:
             await self._rate_limits(key, admission, now)
         if budgets:
             await self._reserve(
-                budgets, body, prompt_upper, runtime, models, request_id, admission, now, cascade
+                budgets,
+                body,
+                prompt_upper,
+                prices,
+                defaults,
+                models,
+                request_id,
+                admission,
+                now,
+                cascade,
             )
         return admission
 
@@ -192,7 +197,8 @@ class Access:
         budgets: list[Budget],
         body: dict[str, Any],
         prompt: int,
-        runtime: Runtime,
+        prices: Mapping[str, CostFn],
+        defaults: Defaults,
         models: list[str],
         request_id: str,
         admission: Admission,
@@ -200,20 +206,20 @@ class Access:
         cascade: Cascade | None,
     ) -> None:
         if completion_limit(body) is None:
-            body["max_tokens"] = runtime.policy.defaults.max_tokens
+            body["max_tokens"] = defaults.max_tokens
         # The largest limit the upstream may honour, times the answers it may generate.
-        completion = completion_cap(body) or runtime.policy.defaults.max_tokens
-        ttl = runtime.policy.defaults.reservation_ttl_s
+        completion = completion_cap(body) or defaults.max_tokens
+        ttl = defaults.reservation_ttl_s
         admission.reservation_id = request_id
         if cascade is not None:
-            worst = cascade.worst_case_usd(prompt, completion, runtime.prices)
+            worst = cascade.worst_case_usd(prompt, completion, prices)
             refused = await self._reserve_all(budgets, request_id, worst, ttl, now, admission)
             if refused is not None:
                 raise _budget_exhausted(refused[0], refused[1], worst, now)
             admission.models = list(models)
             admission.reserved_usd = from_micros(to_micros(worst))
             return
-        worst_of = {m: runtime.prices[m](prompt, completion, None) for m in models}
+        worst_of = {m: prices[m](prompt, completion, None) for m in models}
         chain = list(models)
         while True:
             # The chain may fall back to a dearer model: reserve for the dearest in it.

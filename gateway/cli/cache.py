@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cascades.cache_sim import SimConfig, SimReport, simulate
+from gateway.cache.replay import SimConfig, SimReport, simulate
 
 cache_app = typer.Typer(help="The response cache: eviction simulations.", no_args_is_help=True)
 out = Console(highlight=False)

@@ -1,12 +1,12 @@
 """What a learned router is: a predictor of each model's answer quality (and cost) for a query.
 
 Every learned router (complexity, graph, kNN, matrix factorisation) implements `Predictor`.
-The choice itself is the shared objective in `routers.objective`; the evaluator and the
+The choice itself is the shared objective in `routers.serving.objective`; the evaluator and the
 gateway only ever call `predict_quality` and `predict_cost`.
 
-Artifacts are directories written by `routers.artifact.save`: a `manifest.json` (kind, format
-version, models, library versions, data hash, parameters) plus the predictor's own weight
-files (numpy `.npz` or torch `state_dict`, never a pickle of code).
+Artifacts are directories written by `routers.predictors.artifact.save`: a `manifest.json`
+(kind, format version, models, library versions, data hash, parameters) plus the
+predictor's own weight files (numpy `.npz` or torch `state_dict`, never a pickle of code).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ class Queries:
 
     def ensure_embeddings(self) -> np.ndarray:
         if self.embeddings is None:
-            from routers import embedding
+            from routers.predictors import embedding
 
             # Training and evaluation batches are embedded once and kept on disk; a request's
             # handful of texts is not worth a cache file.

@@ -1,15 +1,15 @@
 """A cost-aware route from declared priors: each model's `quality` from the policy and its
 expected cost from the price table. Learned routers replace the priors with predictions and
-keep the same objective (`routers.objective`)."""
+keep the same objective (`routers.serving.objective`)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from gateway.accounting.pricing import CostFn
+from policies.pricing import CostFn
 from policies.schema import CostAwareRoute
-from routers.base import RouteContext, RoutingDecision
-from routers.objective import rank_models
+from routers.serving.base import RouteContext, RoutingDecision
+from routers.serving.objective import rank_models
 
 
 class CostAwareRouter:

@@ -3,8 +3,8 @@
 Protocol (per seed): split the complete records by query (or by task), train a fresh predictor
 of each recipe's kind and parameters on the train part, predict quality and cost on the test
 part, and sweep lambda in the shared objective argmax(q_hat - lambda x c_hat) (ties to the
-cheaper model, as `routers.objective.rank_models`). Each lambda gives one operating point: the
-mean realised quality and cost of the chosen models' records.
+cheaper model, as `routers.serving.objective.rank_models`). Each lambda gives one operating
+point: the mean realised quality and cost of the chosen models' records.
 
 Metrics, all on test queries only:
 - AIQ: area under the router's non-decreasing upper concave hull of (cost, quality) points
@@ -31,8 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from routers import artifact
-from routers.predictors import Predictor, Queries
+from routers.predictors import artifact
+from routers.predictors.base import Predictor, Queries
 from routers.records import RecordTable, split_by_query, split_by_task
 
 TARGET = 0.95  # share of the strongest model's quality the "cost to reach" metric asks for
@@ -316,7 +316,7 @@ def reuse_embeddings(texts: list[str], vectors: np.ndarray) -> Iterator[None]:
     """Serve already computed embeddings to every `embed` call (predictors' `train` embeds its
     table's queries itself): each query is embedded once per evaluation, not once per seed and
     router. Unknown texts still go to the real model."""
-    from routers import embedding
+    from routers.predictors import embedding
 
     original = embedding.embed
     known = dict(zip(texts, vectors, strict=True))

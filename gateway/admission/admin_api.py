@@ -10,8 +10,7 @@ from fastapi import APIRouter, Request
 from pydantic import ValidationError
 from starlette.responses import Response
 
-from gateway.errors import ApiError
-from gateway.guard import (
+from gateway.admission.guard import (
     MASTER_KEY_ENV,
     client_address,
     master_key,
@@ -19,8 +18,9 @@ from gateway.guard import (
     rules_of,
     throttle_of,
 )
-from gateway.keys import KeySpec, create_key, public_view
-from gateway.periods import resets_at, window_id
+from gateway.admission.keys import KeySpec, create_key, public_view
+from gateway.admission.periods import resets_at, window_id
+from gateway.errors import ApiError
 from gateway.state import State
 
 __all__ = ["MASTER_KEY_ENV", "router"]

@@ -14,13 +14,13 @@ from typing import Any
 
 import numpy as np
 
-from gateway.accounting.pricing import CostFn
+from policies.pricing import CostFn
 from policies.schema import LearnedRoute, Policy
-from routers import artifact
-from routers.base import RouteContext, RoutingDecision
-from routers.batcher import MicroBatcher
-from routers.objective import rank_models
-from routers.predictors import Predictor, Queries
+from routers.predictors import artifact
+from routers.predictors.base import Predictor, Queries
+from routers.serving.base import RouteContext, RoutingDecision
+from routers.serving.batcher import MicroBatcher
+from routers.serving.objective import rank_models
 
 _cache_lock = threading.Lock()
 _loaded: dict[tuple[str, float], Predictor] = {}

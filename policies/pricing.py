@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from gateway.provider_prices import litellm_cost_usd
 from policies.schema import GpuHourPricing, LitellmModel, Policy, TokenPricing
 
 # (prompt_tokens, completion_tokens, provider_cost_usd) -> USD
@@ -25,8 +26,6 @@ def _from_provider(litellm_model: str) -> CostFn:
     def cost(prompt: int, completion: int, provider: float | None) -> float:
         if provider is not None:
             return provider
-        from gateway.backends.remote import litellm_cost_usd
-
         return litellm_cost_usd(litellm_model, prompt, completion) or 0.0
 
     return cost

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from routers.base import RouteContext, RoutingDecision
+from routers.serving.base import RouteContext, RoutingDecision
 
 
 class FixedRouter:

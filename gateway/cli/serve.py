@@ -1,0 +1,118 @@
+"""`routegate serve`: load a policy and run the gateway under uvicorn."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from policies.loader import PolicyError, example_policy_path, load_policy
+
+err = Console(stderr=True, highlight=False)
+
+
+def serve(
+    policy: Annotated[
+        Path | None, typer.Option(help="Policy YAML; the bundled example policy if omitted.")
+    ] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
+    log: Annotated[Path, typer.Option("--log", help="SQLite request log.")] = Path(
+        "routegate-requests.sqlite"
+    ),
+    state_file: Annotated[
+        Path, typer.Option(help="Keys and spend of the in-process state store (state.url: memory).")
+    ] = Path("routegate-state.sqlite"),
+    policy_history: Annotated[
+        Path | None,
+        typer.Option(help="SQLite history of applied policy versions; default: beside --log."),
+    ] = None,
+    watch: Annotated[bool, typer.Option(help="Reload the policy when its file changes.")] = True,
+    access_log: Annotated[bool, typer.Option(help="Log every request line.")] = False,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
+    forwarded_allow_ips: Annotated[
+        str,
+        typer.Option(
+            help="Proxies (comma-separated IPs, or '*') whose X-Forwarded-For names the client. "
+            "Default: none, so a client cannot pick the address its failed logins count to."
+        ),
+    ] = "",
+    header_timeout: Annotated[
+        float,
+        typer.Option(
+            envvar="ROUTEGATE_HEADER_TIMEOUT_S",
+            help="Seconds a request line and headers may take to arrive (408 after).",
+        ),
+    ] = 10.0,
+    body_timeout: Annotated[
+        float,
+        typer.Option(
+            envvar="ROUTEGATE_BODY_TIMEOUT_S",
+            help="Seconds a request body may take to arrive, from its first read (408 after).",
+        ),
+    ] = 60.0,
+    max_headers: Annotated[
+        int, typer.Option(envvar="ROUTEGATE_MAX_HEADERS", help="Request headers allowed (431).")
+    ] = 100,
+    max_header_bytes: Annotated[
+        int,
+        typer.Option(
+            envvar="ROUTEGATE_MAX_HEADER_BYTES",
+            help="Bytes of request line and headers allowed (431).",
+        ),
+    ] = 32 * 1024,
+    keep_alive_timeout: Annotated[
+        int,
+        typer.Option(
+            envvar="ROUTEGATE_KEEP_ALIVE_TIMEOUT_S",
+            help="Seconds an idle keep-alive connection stays open.",
+        ),
+    ] = 5,
+) -> None:
+    """Run the gateway (one uvicorn worker)."""
+    import uvicorn
+
+    from gateway.app import Settings, create_app
+    from gateway.http_server import ServerLimits, guarded_protocol
+
+    path = policy or example_policy_path()
+    try:
+        load_policy(path)  # fail before binding the port, with the validator's messages
+    except PolicyError as exc:
+        for problem in exc.problems:
+            typer.echo(str(problem), err=True)
+        raise typer.Exit(1) from None
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    for noisy in ("httpx", "watchfiles", "LiteLLM"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    err.print(f"routegate: policy {path} -> http://{host}:{port}/v1  (request log: {log})")
+    uvicorn.run(
+        create_app(
+            Settings(
+                policy_path=path,
+                log_path=log,
+                state_path=state_file,
+                watch_policy=watch,
+                policy_history_path=policy_history,
+                body_timeout_s=body_timeout,
+            )
+        ),
+        host=host,
+        port=port,
+        loop="uvloop",
+        # httptools, with the header limits and timeout uvicorn lacks (gateway/http_server.py).
+        http=guarded_protocol(ServerLimits(header_timeout, max_headers, max_header_bytes)),
+        timeout_keep_alive=keep_alive_timeout,
+        access_log=access_log,
+        log_level=log_level,
+        timeout_graceful_shutdown=30,
+        proxy_headers=bool(forwarded_allow_ips),
+        forwarded_allow_ips=forwarded_allow_ips or None,
+    )
+
+
