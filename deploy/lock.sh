@@ -17,6 +17,10 @@ trap 'rm -rf "$tools"' EXIT
 links=${PIP_FIND_LINKS:-$(pip config get global.find-links 2>/dev/null || true)}
 args=()
 if [ -n "$links" ]; then args+=(--find-links "$links"); fi
+# The current lock is the starting point: pins move only where a changed requirement needs it.
+# Add --upgrade (LOCK_UPGRADE=1) for a planned upgrade of everything.
+grep -v '^#' deploy/requirements.lock > deploy/requirements.lock.new
+if [ "${LOCK_UPGRADE:-0}" = 1 ]; then args+=(--upgrade); fi
 "$tools/venv/bin/uv" pip compile pyproject.toml deploy/lock.in \
   --extra dev --extra demo \
   --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
