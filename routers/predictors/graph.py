@@ -52,12 +52,12 @@ from torch.nn import functional as F
 from torch_geometric.data import HeteroData
 from torch_geometric.nn import HeteroConv, MessagePassing
 
+from routers.data import DEFAULT_DESCRIPTIONS
 from routers.predictors.base import CostModel, Queries
 from routers.records import RecordTable, load_descriptions
 
 STATE = "graph_state.pt"
 GRAPH = "graph.npz"
-DEFAULT_DESCRIPTIONS = Path(__file__).parent / "data" / "default_descriptions.json"
 # How a description-only model is placed (see `_anchored_quality`).
 ANCHOR_TEMPERATURE = 0.05
 ANCHOR_WEIGHT = 0.8
