@@ -19,7 +19,8 @@ from gateway.cli import app
 from routers.offline import evaluate as ev
 from routers.predictors import artifact, embedding
 from routers.predictors.base import Queries
-from routers.predictors.baselines import KnnRouter, MatrixFactorisationRouter
+from routers.predictors.knn import KnnPredictor
+from routers.predictors.matrix_factorisation import MatrixFactorisationPredictor
 from routers.records import RecordTable, RoutingRecord, split_by_query
 from routers.serving.objective import rank_models
 
@@ -267,10 +268,10 @@ def test_learned_baselines_beat_random_and_not_the_oracle() -> None:
 # --- predictors and artifacts --------------------------------------------------------------
 
 
-@pytest.mark.parametrize("cls", [KnnRouter, MatrixFactorisationRouter])
+@pytest.mark.parametrize("cls", [KnnPredictor, MatrixFactorisationPredictor])
 def test_artifact_round_trip_predicts_the_same(cls: Any, tmp_path: Path) -> None:
     table = synthetic_table(80)
-    params = {"k": 5} if cls is KnnRouter else {"steps": 50, "dim": 8}
+    params = {"k": 5} if cls is KnnPredictor else {"steps": 50, "dim": 8}
     predictor = cls.train(table, seed=1, **params)
     artifact.save(
         predictor, tmp_path, data_sha256="0" * 64, data_path="x", train_query_ids=[], seed=1
@@ -289,11 +290,15 @@ def test_artifact_round_trip_predicts_the_same(cls: Any, tmp_path: Path) -> None
 def test_mf_is_deterministic_by_seed_and_rejects_unknown_params() -> None:
     table = synthetic_table(60)
     queries = Queries.from_table(table)
-    a = MatrixFactorisationRouter.train(table, seed=5, steps=30).predict_quality(queries, [CHEAP])
-    b = MatrixFactorisationRouter.train(table, seed=5, steps=30).predict_quality(queries, [CHEAP])
+    a = MatrixFactorisationPredictor.train(table, seed=5, steps=30).predict_quality(
+        queries, [CHEAP]
+    )
+    b = MatrixFactorisationPredictor.train(table, seed=5, steps=30).predict_quality(
+        queries, [CHEAP]
+    )
     np.testing.assert_array_equal(a, b)
     with pytest.raises(ValueError, match="unknown knn parameter"):
-        KnnRouter.train(table, kk=3)
+        KnnPredictor.train(table, kk=3)
 
 
 # --- the CLI -------------------------------------------------------------------------------
