@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 from gateway.cli import app
 from routers.offline import evaluate as ev
+from routers.offline import replay
 from routers.predictors import artifact, embedding
 from routers.predictors.base import Queries
 from routers.predictors.knn import KnnPredictor
@@ -146,7 +147,7 @@ def test_choice_follows_rank_models_including_ties() -> None:
     c = rng.choice([1.0, 2.0, 4.0], size=(200, 3))
     models = ["x", "y", "z"]
     for lam in (0.0, 0.1, 0.3, 1.0):
-        got = ev.choose(q, c, lam)
+        got = replay.choose(q, c, lam)
         for i in range(len(q)):
             pred = {m: {"quality": q[i, j], "cost_usd": c[i, j]} for j, m in enumerate(models)}
             assert models[got[i]] == rank_models(pred, lam)[0]
@@ -155,9 +156,9 @@ def test_choice_follows_rank_models_including_ties() -> None:
 def test_lambda_grid_ends_with_everything_on_the_cheapest_model() -> None:
     rng = np.random.default_rng(2)
     q, c = rng.random((50, 3)), rng.random((50, 3))
-    grid = ev.lambda_grid(q, c)
+    grid = replay.lambda_grid(q, c)
     assert grid[0] == 0 and np.all(np.diff(grid) > 0)
-    assert np.all(ev.choose(q, c, grid[-1]) == c.argmin(axis=1))
+    assert np.all(replay.choose(q, c, grid[-1]) == c.argmin(axis=1))
 
 
 def tiny_table() -> RecordTable:
@@ -175,9 +176,9 @@ def tiny_table() -> RecordTable:
 
 
 def test_metrics_by_hand_on_a_tiny_table() -> None:
-    ref, curves = ev.baseline_curves(tiny_table())
+    ref, curves = replay.baseline_curves(tiny_table())
     assert (ref.models[ref.cheapest], ref.models[ref.strongest]) == ("a", "b")
-    m = {name: ev.curve_metrics(curve, ref) for name, curve in curves.items()}
+    m = {name: replay.curve_metrics(curve, ref) for name, curve in curves.items()}
     # Oracle: q1, q3, q4 to a (a tie, or both wrong), q2 to b: quality 0.75 at cost 3.25.
     # Hull (1, .5)-(3.25, .75) then flat: AIQ = (1.25/2 x 2.25 + .75 x 6.75) / 9.
     assert m["oracle"]["aiq"] == pytest.approx((0.625 * 2.25 + 0.75 * 6.75) / 9)
@@ -200,11 +201,11 @@ def test_metrics_by_hand_on_a_tiny_table() -> None:
 def test_envelope_is_the_non_decreasing_upper_hull() -> None:
     cost = np.array([1.0, 2.0, 3.0, 4.0, 5.0, 2.5])
     quality = np.array([0.5, 0.55, 0.8, 0.7, 0.85, 0.4])
-    x, y = ev.envelope(cost, quality)
+    x, y = replay.envelope(cost, quality)
     # (2, .55) lies under the chord (1, .5)-(3, .8); (4, .7) and (2.5, .4) are dominated.
     assert x.tolist() == [1.0, 3.0, 5.0] and y.tolist() == [0.5, 0.8, 0.85]
-    assert ev.area((x, y), 1.0, 5.0) == pytest.approx((0.65 * 2 + 0.825 * 2) / 4)
-    assert np.isnan(ev.envelope_at((x, y), 0.5)) and ev.envelope_at((x, y), 9.0) == 0.85
+    assert replay.area((x, y), 1.0, 5.0) == pytest.approx((0.65 * 2 + 0.825 * 2) / 4)
+    assert np.isnan(replay.envelope_at((x, y), 0.5)) and replay.envelope_at((x, y), 9.0) == 0.85
 
 
 def test_perfect_predictor_matches_the_oracle_and_constants_trace_single_models(
