@@ -1,9 +1,9 @@
 """`routegate routers ...`: train router artifacts on routing records and evaluate them offline
-by replaying the records (no model is called)."""
+by replaying the records (no model is called). This module only parses and prints; the work is
+in `routers.offline` (train, evaluate, report)."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -68,55 +68,32 @@ def train(
     ] = None,
 ) -> None:
     """Train a router on routing records and save it as an artifact."""
-    from routers.predictors import artifact
-    from routers.records import (
-        RecordError,
-        RecordTable,
-        file_sha256,
-        load_descriptions,
-        split_by_query,
-        split_by_task,
-    )
+    from routers.offline.train import TrainingError, train_artifact
 
     _check_split(split)
     params = _parse_params(param or [])
     if not 0 <= test_fraction < 1:
         raise typer.BadParameter("must be in [0, 1)", param_hint="--test-fraction")
     try:
-        cls = artifact.predictor_class(router)
-        table = RecordTable.load(data)
-        desc = load_descriptions(descriptions) if descriptions else None
-    except (RecordError, artifact.ArtifactError) as exc:
+        run = train_artifact(
+            router,
+            data,
+            out_dir,
+            descriptions=descriptions,
+            seed=seed,
+            test_fraction=test_fraction,
+            split=split,
+            params=params,
+            progress=lambda msg: err.print(msg),
+        )
+    except TrainingError as exc:
         raise _fail(str(exc)) from None
-    except ImportError as exc:
-        raise _fail(f"router kind {router!r} is not available: {exc}") from None
-    held = 0
-    if test_fraction > 0:
-        splitter = split_by_query if split == "query" else split_by_task
-        table, test = splitter(table, seed, test_fraction)
-        held = len(test)
-    err.print(f"training {router} on {len(table)} queries x {len(table.models)} models ...")
-    start = time.perf_counter()
-    try:
-        predictor = cls.train(table, seed=seed, descriptions=desc, **params)
-    except (ValueError, TypeError) as exc:
-        raise _fail(f"error: {router}: {exc}") from None
-    seconds = time.perf_counter() - start
-    artifact.save(
-        predictor,
-        out_dir,
-        data_sha256=file_sha256(data),
-        data_path=str(data),
-        train_query_ids=list(table.query_ids),
-        seed=seed,
-        extra={"training": {"test_fraction": test_fraction, "split": split, "seconds": seconds}},
-    )
     out.print(f"{router} router -> {out_dir}")
-    out.print(f"  models:  {', '.join(predictor.models)}")
-    held_text = f" ({held} held out by {split})" if held else ""
-    out.print(f"  queries: {len(table)} trained on{held_text}")
-    out.print(f"  params:  {orjson.dumps(predictor.params).decode()}")
-    out.print(f"  time:    {seconds:.1f}s")
+    out.print(f"  models:  {', '.join(run.predictor.models)}")
+    held_text = f" ({run.held_out} held out by {split})" if run.held_out else ""
+    out.print(f"  queries: {run.trained_on} trained on{held_text}")
+    out.print(f"  params:  {orjson.dumps(run.predictor.params).decode()}")
+    out.print(f"  time:    {run.seconds:.1f}s")
 
 
 @routers_app.command("eval")
@@ -146,6 +123,7 @@ def evaluate(
 ) -> None:
     """Replay the records: train each router's kind afresh per seed, judge on held-out queries."""
     from routers.offline import evaluate as ev
+    from routers.offline import report
     from routers.predictors import artifact
     from routers.records import RecordError, RecordTable, load_descriptions
 
@@ -177,10 +155,10 @@ def evaluate(
         raise _fail(f"error: {exc}") from None
     # Piped or logged output keeps whole rows rather than the 80 columns rich assumes.
     wide = out if out.is_terminal else Console(highlight=False, width=200)
-    wide.print(ev.results_table(results))
+    wide.print(report.results_table(results))
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_bytes(orjson.dumps(results, option=orjson.OPT_SERIALIZE_NUMPY))
         out.print(f"curves and metrics: {json_out}")
     if plot_out is not None:
-        out.print(f"plot: {ev.plot(results, plot_out)}")
+        out.print(f"plot: {report.plot(results, plot_out)}")

@@ -1,8 +1,8 @@
 """Versioned router artifacts: a directory with `manifest.json` and the predictor's weights.
 
-No pickles: weights are numpy `.npz` or torch `state_dict` files loaded with
-`weights_only=True`, so an artifact neither runs code nor breaks when a library's internals
-change. The manifest records the library versions and the training data's hash.
+No pickles: weights are numpy `.npz` or torch `state_dict` files, written and read by
+`routers.predictors.weights`, so an artifact neither runs code nor breaks when a library's
+internals change. The manifest records the library versions and the training data's hash.
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ _LIBRARIES = ("numpy", "scikit-learn", "torch", "torch-geometric", "sentence-tra
 
 # Imported lazily: the gateway loads only the kind its policy names.
 KINDS = {
-    "complexity": "routers.predictors.complexity:ComplexityRouter",
-    "graph": "routers.predictors.graph:GraphRouter",
-    "knn": "routers.predictors.baselines:KnnRouter",
-    "mf": "routers.predictors.baselines:MatrixFactorisationRouter",
+    "complexity": "routers.predictors.complexity:ComplexityPredictor",
+    "graph": "routers.predictors.graph.predictor:GraphPredictor",
+    "knn": "routers.predictors.knn:KnnPredictor",
+    "mf": "routers.predictors.matrix_factorisation:MatrixFactorisationPredictor",
 }
 
 

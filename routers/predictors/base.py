@@ -1,16 +1,19 @@
-"""What a learned router is: a predictor of each model's answer quality (and cost) for a query.
+"""What a trained predictor is: each model's expected answer quality (and cost) for a query.
 
-Every learned router (complexity, graph, kNN, matrix factorisation) implements `Predictor`.
+Every predictor (complexity, graph, kNN, matrix factorisation) implements `Predictor`, plus
+the small pieces they share: `Queries`, the linear `CostModel` and parameter/column checks.
 The choice itself is the shared objective in `routers.serving.objective`; the evaluator and the
 gateway only ever call `predict_quality` and `predict_cost`.
 
 Artifacts are directories written by `routers.predictors.artifact.save`: a `manifest.json`
 (kind, format version, models, library versions, data hash, parameters) plus the
-predictor's own weight files (numpy `.npz` or torch `state_dict`, never a pickle of code).
+predictor's own weight files (`routers.predictors.weights`: never a pickle of code).
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -117,3 +120,45 @@ class CostModel:
     @classmethod
     def from_json(cls, data: dict[str, list[float]]) -> CostModel:
         return cls({m: (float(v[0]), float(v[1])) for m, v in data.items()})
+
+
+def check_params(defaults: dict[str, Any], given: dict[str, Any], kind: str) -> dict[str, Any]:
+    """The defaults overridden by `given`; a key the defaults lack is a ValueError."""
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        raise ValueError(
+            f"unknown {kind} parameter(s) {', '.join(unknown)}; known: {', '.join(defaults)}"
+        )
+    return {**defaults, **given}
+
+
+def model_columns(column: dict[str, int], models: list[str], kind: str) -> list[int]:
+    """The trained columns of `models`; a model the predictor was not trained on is a KeyError."""
+    missing = [m for m in models if m not in column]
+    if missing:
+        raise KeyError(
+            f"the {kind} router was not trained on {', '.join(missing)}; "
+            f"it knows {', '.join(column)}"
+        )
+    return [column[m] for m in models]
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """float32 rows scaled to unit length (a zero row stays zero)."""
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Torch's intra-op threads set to `n` for the block. Predictors' steps are small: one
+    thread is faster than two fighting for busy cores, and keeps the result independent of the
+    machine's thread count."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -1,4 +1,4 @@
-"""The complexity router: per-model answer-quality predictors on what the query looks like.
+"""The complexity predictor: per-model answer-quality predictors on what the query looks like.
 
 Features of a query:
 - its sentence embedding (all-MiniLM-L6-v2, unit length);
@@ -13,7 +13,7 @@ classes), and Platt scaling fitted on out-of-fold scores calibrates it, so predi
 different models compare with each other and with cost. Measured choices (C, k, the scales)
 are in docs/routers.md.
 
-Everything is plain arrays: the artifact is an `.npz`, not a pickle.
+Everything is plain arrays: the weights are one `.npz`, not a pickle.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 
-from routers.predictors.base import CostModel, Queries
+from routers.predictors import weights
+from routers.predictors.base import CostModel, Queries, model_columns
 from routers.records import RecordTable
 
 WEIGHTS = "complexity.npz"
@@ -78,7 +79,7 @@ def _platt(scores: np.ndarray, labels: np.ndarray, weights: np.ndarray) -> tuple
     return float(fit.coef_[0, 0]), float(fit.intercept_[0])
 
 
-class ComplexityRouter:
+class ComplexityPredictor:
     kind: ClassVar[str] = "complexity"
 
     def __init__(
@@ -110,13 +111,13 @@ class ComplexityRouter:
         seed: int = 0,
         descriptions: dict[str, str] | None = None,
         **params: Any,
-    ) -> ComplexityRouter:
+    ) -> ComplexityPredictor:
         p = {**DEFAULTS, **params}
         queries = Queries.from_table(table)
         bank = queries.ensure_embeddings().astype(np.float32)
         lexical = _lexical(queries) if p["lexical"] else np.zeros((len(table), 0))
         lex_mean, lex_scale = lexical.mean(axis=0), lexical.std(axis=0) + 1e-6
-        router = cls(
+        predictor = cls(
             list(table.models),
             p,
             lex_mean,
@@ -128,7 +129,7 @@ class ComplexityRouter:
             bank,
             table.quality.astype(np.float32),
         )
-        x_all = router._features(bank, lexical, exclude_self=True)
+        x_all = predictor._features(bank, lexical, exclude_self=True)
         n_models = len(table.models)
         coef = np.zeros((n_models, x_all.shape[1]))
         intercept = np.zeros(n_models)
@@ -156,8 +157,8 @@ class ComplexityRouter:
             lr = LogisticRegression(C=float(p["C"]), max_iter=3000)
             lr.fit(xx, yy, sample_weight=ww)
             coef[j], intercept[j] = lr.coef_[0], lr.intercept_[0]
-        router._coef, router._intercept, router._platt = coef, intercept, platt
-        return router
+        predictor._coef, predictor._intercept, predictor._platt = coef, intercept, platt
+        return predictor
 
     def _features(
         self, emb: np.ndarray, lexical: np.ndarray, exclude_self: bool = False
@@ -173,17 +174,8 @@ class ComplexityRouter:
             parts.append(near * float(p["neighbour_scale"]))
         return np.hstack(parts)
 
-    def _columns(self, models: list[str]) -> list[int]:
-        missing = [m for m in models if m not in self._column]
-        if missing:
-            raise KeyError(
-                f"the complexity router was not trained on {', '.join(missing)}; "
-                f"it knows {', '.join(self.models)}"
-            )
-        return [self._column[m] for m in models]
-
     def predict_quality(self, queries: Queries, models: list[str]) -> np.ndarray:
-        cols = self._columns(models)
+        cols = model_columns(self._column, models, self.kind)
         emb = queries.ensure_embeddings().astype(np.float32)
         lexical = _lexical(queries) if self.params["lexical"] else np.zeros((len(queries), 0))
         x = self._features(emb, lexical)
@@ -195,31 +187,31 @@ class ComplexityRouter:
         return self._cost.predict(queries, models)
 
     def save_weights(self, out: Path) -> dict[str, Any]:
-        np.savez(
-            out / WEIGHTS,
-            mean=self._mean,
-            scale=self._scale,
-            coef=self._coef,
-            intercept=self._intercept,
-            platt=self._platt,
-            bank=self._bank.astype(np.float16),  # half the size; neighbours barely move
-            bank_quality=self._bank_quality,
-        )
+        arrays = {
+            "mean": self._mean,
+            "scale": self._scale,
+            "coef": self._coef,
+            "intercept": self._intercept,
+            "platt": self._platt,
+            "bank": self._bank.astype(np.float16),  # half the size; neighbours barely move
+            "bank_quality": self._bank_quality,
+        }
+        weights.save_arrays(out / WEIGHTS, arrays)
         return {"file": WEIGHTS, "cost_model": self._cost.to_json()}
 
     @classmethod
-    def load_weights(cls, directory: Path, manifest: dict[str, Any]) -> ComplexityRouter:
-        weights = manifest["weights"]
-        with np.load(directory / weights["file"], allow_pickle=False) as w:
-            return cls(
-                list(manifest["models"]),
-                dict(manifest["params"]),
-                w["mean"],
-                w["scale"],
-                w["coef"],
-                w["intercept"],
-                w["platt"],
-                CostModel.from_json(weights["cost_model"]),
-                w["bank"].astype(np.float32),
-                w["bank_quality"],
-            )
+    def load_weights(cls, directory: Path, manifest: dict[str, Any]) -> ComplexityPredictor:
+        files = manifest["weights"]
+        w = weights.load_arrays(directory / files["file"])
+        return cls(
+            list(manifest["models"]),
+            dict(manifest["params"]),
+            w["mean"],
+            w["scale"],
+            w["coef"],
+            w["intercept"],
+            w["platt"],
+            CostModel.from_json(files["cost_model"]),
+            w["bank"].astype(np.float32),
+            w["bank_quality"],
+        )

@@ -17,7 +17,8 @@ from sklearn.metrics import roc_auc_score
 
 from routers.predictors import artifact
 from routers.predictors.base import Queries
-from routers.predictors.graph import GraphRouter, describe_task, nearest, pair_quality
+from routers.predictors.graph.building import describe_task, nearest, pair_quality
+from routers.predictors.graph.predictor import GraphPredictor
 from routers.records import RecordTable, split_by_query, split_by_task
 
 STRONG, WEAK = "big-frontier", "tiny-fast"
@@ -104,8 +105,8 @@ def split(table: RecordTable) -> tuple[RecordTable, RecordTable]:
 
 
 @pytest.fixture(scope="module")
-def router(split: tuple[RecordTable, RecordTable]) -> GraphRouter:
-    return GraphRouter.train(split[0], seed=0, descriptions=DESCRIPTIONS, **PARAMS)
+def router(split: tuple[RecordTable, RecordTable]) -> GraphPredictor:
+    return GraphPredictor.train(split[0], seed=0, descriptions=DESCRIPTIONS, **PARAMS)
 
 
 def queries_of(table: RecordTable, tasks: bool = True) -> Queries:
@@ -210,7 +211,7 @@ def test_training_outcomes_reach_a_new_query(router, split) -> None:
 
 def test_without_neighbours(split) -> None:
     small = split[0].subset(range(200))
-    plain = GraphRouter.train(small, seed=0, descriptions=DESCRIPTIONS, neighbours=0, epochs=20)
+    plain = GraphPredictor.train(small, seed=0, descriptions=DESCRIPTIONS, neighbours=0, epochs=20)
     assert plain._g.near_idx.shape == (200, 0) and not plain._similarity
     q = queries_of(split[1].subset(range(20)))
     np.testing.assert_allclose(
@@ -227,7 +228,7 @@ def test_save_load_round_trip(router, split, tmp_path) -> None:
         router, tmp_path, data_sha256="0" * 64, data_path="synthetic", train_query_ids=[], seed=0
     )
     loaded = artifact.load(tmp_path)
-    assert isinstance(loaded, GraphRouter)
+    assert isinstance(loaded, GraphPredictor)
     assert loaded.models == [STRONG, WEAK]
     q = queries_of(split[1])
     models = [STRONG, WEAK, "mid-size"]
@@ -240,8 +241,8 @@ def test_save_load_round_trip(router, split, tmp_path) -> None:
 
 def test_deterministic_for_a_seed(split) -> None:
     small = split[0].subset(range(200))
-    a = GraphRouter.train(small, seed=3, descriptions=DESCRIPTIONS, hidden=16, epochs=30)
-    b = GraphRouter.train(small, seed=3, descriptions=DESCRIPTIONS, hidden=16, epochs=30)
+    a = GraphPredictor.train(small, seed=3, descriptions=DESCRIPTIONS, hidden=16, epochs=30)
+    b = GraphPredictor.train(small, seed=3, descriptions=DESCRIPTIONS, hidden=16, epochs=30)
     q = queries_of(split[1])
     np.testing.assert_array_equal(
         a.predict_quality(q, [STRONG, WEAK]), b.predict_quality(q, [STRONG, WEAK])
@@ -249,7 +250,7 @@ def test_deterministic_for_a_seed(split) -> None:
     assert a.params["hidden"] == 16 and a.params["epochs"] == 30
     # The evaluator retrains from an artifact's params, which record training's findings too.
     params = {k: v for k, v in a.params.items() if k != "descriptions"}
-    c = GraphRouter.train(small, seed=3, descriptions=DESCRIPTIONS, **params)
+    c = GraphPredictor.train(small, seed=3, descriptions=DESCRIPTIONS, **params)
     np.testing.assert_array_equal(
         a.predict_quality(q, [STRONG, WEAK]), c.predict_quality(q, [STRONG, WEAK])
     )
@@ -258,7 +259,7 @@ def test_deterministic_for_a_seed(split) -> None:
 def test_held_out_task_gets_predictions(table) -> None:
     train, test = split_by_task(table, seed=1, test_fraction=0.34)
     assert not set(train.tasks) & set(test.tasks)
-    router = GraphRouter.train(train, seed=0, descriptions=DESCRIPTIONS, **PARAMS)
+    router = GraphPredictor.train(train, seed=0, descriptions=DESCRIPTIONS, **PARAMS)
     quality = router.predict_quality(queries_of(test), [STRONG, WEAK])
     assert quality.shape == (len(test), 2) and np.all(np.isfinite(quality))
     assert set(test.tasks) <= set(router._task)  # joined as new task nodes
@@ -299,7 +300,7 @@ def test_real_records_beat_a_constant() -> None:
     table = RecordTable.load(DEFAULT_TRAIN)
     _, sample = split_by_query(table, seed=0, test_fraction=0.5)
     train, test = split_by_query(sample, seed=0, test_fraction=0.3)
-    router = GraphRouter.train(train, seed=0)
+    router = GraphPredictor.train(train, seed=0)
     q = queries_of(test)
     quality = router.predict_quality(q, test.models)
     for j in range(len(test.models)):

@@ -17,9 +17,11 @@ from typer.testing import CliRunner
 
 from gateway.cli import app
 from routers.offline import evaluate as ev
+from routers.offline import replay
 from routers.predictors import artifact, embedding
 from routers.predictors.base import Queries
-from routers.predictors.baselines import KnnRouter, MatrixFactorisationRouter
+from routers.predictors.knn import KnnPredictor
+from routers.predictors.matrix_factorisation import MatrixFactorisationPredictor
 from routers.records import RecordTable, RoutingRecord, split_by_query
 from routers.serving.objective import rank_models
 
@@ -145,7 +147,7 @@ def test_choice_follows_rank_models_including_ties() -> None:
     c = rng.choice([1.0, 2.0, 4.0], size=(200, 3))
     models = ["x", "y", "z"]
     for lam in (0.0, 0.1, 0.3, 1.0):
-        got = ev.choose(q, c, lam)
+        got = replay.choose(q, c, lam)
         for i in range(len(q)):
             pred = {m: {"quality": q[i, j], "cost_usd": c[i, j]} for j, m in enumerate(models)}
             assert models[got[i]] == rank_models(pred, lam)[0]
@@ -154,9 +156,9 @@ def test_choice_follows_rank_models_including_ties() -> None:
 def test_lambda_grid_ends_with_everything_on_the_cheapest_model() -> None:
     rng = np.random.default_rng(2)
     q, c = rng.random((50, 3)), rng.random((50, 3))
-    grid = ev.lambda_grid(q, c)
+    grid = replay.lambda_grid(q, c)
     assert grid[0] == 0 and np.all(np.diff(grid) > 0)
-    assert np.all(ev.choose(q, c, grid[-1]) == c.argmin(axis=1))
+    assert np.all(replay.choose(q, c, grid[-1]) == c.argmin(axis=1))
 
 
 def tiny_table() -> RecordTable:
@@ -174,9 +176,9 @@ def tiny_table() -> RecordTable:
 
 
 def test_metrics_by_hand_on_a_tiny_table() -> None:
-    ref, curves = ev.baseline_curves(tiny_table())
+    ref, curves = replay.baseline_curves(tiny_table())
     assert (ref.models[ref.cheapest], ref.models[ref.strongest]) == ("a", "b")
-    m = {name: ev.curve_metrics(curve, ref) for name, curve in curves.items()}
+    m = {name: replay.curve_metrics(curve, ref) for name, curve in curves.items()}
     # Oracle: q1, q3, q4 to a (a tie, or both wrong), q2 to b: quality 0.75 at cost 3.25.
     # Hull (1, .5)-(3.25, .75) then flat: AIQ = (1.25/2 x 2.25 + .75 x 6.75) / 9.
     assert m["oracle"]["aiq"] == pytest.approx((0.625 * 2.25 + 0.75 * 6.75) / 9)
@@ -199,11 +201,11 @@ def test_metrics_by_hand_on_a_tiny_table() -> None:
 def test_envelope_is_the_non_decreasing_upper_hull() -> None:
     cost = np.array([1.0, 2.0, 3.0, 4.0, 5.0, 2.5])
     quality = np.array([0.5, 0.55, 0.8, 0.7, 0.85, 0.4])
-    x, y = ev.envelope(cost, quality)
+    x, y = replay.envelope(cost, quality)
     # (2, .55) lies under the chord (1, .5)-(3, .8); (4, .7) and (2.5, .4) are dominated.
     assert x.tolist() == [1.0, 3.0, 5.0] and y.tolist() == [0.5, 0.8, 0.85]
-    assert ev.area((x, y), 1.0, 5.0) == pytest.approx((0.65 * 2 + 0.825 * 2) / 4)
-    assert np.isnan(ev.envelope_at((x, y), 0.5)) and ev.envelope_at((x, y), 9.0) == 0.85
+    assert replay.area((x, y), 1.0, 5.0) == pytest.approx((0.65 * 2 + 0.825 * 2) / 4)
+    assert np.isnan(replay.envelope_at((x, y), 0.5)) and replay.envelope_at((x, y), 9.0) == 0.85
 
 
 def test_perfect_predictor_matches_the_oracle_and_constants_trace_single_models(
@@ -267,10 +269,10 @@ def test_learned_baselines_beat_random_and_not_the_oracle() -> None:
 # --- predictors and artifacts --------------------------------------------------------------
 
 
-@pytest.mark.parametrize("cls", [KnnRouter, MatrixFactorisationRouter])
+@pytest.mark.parametrize("cls", [KnnPredictor, MatrixFactorisationPredictor])
 def test_artifact_round_trip_predicts_the_same(cls: Any, tmp_path: Path) -> None:
     table = synthetic_table(80)
-    params = {"k": 5} if cls is KnnRouter else {"steps": 50, "dim": 8}
+    params = {"k": 5} if cls is KnnPredictor else {"steps": 50, "dim": 8}
     predictor = cls.train(table, seed=1, **params)
     artifact.save(
         predictor, tmp_path, data_sha256="0" * 64, data_path="x", train_query_ids=[], seed=1
@@ -289,11 +291,15 @@ def test_artifact_round_trip_predicts_the_same(cls: Any, tmp_path: Path) -> None
 def test_mf_is_deterministic_by_seed_and_rejects_unknown_params() -> None:
     table = synthetic_table(60)
     queries = Queries.from_table(table)
-    a = MatrixFactorisationRouter.train(table, seed=5, steps=30).predict_quality(queries, [CHEAP])
-    b = MatrixFactorisationRouter.train(table, seed=5, steps=30).predict_quality(queries, [CHEAP])
+    a = MatrixFactorisationPredictor.train(table, seed=5, steps=30).predict_quality(
+        queries, [CHEAP]
+    )
+    b = MatrixFactorisationPredictor.train(table, seed=5, steps=30).predict_quality(
+        queries, [CHEAP]
+    )
     np.testing.assert_array_equal(a, b)
     with pytest.raises(ValueError, match="unknown knn parameter"):
-        KnnRouter.train(table, kk=3)
+        KnnPredictor.train(table, kk=3)
 
 
 # --- the CLI -------------------------------------------------------------------------------
