@@ -79,12 +79,8 @@ class Accounting:
             return self.record.cost_usd
         self._done = True
         rec = self.record
-        rec.status, rec.model, rec.endpoint, rec.error = (
-            bill.status,
-            bill.model,
-            bill.endpoint,
-            bill.error,
-        )
+        rec.status, rec.model = bill.status, bill.model
+        rec.endpoint, rec.error = bill.endpoint, bill.error
         rec.fallbacks = bill.fallbacks or []
         rec.latency_ms = (time.perf_counter() - self._t0) * 1000
         calls = bill.steps or []
