@@ -45,6 +45,76 @@ CREATE INDEX IF NOT EXISTS requests_ts ON requests(ts);
 """
 
 
+@dataclass(frozen=True, slots=True)
+class CacheOutcome:
+    """A response cache's answer to one request: a miss, or a hit and what it saved."""
+
+    hit: bool
+    saved_usd: float = 0.0
+    cached_at: float = 0.0
+
+    def json(self) -> dict[str, Any]:
+        if not self.hit:
+            return {"hit": False}
+        return {"hit": True, "saved_usd": self.saved_usd, "cached_at": self.cached_at}
+
+
+@dataclass(frozen=True, slots=True)
+class ChargedStep:
+    """One model call a request paid for: a cascade step, or a fallback that answered badly."""
+
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float
+    endpoint: str
+    detail: dict[str, Any] = field(default_factory=dict)  # what the step decided
+
+    def json(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "cost_usd": self.cost_usd,
+            "endpoint": self.endpoint,
+            **self.detail,
+        }
+
+
+@dataclass(slots=True)
+class RequestNotes:
+    """What the pipeline noted about a request that headers and metrics read back. Written
+    into the row's `extra` column, first and in this order, the notes not set left out."""
+
+    cache: CacheOutcome | None = None
+    price_multiplier: float | None = None  # budget pacing's factor, when it is not 1
+    predictions: dict[str, dict[str, float]] | None = None  # the router's, per model
+    skipped_for_budget: list[str] | None = None  # models a budget could no longer cover
+    steps: list[ChargedStep] | None = None  # every call paid for, when there were several
+    escalations: int | None = None  # a confidence cascade's
+    switches: int | None = None  # an EAD cascade's
+
+    def json(self, extra: dict[str, Any]) -> dict[str, Any]:
+        """The `extra` column: these notes, then the record's free-form `extra`."""
+        out: dict[str, Any] = {}
+        if self.cache is not None:
+            out["cache"] = self.cache.json()
+        if self.price_multiplier is not None:
+            out["price_multiplier"] = self.price_multiplier
+        if self.predictions is not None:
+            out["predictions"] = self.predictions
+        if self.skipped_for_budget is not None:
+            out["skipped_for_budget"] = self.skipped_for_budget
+        if self.steps is not None:
+            out["steps"] = [step.json() for step in self.steps]
+        if self.escalations is not None:
+            out["escalations"] = self.escalations
+        if self.switches is not None:
+            out["switches"] = self.switches
+        out.update(extra)
+        return out
+
+
 @dataclass(slots=True)
 class RequestRecord:
     request_id: str
@@ -64,16 +134,17 @@ class RequestRecord:
     status: int = 200
     error: str | None = None
     fallbacks: list[str] = field(default_factory=list)
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # free-form; see also RequestNotes
     team: str | None = None
 
-    def row(self) -> tuple[Any, ...]:
+    def row(self, notes: RequestNotes | None = None) -> tuple[Any, ...]:
         # Runs in the writer thread. In field order (the columns'); asdict() would deep-copy.
+        extra = self.extra if notes is None else notes.json(self.extra)
         return (
             self.request_id, self.ts, self.endpoint_kind, int(self.stream), self.api_key_id,
             self.route, self.model, self.endpoint, self.prompt_tokens, self.completion_tokens,
             int(self.usage_exact), self.cost_usd, self.latency_ms, self.ttft_ms, self.status,
-            self.error, orjson.dumps(self.fallbacks).decode(), orjson.dumps(self.extra).decode(),
+            self.error, orjson.dumps(self.fallbacks).decode(), orjson.dumps(extra).decode(),
             self.team,
         )  # fmt: skip
 
@@ -114,11 +185,12 @@ class RequestLog:
                 if column not in have:
                     db.execute(f"ALTER TABLE requests ADD COLUMN {column} {_COLUMN_TYPES[column]}")
 
-    def write(self, record: RequestRecord) -> None:
-        """Never blocks: the record is queued for the writer thread."""
+    def write(self, record: RequestRecord, notes: RequestNotes | None = None) -> None:
+        """Never blocks: the record (and the notes that go in its `extra`) is queued for the
+        writer thread."""
         with self._flushed:
             self._pending += 1
-        self._queue.put(record)
+        self._queue.put((record, notes))
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until every queued record is on disk (tests, shutdown, reports)."""
@@ -152,11 +224,11 @@ class RequestLog:
             if records:
                 try:
                     with db:
-                        db.executemany(_INSERT, [r.row() for r in records])
+                        db.executemany(_INSERT, [r.row(notes) for r, notes in records])
                 except sqlite3.Error:
                     # Keep the gateway serving; the lost rows are named in the log.
                     log.exception(
-                        "request log write failed for %s", [r.request_id for r in records]
+                        "request log write failed for %s", [r.request_id for r, _ in records]
                     )
             with self._flushed:
                 self._pending -= len(records)

@@ -97,6 +97,21 @@ class Admission:
             )
 
 
+@dataclass(slots=True)
+class AdmissionRequest:
+    """What `Access.admit` needs to know about one request, once it is routed."""
+
+    key: VirtualKey | None
+    budgets: list[Budget]  # the hard budgets it is charged to
+    body: dict[str, Any]
+    prompt_upper: int  # an upper bound on the prompt's tokens
+    models: list[str]  # the chain the router chose, in order
+    request_id: str
+    prices: Mapping[str, CostFn]
+    defaults: Defaults
+    cascade: Cascade | None = None  # the route's cascade, when it has one
+
+
 class Access:
     def __init__(self, state: State):
         self.state = state
@@ -142,42 +157,20 @@ class Access:
                 param="model",
             )
 
-    async def admit(
-        self,
-        key: VirtualKey | None,
-        budgets: list[Budget],
-        body: dict[str, Any],
-        prompt_upper: int,
-        prices: Mapping[str, CostFn],
-        defaults: Defaults,
-        models: list[str],
-        request_id: str,
-        cascade: Cascade | None = None,
-    ) -> Admission:
+    async def admit(self, ask: AdmissionRequest) -> Admission:
         """Check the key's rate limits and reserve the worst case on every budget.
 
-        `body` may gain `max_tokens` (the policy default) when a budget applies and the client
-        set none: a worst case needs an upper bound on the answer. A `cascade` may call several
-        models for one request: its own worst case is reserved, and it is never trimmed.
+        `ask.body` may gain `max_tokens` (the policy default) when a budget applies and the
+        client set none: a worst case needs an upper bound on the answer. A cascade may call
+        several models for one request: its own worst case is reserved, and it is never trimmed.
         """
         now = time.time()
-        typical = typical_from_upper(prompt_upper)
-        admission = Admission(self.state, key, typical_prompt_tokens=typical)
-        if key is not None:
-            await self._rate_limits(key, admission, now)
-        if budgets:
-            await self._reserve(
-                budgets,
-                body,
-                prompt_upper,
-                prices,
-                defaults,
-                models,
-                request_id,
-                admission,
-                now,
-                cascade,
-            )
+        typical = typical_from_upper(ask.prompt_upper)
+        admission = Admission(self.state, ask.key, typical_prompt_tokens=typical)
+        if ask.key is not None:
+            await self._rate_limits(ask.key, admission, now)
+        if ask.budgets:
+            await self._reserve(ask, admission, now)
         return admission
 
     async def _rate_limits(self, key: VirtualKey, admission: Admission, now: float) -> None:
@@ -192,39 +185,27 @@ class Access:
             if not hit.ok:
                 raise _rate_limited(f"{key.tpm} tokens per minute", key, hit.retry_after_s)
 
-    async def _reserve(
-        self,
-        budgets: list[Budget],
-        body: dict[str, Any],
-        prompt: int,
-        prices: Mapping[str, CostFn],
-        defaults: Defaults,
-        models: list[str],
-        request_id: str,
-        admission: Admission,
-        now: float,
-        cascade: Cascade | None,
-    ) -> None:
+    async def _reserve(self, ask: AdmissionRequest, admission: Admission, now: float) -> None:
+        body, defaults, prompt = ask.body, ask.defaults, ask.prompt_upper
         if completion_limit(body) is None:
             body["max_tokens"] = defaults.max_tokens
         # The largest limit the upstream may honour, times the answers it may generate.
         completion = completion_cap(body) or defaults.max_tokens
-        ttl = defaults.reservation_ttl_s
-        admission.reservation_id = request_id
-        if cascade is not None:
-            worst = cascade.worst_case_usd(prompt, completion, prices)
-            refused = await self._reserve_all(budgets, request_id, worst, ttl, now, admission)
+        admission.reservation_id = ask.request_id
+        if ask.cascade is not None:
+            worst = ask.cascade.worst_case_usd(prompt, completion, ask.prices)
+            refused = await self._reserve_all(ask, worst, now, admission)
             if refused is not None:
                 raise _budget_exhausted(refused[0], refused[1], worst, now)
-            admission.models = list(models)
+            admission.models = list(ask.models)
             admission.reserved_usd = from_micros(to_micros(worst))
             return
-        worst_of = {m: prices[m](prompt, completion, None) for m in models}
-        chain = list(models)
+        worst_of = {m: ask.prices[m](prompt, completion, None) for m in ask.models}
+        chain = list(ask.models)
         while True:
             # The chain may fall back to a dearer model: reserve for the dearest in it.
             worst = max(worst_of[m] for m in chain)
-            refused = await self._reserve_all(budgets, request_id, worst, ttl, now, admission)
+            refused = await self._reserve_all(ask, worst, now, admission)
             if refused is None:
                 admission.models = chain
                 admission.reserved_usd = from_micros(to_micros(worst))
@@ -239,16 +220,11 @@ class Access:
             chain = fitting
 
     async def _reserve_all(
-        self,
-        budgets: list[Budget],
-        request_id: str,
-        worst: float,
-        ttl: float,
-        now: float,
-        admission: Admission,
+        self, ask: AdmissionRequest, worst: float, now: float, admission: Admission
     ) -> tuple[Budget, Reservation] | None:
         """Reserve `worst` on every budget, or on none: the one that refused, and why."""
-        for budget in budgets:
+        ttl, request_id = ask.defaults.reservation_ttl_s, ask.request_id
+        for budget in ask.budgets:
             res = await self.state.reserve(
                 budget.name, request_id, worst, budget.limit_usd, ttl, now
             )

@@ -31,5 +31,5 @@ def test_no_module_imports_itself_back() -> None:
 def test_the_graph_sees_the_pipeline() -> None:
     # Guards the test above: an empty or broken graph would pass it.
     graph = _module_graph()
-    assert graph.has_edge("gateway.pipeline", "gateway.admission.access")
+    assert graph.has_edge("gateway.pipeline.admit", "gateway.admission.access")
     assert nx.has_path(graph, "gateway.app", "routers.serving.base")

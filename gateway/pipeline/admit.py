@@ -1,0 +1,76 @@
+"""Admit: who is calling, what they ask for, and whether they may (before and after routing).
+
+`identify` runs first: the key, the body, the route and the key's permission for it.
+`reserve` runs once the route is planned: rate limits and the worst case on every budget.
+"""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+
+from gateway.admission.access import AdmissionRequest
+from gateway.admission.guard import client_address
+from gateway.errors import ApiError
+from gateway.pipeline.context import RequestContext
+from gateway.pipeline.route import Plan
+from gateway.request_schema import parse_request
+from gateway.runtime import Runtime
+from policies.schema import RouteConfig
+
+
+def resolve(runtime: Runtime, name: str) -> tuple[str | None, RouteConfig | None]:
+    """Policy: the route asked for (None, None for a model asked by name), or 404."""
+    if name in runtime.policy.models:
+        return None, None
+    config = runtime.policy.routes.get(name)
+    if config is None:
+        raise ApiError(
+            404,
+            f"The model '{name}' does not exist: it is neither a model nor a route of this "
+            "gateway (see GET /v1/models)",
+            code="model_not_found",
+            param="model",
+        )
+    return name, config
+
+
+async def identify(request: Request, ctx: RequestContext) -> None:
+    """The caller's key, the parsed body and the route; ApiError when any is refused."""
+    rec, access = ctx.record, ctx.services.access
+    key = await access.authenticate(
+        request.headers.get("authorization"), ctx.runtime.access, client_address(request)
+    )
+    ctx.key = key
+    if key is not None:
+        rec.api_key_id, rec.team = key.id, key.team
+    # Size and time limits are enforced while the body is read (gateway/http_limits.py).
+    raw = await request.body()
+    ctx.body = body = parse_request(raw, ctx.kind)
+    rec.stream = bool(body.get("stream"))
+    rec.route, ctx.config = resolve(ctx.runtime, body["model"])
+    access.check_route(key, body["model"])
+
+
+async def reserve(ctx: RequestContext, plan: Plan) -> None:
+    """Rate limits and budget reservations for the planned models; the chain loses the models
+    a budget can no longer cover. ApiError (429) when nothing fits."""
+    rec, runtime = ctx.record, ctx.runtime
+    budgets = ctx.services.pacers.budgets(ctx.key, rec.route, ctx.config, rec.ts)
+    admission = await ctx.services.access.admit(
+        AdmissionRequest(
+            key=ctx.key,
+            budgets=budgets,
+            body=ctx.body,
+            prompt_upper=plan.prompt_upper,
+            models=plan.models,
+            request_id=rec.request_id,
+            prices=runtime.prices,
+            defaults=runtime.policy.defaults,
+            cascade=plan.cascade,
+        )
+    )
+    ctx.account.admission = admission
+    allowed = admission.models
+    if allowed is not None and len(allowed) < len(plan.attempts):
+        ctx.notes.skipped_for_budget = [a.model for a in plan.attempts if a.model not in allowed]
+        plan.attempts = [a for a in plan.attempts if a.model in allowed]

@@ -1,0 +1,80 @@
+"""One request's state as it passes the phases: what each phase found, for the next."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.accounting.charge import Accounting
+from gateway.accounting.request_log import RequestLog, RequestNotes, RequestRecord
+from gateway.admission.access import Access
+from gateway.admission.price_multiplier import Pacers
+from gateway.backends.base import Kind
+from gateway.cache.response_cache import CachedAnswer, ResponseCache
+from gateway.metrics import Metrics
+from gateway.runtime import Runtime
+from gateway.state import VirtualKey
+from policies.schema import RouteConfig
+
+log = logging.getLogger("routegate.pipeline")
+
+
+@dataclass(slots=True)
+class Services:
+    """What the pipeline needs besides the policy: access checks, records and metrics."""
+
+    request_log: RequestLog
+    metrics: Metrics
+    access: Access
+    pacers: Pacers
+
+
+def new_request_id() -> str:
+    return "rg-" + secrets.token_hex(12)
+
+
+@dataclass(slots=True)
+class CacheUse:
+    """A cacheable request on a route with a response cache: its key, and the hit if any."""
+
+    cache: ResponseCache
+    key: str
+    hit: CachedAnswer | None = None
+
+    async def store(self, body: dict[str, Any], model: str, cost: float) -> None:
+        # A cache that cannot store must not fail an answer that was already paid for.
+        try:
+            await self.cache.put(self.key, body, model, cost, time.time())
+        except Exception:
+            log.exception("storing an answer in the %s cache failed", self.cache.route)
+
+
+@dataclass(slots=True)
+class RequestContext:
+    """One request, from arrival to its request log row. `record` is the row and `notes`
+    what headers and metrics read back; `account` writes both, once; the rest is filled in
+    by the phases, in order."""
+
+    kind: Kind
+    runtime: Runtime  # the policy in force when the request arrived, for all of it
+    services: Services
+    record: RequestRecord
+    notes: RequestNotes
+    account: Accounting
+    t0: float  # time.perf_counter() at arrival: latency and time to first token
+    key: VirtualKey | None = None  # admit: the caller's key (None: anonymous)
+    body: dict[str, Any] = field(default_factory=dict)  # admit: the parsed request
+    config: RouteConfig | None = None  # admit: the route's policy (None: a model by name)
+    cache: CacheUse | None = None  # cache: the route's cache entry for this request
+
+
+def start(kind: Kind, runtime: Runtime, services: Services) -> RequestContext:
+    """A request that has just arrived: its id, its clock and its (not yet written) row."""
+    t0 = time.perf_counter()
+    record = RequestRecord(new_request_id(), time.time(), kind, stream=False)
+    notes = RequestNotes()
+    account = Accounting(services.request_log, services.metrics, runtime.prices, record, notes, t0)
+    return RequestContext(kind, runtime, services, record, notes, account, t0)

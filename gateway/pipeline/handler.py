@@ -1,0 +1,55 @@
+"""One request through its phases: admit -> cache -> route -> admit (reserve) -> run ->
+respond, with accounting (gateway/accounting/charge.py) writing its row exactly once."""
+
+from __future__ import annotations
+
+import logging
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway.accounting.charge import Bill
+from gateway.admission.guard import state_unavailable
+from gateway.backends.base import Kind
+from gateway.errors import ApiError
+from gateway.pipeline import admit, cache, respond
+from gateway.pipeline.context import RequestContext, Services, start
+from gateway.pipeline.route import route
+from gateway.pipeline.run import run
+from gateway.runtime import Runtime
+from gateway.state import StateUnavailable
+
+log = logging.getLogger("routegate.pipeline")
+
+
+async def handle(request: Request, kind: Kind, runtime: Runtime, services: Services) -> Response:
+    ctx = start(kind, runtime, services)
+    rec = ctx.record
+    try:
+        return await _handle(request, ctx)
+    except StateUnavailable as exc:
+        # Keys, budgets and rate limits cannot be checked: fail closed, and say it is passing.
+        log.warning("request %s refused: %s", rec.request_id, exc)
+        bill = Bill(503, rec.model, error=f"state store unavailable: {exc}")
+        await ctx.account.finish(bill)
+        return state_unavailable(exc).response(respond.headers(ctx, rec.model, None))
+    except Exception as exc:
+        # A bug must still give the client an OpenAI error and leave a request log row.
+        log.exception("request %s failed inside the gateway", rec.request_id)
+        await ctx.account.finish(Bill(500, rec.model, error=f"internal error: {exc!r}"))
+        err = ApiError(500, "Internal error in the gateway", code="internal_error")
+        return err.response(respond.headers(ctx, rec.model, None))
+
+
+async def _handle(request: Request, ctx: RequestContext) -> Response:
+    try:
+        await admit.identify(request, ctx)
+        use = await cache.lookup(ctx)
+        if use is not None and use.hit is not None:
+            return await respond.cached(ctx)
+        plan = await route(ctx)
+        await admit.reserve(ctx, plan)
+    except ApiError as err:
+        await ctx.account.finish(Bill(err.status, None, error=err.message))
+        return err.response(respond.headers(ctx, None, None))
+    return await run(ctx, plan)

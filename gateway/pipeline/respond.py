@@ -1,0 +1,191 @@
+"""Respond: the client's answer, error or stream, with the x-routegate-* headers that say
+what happened, each after the request is charged (streams: when they end)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import anyio
+import orjson
+from starlette.responses import Response, StreamingResponse
+
+from cascades.base import CascadeStream, Step
+from gateway.accounting.charge import Bill
+from gateway.accounting.request_log import CacheOutcome
+from gateway.backends.base import CallLimits, UpstreamError, UpstreamStream
+from gateway.cache.response_cache import body_from_chunks, chunks_from_body
+from gateway.errors import ApiError
+from gateway.pipeline.context import RequestContext
+
+H_REQUEST_ID = "x-routegate-request-id"
+H_ROUTE = "x-routegate-route"
+H_MODEL = "x-routegate-model"
+H_COST = "x-routegate-cost-usd"
+H_FALLBACKS = "x-routegate-fallbacks"
+H_MULTIPLIER = "x-routegate-price-multiplier"  # budget pacing's lambda factor, when paced
+H_QUALITY = "x-routegate-predicted-quality"  # the router's prediction for the chosen model
+H_CACHE = "x-routegate-cache"  # hit | miss, on routes with a response cache
+H_STEPS = "x-routegate-cascade-steps"  # models a cascade called, in order, each one paid for
+
+# A stream's settlement, when it ends: (status, error) -> the cost charged.
+Settle = Callable[[int, str | None], Awaitable[float]]
+
+
+def headers(ctx: RequestContext, model: str | None, cost: float | None) -> dict[str, str]:
+    """What happened to the request, for the client: its id, route, model, cost and notes."""
+    rec, notes = ctx.record, ctx.notes
+    h = {H_REQUEST_ID: rec.request_id, H_ROUTE: rec.route or "", H_MODEL: model or ""}
+    if cost is not None:
+        h[H_COST] = f"{cost:.10f}"
+    if rec.fallbacks:
+        h[H_FALLBACKS] = ",".join(rec.fallbacks)
+    if notes.price_multiplier is not None:
+        h[H_MULTIPLIER] = f"{notes.price_multiplier:.4g}"
+    prediction = (notes.predictions or {}).get(model) if model is not None else None
+    if prediction is not None:
+        h[H_QUALITY] = f"{prediction['quality']:.4f}"
+    if notes.cache is not None:
+        h[H_CACHE] = "hit" if notes.cache.hit else "miss"
+    if notes.steps is not None:
+        h[H_STEPS] = ",".join(step.model for step in notes.steps)
+    return h
+
+
+async def failed(
+    ctx: RequestContext,
+    err: UpstreamError,
+    model: str,
+    *,
+    steps: list[Step] | None = None,
+    fallbacks: list[str] | None = None,
+) -> Response:
+    """Nothing answered: the client gets the upstream's error; what was spent is still charged."""
+    endpoint = ",".join(err.attempts) or None
+    bill = Bill(err.status, model, endpoint=endpoint, fallbacks=fallbacks, error=err.message)
+    bill.steps = steps
+    await ctx.account.finish(bill)
+    api = ApiError(err.status, err.message, code=err.code, param=err.param)
+    return api.response(headers(ctx, model, ctx.record.cost_usd))
+
+
+async def answered(ctx: RequestContext, body: dict[str, Any], bill: Bill) -> Response:
+    """A whole answer (status 200 from `bill`), charged, then stored in the route's cache."""
+    cost = await ctx.account.finish(bill)
+    assert bill.model is not None  # an answer has a model
+    if ctx.cache is not None:
+        await ctx.cache.store(body, bill.model, cost)
+    return Response(
+        orjson.dumps(body),
+        media_type="application/json",
+        headers=headers(ctx, bill.model, cost),
+    )
+
+
+async def cached(ctx: RequestContext) -> Response:
+    """A hit costs nothing and calls no model; the log row says what it saved."""
+    assert ctx.cache is not None and ctx.cache.hit is not None  # only called on a hit
+    hit, rec = ctx.cache.hit, ctx.record
+    ctx.notes.cache = CacheOutcome(hit=True, saved_usd=hit.cost_usd, cached_at=hit.created_at)
+    await ctx.account.finish(Bill(status=200, model=hit.model, endpoint="cache"))
+    h = headers(ctx, hit.model, 0.0)
+    if not rec.stream:
+        return Response(orjson.dumps(hit.body), media_type="application/json", headers=h)
+    wants_usage = _wants_usage(ctx.body)
+    chunks = chunks_from_body(ctx.kind, hit.body)
+
+    async def events() -> AsyncIterator[bytes]:
+        for chunk in chunks:
+            if chunk.get("choices") or wants_usage:
+                yield b"data: " + orjson.dumps(chunk) + b"\n\n"
+        yield f": {H_COST}={0.0:.10f}\n\ndata: [DONE]\n\n".encode()
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers=_sse(h))
+
+
+def _wants_usage(body: dict[str, Any]) -> bool:
+    return bool((body.get("stream_options") or {}).get("include_usage"))
+
+
+def _sse(h: dict[str, str]) -> dict[str, str]:
+    h["cache-control"] = "no-cache"
+    h["x-accel-buffering"] = "no"
+    return h
+
+
+async def _within(
+    chunks: AsyncIterator[dict[str, Any]], limits: CallLimits, opened: float
+) -> AsyncIterator[dict[str, Any]]:
+    """The stream's chunks, cut (UpstreamError 504) past its deadline, `stream_timeout_s` after
+    the first upstream call, or after a gap of `stream_idle_timeout_s` between two chunks."""
+    total = limits.stream_timeout_s or limits.timeout_s
+    deadline = opened + total
+    idle = limits.stream_idle_timeout_s
+    while True:
+        left = deadline - time.monotonic()
+        by_deadline = idle is None or left <= idle
+        try:
+            async with asyncio.timeout(max(left, 0.0) if by_deadline else idle):
+                chunk = await anext(chunks)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            why = (
+                f"the stream ran past its deadline of {total:g} s (stream_timeout_s)"
+                if by_deadline
+                else f"no chunk came for {idle:g} s (stream_idle_timeout_s)"
+            )
+            raise UpstreamError(504, f"stream cut: {why}", "upstream_timeout") from None
+        yield chunk
+
+
+def stream(
+    ctx: RequestContext,
+    upstream: UpstreamStream | CascadeStream,
+    model: str,
+    settle: Settle,
+    limits: CallLimits,
+    opened: float,
+) -> StreamingResponse:
+    """The upstream's chunks as server-sent events; `settle` charges the request when the
+    stream ends, however it ends (`opened`: time.monotonic() at the first upstream call)."""
+    rec, kind = ctx.record, ctx.kind
+    rec.ttft_ms = (time.perf_counter() - ctx.t0) * 1000
+    wants_usage = _wants_usage(ctx.body)
+    cache = ctx.cache
+    kept: list[dict[str, Any]] | None = [] if cache is not None else None
+
+    async def events() -> AsyncIterator[bytes]:
+        status, error = 499, "client disconnected"  # unless the stream runs to its end
+        try:
+            async for chunk in _within(aiter(upstream), limits, opened):
+                if kept is not None:
+                    kept.append(chunk)
+                if not chunk.get("choices") and chunk.get("usage") and not wants_usage:
+                    continue  # the client did not ask for the usage chunk
+                yield b"data: " + orjson.dumps(chunk) + b"\n\n"
+            status, error = 200, None
+        except Exception as exc:  # the upstream broke or was cut: tell the client in-band
+            status, error = 502, str(exc)
+            api = ApiError(502, f"upstream stream failed: {exc}", code="upstream_error")
+            if isinstance(exc, UpstreamError):
+                status = exc.status
+                api = ApiError(exc.status, exc.message, code=exc.code, param=exc.param)
+            yield b"data: " + api.body() + b"\n\n"
+        finally:
+            # Shielded: on a client disconnect this task is being cancelled, and closing the
+            # upstream (which aborts generation there), settling the budget and the request
+            # log row must still happen.
+            with anyio.CancelScope(shield=True):
+                await upstream.aclose()
+                cost = await settle(status, error)
+                if cache is not None and kept is not None and status == 200:
+                    await cache.store(body_from_chunks(kind, kept), model, cost)
+        # Streams cannot carry the final cost in a header: it comes as an SSE comment, which
+        # OpenAI clients ignore, and in the request log.
+        yield f": {H_COST}={cost:.10f}\n\ndata: [DONE]\n\n".encode()
+
+    h = headers(ctx, model, None)
+    return StreamingResponse(events(), media_type="text/event-stream", headers=_sse(h))
