@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 Kind = Literal["chat", "completions"]
 
@@ -111,6 +111,18 @@ class Backend(Protocol):
     async def complete(self, call: UpstreamCall) -> Completion: ...
 
     async def open_stream(self, call: UpstreamCall) -> UpstreamStream: ...
+
+
+@runtime_checkable
+class ChatRendering(Protocol):
+    """An optional capability of a backend: a chat rendered as the model's own prompt text.
+
+    For callers that continue raw text through the completions API (EAD). VllmPool has it."""
+
+    async def render_chat(
+        self, messages: list[dict[str, Any]], timeout_s: float, retries: int
+    ) -> str | None:
+        """The prompt text, or None when the model has no chat template."""
 
 
 # The gateway's own credentials or model names, not the client's request, are at fault here:

@@ -79,12 +79,6 @@ def read_usage(raw: Any, bound: CallBound, completion_estimate: int | None = Non
     return usage
 
 
-def usage_object(usage: Usage) -> dict[str, int]:
-    """OpenAI's `usage` for what is charged: it replaces an anomalous report in the answer."""
-    p, c = usage.prompt_tokens, usage.completion_tokens
-    return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
-
-
 def answer_bytes(kind: str, body: dict[str, Any]) -> int:
     """UTF-8 bytes of a whole answer's text: a bound on its tokens when none were reported
     (each generated token decodes to at least one byte, special tokens aside)."""

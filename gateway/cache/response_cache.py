@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import orjson
 
+from gateway.backends import openai_shapes as shapes
 from gateway.state.base import State
 from policies.schema import CacheConfig
 
@@ -129,15 +130,11 @@ class ResponseCache:
 
 
 def _chunk_base(kind: Kind, body: dict[str, Any]) -> dict[str, Any]:
-    base: dict[str, Any] = {
-        "id": body.get("id"),
-        "object": "chat.completion.chunk" if kind == "chat" else "text_completion",
-        "created": body.get("created"),
-        "model": body.get("model"),
-    }
-    if "system_fingerprint" in body:
-        base["system_fingerprint"] = body["system_fingerprint"]
-    return base
+    fingerprint = {k: body[k] for k in ("system_fingerprint",) if k in body}
+    return shapes.header(
+        body.get("id"), shapes.chunk_object(kind), body.get("created"), body.get("model"),
+        **fingerprint,
+    )  # fmt: skip
 
 
 def _chat_choice_chunks(choice: dict[str, Any]) -> list[dict[str, Any]]:
@@ -148,14 +145,9 @@ def _chat_choice_chunks(choice: dict[str, Any]) -> list[dict[str, Any]]:
     if delta.get("tool_calls"):
         delta["tool_calls"] = [{"index": i, **call} for i, call in enumerate(delta["tool_calls"])]
     return [
-        {"index": index, "delta": {"role": role, "content": ""}, "finish_reason": None},
-        {
-            "index": index,
-            "delta": delta,
-            "logprobs": choice.get("logprobs"),
-            "finish_reason": None,
-        },
-        {"index": index, "delta": {}, "finish_reason": choice.get("finish_reason")},
+        shapes.delta_choice(index, {"role": role, "content": ""}, None, with_logprobs=False),
+        shapes.delta_choice(index, delta, None, choice.get("logprobs")),
+        shapes.delta_choice(index, {}, choice.get("finish_reason"), with_logprobs=False),
     ]
 
 
@@ -167,9 +159,9 @@ def chunks_from_body(kind: Kind, body: dict[str, Any]) -> list[dict[str, Any]]:
     for choice in body.get("choices") or []:
         # A text choice (text, index, logprobs, finish_reason) is already chunk-shaped.
         parts = _chat_choice_chunks(choice) if kind == "chat" else [dict(choice)]
-        chunks.extend({**base, "choices": [part]} for part in parts)
+        chunks.extend(shapes.with_choices(base, [part]) for part in parts)
     if body.get("usage") is not None:
-        chunks.append({**base, "choices": [], "usage": body["usage"]})
+        chunks.append(shapes.with_choices(base, [], usage=body["usage"]))
     return chunks
 
 
@@ -242,7 +234,7 @@ def body_from_chunks(kind: Kind, chunks: list[dict[str, Any]]) -> dict[str, Any]
             by_index.setdefault(int(part.get("index", 0)), []).append(part)
         if chunk.get("usage") is not None:
             usage = chunk["usage"]
-    body["object"] = "chat.completion" if kind == "chat" else "text_completion"
+    body["object"] = shapes.response_object(kind)
     assemble = _chat_choice if kind == "chat" else _text_choice
     body["choices"] = [assemble(by_index[i]) for i in sorted(by_index)]
     if usage is not None:

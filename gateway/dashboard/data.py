@@ -7,7 +7,6 @@ event loop keeps serving; each poll is a few indexed range scans, not a full-tab
 from __future__ import annotations
 
 import asyncio
-import math
 import sqlite3
 import time
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 
 from gateway.admission.access import Budget, key_budget, route_budget
 from gateway.admission.pacing_controller import planned_fraction
+from gateway.percentiles import percentile
 from gateway.runtime import Runtime
 from gateway.state import State
 from policies.schema import PacingConfig
@@ -27,14 +27,6 @@ LATENCY_SAMPLE = 50_000
 # Several open tabs share one read of the log per window this often (each polls every 3 s).
 STATS_TTL_S = 2.0
 _recent: dict[tuple[Path, float], tuple[float, dict[str, Any]]] = {}
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    """Nearest-rank percentile of sorted `values`; None when empty."""
-    if not values:
-        return None
-    rank = max(1, math.ceil(q / 100 * len(values)))
-    return values[min(rank, len(values)) - 1]
 
 
 def _connect(path: Path) -> sqlite3.Connection | None:
@@ -106,14 +98,13 @@ def request_stats(path: Path, window_s: float, now: float) -> dict[str, Any]:
 
     everything: list[float] = []
     for m in sorted(per_model.values(), key=lambda m: (-m["requests"], m["model"])):
-        lat = sorted(latencies.get(m["model"], []))
+        lat = latencies.get(m["model"], [])
         everything.extend(lat)
         m["latency_p50_ms"] = percentile(lat, 50)
         m["latency_p95_ms"] = percentile(lat, 95)
         out["models"].append(m)
         for field in ("requests", "errors", "spend_usd", "cache_hits"):
             out[field] += m[field]
-    everything.sort()
     out["latency_p50_ms"] = percentile(everything, 50)
     out["latency_p95_ms"] = percentile(everything, 95)
     return out

@@ -10,6 +10,8 @@ from array import array
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.percentiles import percentile
+
 
 class ExactSum:
     """A running float sum with no rounding error until `value()` rounds once.
@@ -42,17 +44,6 @@ class ExactSum:
     def value(self) -> float:
         self._fold()
         return math.fsum(self._partials)
-
-
-def percentile(values: array[float] | list[float], q: float) -> float | None:
-    """Linear interpolation between closest ranks (numpy's default); None for no values."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    pos = (len(ordered) - 1) * q
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
 def _escalations(extra: dict[str, Any]) -> int:
@@ -130,8 +121,8 @@ class GroupStats:
             "completion_tokens": self.completion_tokens,
             "tokens": self.prompt_tokens + self.completion_tokens,
             "cost_usd": cost,
-            "latency_p50_ms": percentile(self.latencies, 0.50),
-            "latency_p95_ms": percentile(self.latencies, 0.95),
+            "latency_p50_ms": percentile(self.latencies, 50),
+            "latency_p95_ms": percentile(self.latencies, 95),
             "cache_lookups": self.cache_lookups,
             "cache_hits": self.cache_hits,
             "cache_hit_rate": _rate(self.cache_hits, self.cache_lookups),

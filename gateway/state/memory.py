@@ -16,6 +16,9 @@ Persistence (optional, `path`): a small SQLite file with three tables:
 
 Rate windows and open reservations are not persisted: they are worth seconds to minutes. Nor
 is the response cache: it is rebuilt by traffic, and a restart costs only the misses.
+
+Over 400 lines on purpose: one class implements the whole State protocol, and its parts
+(keys, budgets, windows, pacing, cache) share the one snapshot file and the atomicity rule above.
 """
 
 from __future__ import annotations

@@ -32,6 +32,9 @@ Redis allows; budgets, windows and pacing declare all their keys, and so do the 
 except the entry hashes, whose names they build from the namespace's `e:` prefix. Cache entry
 hashes expire `CACHE_GRACE_S` after their TTL (memory back-stop: the scripts remove them at
 their TTL); a namespace's other keys live as long as its longest-lived entry, ghosts a day.
+
+Over 400 lines on purpose: one class implements the whole State protocol, and its Lua scripts
+are read against the one key layout above, which split modules would each have to repeat.
 """
 
 from __future__ import annotations

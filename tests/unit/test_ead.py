@@ -88,3 +88,25 @@ async def test_a_malformed_answer_still_charges_the_calls_made() -> None:
     assert failed.value.error.status == 502
     (step,) = failed.value.steps
     assert (step.model, step.usage.prompt_tokens, step.usage.completion_tokens) == ("s", 3, 1)
+
+
+async def test_chat_is_rendered_through_the_chat_rendering_capability() -> None:
+    """A backend with `render_chat` (ChatRendering) renders the chat, sent without a second BOS;
+    one without it gets the plain "Role: content" prompt."""
+
+    class Rendering(Scripted):
+        async def render_chat(
+            self, messages: list[dict[str, Any]], timeout_s: float, retries: int
+        ) -> str | None:
+            return "<s>[user] hi [/user]"
+
+    small = Rendering([(["a", "b", "c"], [SURE, SURE, SURE], "stop")])
+    plain = Scripted([(["a", "b", "c"], [SURE, SURE, SURE], "stop")])
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 9}
+    result = await ead().complete("chat", body, {"s": small, "l": Scripted([])})
+    assert result.body["choices"][0]["message"]["content"] == "abc"
+    assert small.calls[0]["prompt"] == "<s>[user] hi [/user]"
+    assert small.calls[0]["add_special_tokens"] is False
+    await ead().complete("chat", body, {"s": plain, "l": Scripted([])})
+    assert plain.calls[0]["prompt"] == "User: hi\n\nAssistant:"
+    assert "add_special_tokens" not in plain.calls[0]
