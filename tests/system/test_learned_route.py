@@ -1,55 +1,17 @@
 """A learned route through the gateway (shipped complexity router, fast test upstream): the
 router's predictions pick the model, show in headers and the request log, and lambda moves the
-choice; policy validation names a route whose router cannot serve its models."""
+choice. Validation and the graph router alone: tests/unit/test_learned_route_validate.py."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
-from typer.testing import CliRunner
 
-from gateway.cli import app
 from tests.support.gateway import GatewayProcess
 from tests.support.upstream import Upstream
-
-ARTIFACT = Path(__file__).resolve().parents[2] / "routers" / "artifacts" / "complexity-default"
-WEAK = "mistralai/Mixtral-8x7B-Instruct-v0.1"
-STRONG = "gpt-4-1106-preview"
-
-POLICY = """
-version: 1
-models:
-  weak:
-    provider: vllm
-    endpoints: [{weak}]
-    pricing: {{input_per_1m: 0.24, output_per_1m: 0.24}}
-  strong:
-    provider: vllm
-    endpoints: [{strong}]
-    pricing: {{input_per_1m: 10.0, output_per_1m: 30.0}}
-routes:
-{routes}
-"""
-ROUTE = """
-  {name}:
-    kind: learned
-    router: {artifact}
-    models: [weak, strong]
-    model_map: {{weak: "{weak}", strong: "{strong}"}}
-    lambda: {lam}
-"""
-
-EASY = "Which planet is known as the Red Planet?\nA. Venus\nB. Mars\nC. Jupiter\nD. Saturn\nAnswer:"
-
-
-def routes(**lambdas: float) -> str:
-    return "".join(
-        ROUTE.format(name=n, artifact=ARTIFACT, weak=WEAK, strong=STRONG, lam=lam)
-        for n, lam in lambdas.items()
-    )
+from tests.unit.test_learned_route_validate import EASY, POLICY, routes
 
 
 @pytest.fixture(scope="module")
@@ -110,49 +72,3 @@ def test_concurrent_requests_are_scored_together(gateway: GatewayProcess) -> Non
     responses = asyncio.run(many())
     assert [r.status_code for r in responses] == [200] * 40
     assert len({r.headers["x-routegate-predicted-quality"] for r in responses}) == 1
-
-
-def test_validate_names_a_model_the_router_does_not_know(tmp_path: Path) -> None:
-    text = POLICY.format(weak="http://h/v1", strong="http://h/v1", routes=routes(auto=1))
-    bad = tmp_path / "bad.yaml"
-    bad.write_text(text.replace(f'strong: "{STRONG}"', 'strong: "gpt-9"'))
-    result = CliRunner().invoke(app, ["policy", "validate", str(bad)])
-    assert result.exit_code == 1
-    assert f"{bad}:17:20 " in result.output
-    assert (
-        "routes.auto.models[1]: the complexity router was not trained on 'gpt-9'" in result.output
-    )
-
-    missing = tmp_path / "missing.yaml"
-    missing.write_text(text.replace(str(ARTIFACT), str(tmp_path / "nowhere")))
-    result = CliRunner().invoke(app, ["policy", "validate", str(missing)])
-    assert result.exit_code == 1 and "routes.auto.router: " in result.output
-    assert "not a router artifact" in result.output
-
-
-def test_graph_router_places_a_model_known_only_by_its_description() -> None:
-    import numpy as np
-
-    from routers.predictors import artifact
-    from routers.predictors.base import Queries
-
-    graph = artifact.load(ARTIFACT.parent / "graph-default")
-    graph.add_model(
-        "frontier",
-        "GPT-4o, a large proprietary frontier model from OpenAI: the strongest and most "
-        "expensive option, with excellent reasoning, science and professional knowledge.",
-    )
-    graph.add_model(
-        "small", "Llama 3 8B Instruct: a small open-weight model, cheap and fast, basic knowledge."
-    )
-    queries = Queries([EASY], [None], np.array([20.0]))
-    q = dict(
-        zip(
-            [STRONG, WEAK, "frontier", "small"],
-            graph.predict_quality(queries, [STRONG, WEAK, "frontier", "small"])[0],
-            strict=True,
-        )
-    )
-    assert q["frontier"] > q["small"]
-    assert abs(q["frontier"] - q[STRONG]) < abs(q["frontier"] - q[WEAK])
-    assert abs(q["small"] - q[WEAK]) < abs(q["small"] - q[STRONG])
