@@ -2,7 +2,7 @@
 POST /dashboard/policy/validate of `routegate serve` answer with FILE:LINE:COL problems for
 anything (invalid UTF-8, deep nesting, alias bombs, huge files), never a traceback or a 500, and
 validation never stalls the event loop. The in-process mutation fuzz:
-tests/unit/test_policy_validate_fuzz.py."""
+tests/system/test_policy_validate_fuzz.py."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import pytest
 
 from tests.support.gateway import GatewayProcess
 from tests.support.upstream import Upstream
-from tests.unit.test_policy_validate_fuzz import alias_bomb
+from tests.system.test_policy_validate_fuzz import alias_bomb
 
 REPO = Path(__file__).resolve().parents[2]
 
