@@ -38,7 +38,7 @@ from gateway.http_limits import RequestLimits
 from gateway.metrics import Metrics
 from gateway.pipeline import Services, handle
 from gateway.reloader import PolicyHolder
-from gateway.runtime import Runtime
+from gateway.runtime import BackendFactory, Runtime
 from gateway.state import StateUnavailable, open_state
 from policies.loader import example_policy_path
 
@@ -58,6 +58,8 @@ class Settings:
     policy_history_path: Path | None = None
     # A request's whole body must arrive within this long of the first read (408 after).
     body_timeout_s: float = 60.0
+    # Builds each model's backend instead of vLLM pools and litellm: a test seam (a fake backend).
+    backend_factory: BackendFactory | None = None
 
 
 def _json(data: Any, status: int = 200) -> Response:
@@ -82,7 +84,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         client = new_upstream_client()
         metrics = Metrics()
-        holder = PolicyHolder(settings.policy_path, client, metrics)
+        holder = PolicyHolder(settings.policy_path, client, metrics, settings.backend_factory)
         runtime = await holder.load()  # a bad policy is fatal here: PolicyError names the lines
         # The state store is chosen at start-up; a reload that changes it needs a restart.
         config = runtime.policy.state

@@ -19,16 +19,23 @@ import httpx
 from watchfiles import awatch
 
 from gateway.metrics import Metrics
-from gateway.runtime import Runtime, build_runtime, load_learned_routers
+from gateway.runtime import BackendFactory, Runtime, build_runtime, load_learned_routers
 from policies.loader import PolicyError, Problem, parse_policy, read_policy_text
 
 log = logging.getLogger("routegate.policy")
 
 
 class PolicyHolder:
-    def __init__(self, path: Path, client: httpx.AsyncClient, metrics: Metrics):
+    def __init__(
+        self,
+        path: Path,
+        client: httpx.AsyncClient,
+        metrics: Metrics,
+        backend_factory: BackendFactory | None = None,
+    ):
         self.path = path
         self._client = client
+        self._backend_factory = backend_factory
         self._metrics = metrics
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -62,7 +69,9 @@ class PolicyHolder:
             # Off the event loop: a large policy must not stall requests while it is parsed.
             policy = await asyncio.to_thread(parse_policy, text, str(self.path))
             learned = await asyncio.to_thread(load_learned_routers, policy, str(self.path))
-            runtime = build_runtime(policy, text, str(self.path), self._client, learned)
+            runtime = build_runtime(
+                policy, text, str(self.path), self._client, learned, self._backend_factory
+            )
             await runtime.start()
             return runtime
         except PolicyError:

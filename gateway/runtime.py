@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import hashlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -29,12 +30,17 @@ from policies.schema import (
     LitellmModel,
     Policy,
     RouteConfig,
+    VllmModel,
 )
 from routers.serving.base import Router
 from routers.serving.cost_aware import CostAwareRouter
 from routers.serving.fixed import FixedRouter
 
 T = TypeVar("T")
+
+# Policy model name and config -> its Backend. None: vLLM pools and litellm, as configured; tests
+# pass a fake (tests/support/fake_backend.py) to run the whole app with no upstream.
+BackendFactory = Callable[[str, VllmModel | LitellmModel], Backend]
 
 
 @dataclass
@@ -176,6 +182,7 @@ def build_runtime(
     source: str,
     client: httpx.AsyncClient,
     learned: dict[str, Router] | None = None,
+    backend_factory: BackendFactory | None = None,
 ) -> Runtime:
     """`learned`: the routers of learned routes, from `load_learned_routers`."""
     prices = price_table(policy)
@@ -186,7 +193,12 @@ def build_runtime(
         policy=policy,
         version=policy_version(text),
         source=source,
-        backends={name: _backend(name, policy, client) for name in policy.models},
+        backends={
+            name: backend_factory(name, config)
+            if backend_factory is not None
+            else _backend(name, policy, client)
+            for name, config in policy.models.items()
+        },
         prices=prices,
         limits=limits,
         routers={

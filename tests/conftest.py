@@ -1,7 +1,8 @@
-"""Session fixtures for integration tests: tiny demo models and real vLLM servers serving them.
+"""Session fixtures for the system and integration tiers: tiny demo models, real vLLM servers
+serving them, and a real redis-server.
 
-The servers are started once per test session (~15-30 s on 2 cores), and only when a test asks
-for them, so unit-test runs pay nothing.
+Each is started once per test session (vLLM: ~15-30 s on 2 cores), and only when a test asks
+for it, so unit-test runs pay nothing.
 """
 
 from __future__ import annotations
@@ -80,12 +81,9 @@ def vllm_servers(request: pytest.FixtureRequest) -> dict[str, str]:
     return {s.name: s.base_url for s in handles}
 
 
-# -- the shared state store: in-process, and a real redis-server -------------------------------
-# Imported here rather than at the top so this section stays one appended block.
-import uuid  # noqa: E402
-from collections.abc import AsyncIterator  # noqa: E402
-
-from gateway.state import MemoryState, State, open_state  # noqa: E402
+# -- a real redis-server, for the system tier ----------------------------------------------------
+# Imported here rather than at the top so this section stays one appended block. The `state`
+# fixture lives per tier: tests/unit/conftest.py (MemoryState), tests/system/conftest.py (redis).
 from tests.support.redis_server import (  # noqa: E402
     RedisServerError,
     start_redis_server,
@@ -104,18 +102,3 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield server.url
     finally:
         stop_redis_server(server)
-
-
-@pytest.fixture(params=["memory", "redis"])
-async def state(request: pytest.FixtureRequest) -> AsyncIterator[State]:
-    """A fresh, empty State of each kind. Redis tests share one server, each under its own key
-    prefix, so they never see each other's keys."""
-    if request.param == "memory":
-        store: State = MemoryState()
-    else:
-        url = request.getfixturevalue("redis_url")
-        store = await open_state(url, prefix=f"test-{uuid.uuid4().hex[:12]}")
-    try:
-        yield store
-    finally:
-        await store.aclose()

@@ -1,5 +1,5 @@
-"""The response-cache part of the State contract, on MemoryState and on a real redis-server (the
-`state` fixture runs each test on both). Time is passed as `now`; nothing sleeps."""
+"""The response-cache part of the State contract on MemoryState; the same tests run on a real
+redis-server in tests/system/test_state_redis.py. Time is passed as `now`; nothing sleeps."""
 
 from __future__ import annotations
 

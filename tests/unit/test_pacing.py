@@ -1,5 +1,5 @@
-"""Budget pacing: the plan curves, the controller step, the shared-state controller (memory and
-a real Redis), and the simulation bench's targets."""
+"""Budget pacing: the plan curves, the controller step, the shared-state controller (memory here,
+a real Redis in tests/system/test_state_redis.py), and the simulation bench's targets."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""ResponseCache: request keys, the temperature rule, scope isolation, storage through both state
-stores, and replaying answers as streams (and back) with real OpenAI response shapes."""
+"""ResponseCache: request keys, the temperature rule, scope isolation, storage through the state
+store (on redis too: tests/system/test_state_redis.py), and replaying answers as streams (and
+back) with real OpenAI response shapes."""
 
 from __future__ import annotations
 

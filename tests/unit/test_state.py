@@ -1,6 +1,6 @@
-"""The State contract, run against both stores: MemoryState and RedisState on a real
-redis-server (the `state` fixture is parametrized over both). Times are passed as `now`, so
-nothing here sleeps to make a reservation expire or a window roll over."""
+"""The State contract on MemoryState (the unit tier's `state` fixture); the same tests run on a
+real redis-server in tests/system/test_state_redis.py. Times are passed as `now`, so nothing
+here sleeps to make a reservation expire or a window roll over."""
 
 from __future__ import annotations
 
@@ -9,13 +9,11 @@ import dataclasses
 import json
 import socket
 import sqlite3
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
-import redis.asyncio as aioredis
 
 from gateway.state import (
     MemoryState,
@@ -360,43 +358,6 @@ async def test_open_state_names_an_unreachable_redis() -> None:
         await open_state(url)
     assert f"redis://user:***@127.0.0.1:{port}/0" in str(err.value)
     assert "secret" not in str(err.value)
-
-
-async def test_redis_replicas_share_state_and_keys_expire(redis_url: str) -> None:
-    p = f"test-{uuid.uuid4().hex[:12]}"
-    a = await open_state(redis_url, prefix=p)
-    b = await open_state(redis_url, prefix=p)
-    other = await open_state(redis_url, prefix=p + "-other")
-    raw = aioredis.Redis.from_url(redis_url)
-    try:
-        key = make_key(7)
-        await a.put_key(key)
-        assert await b.key_by_hash(key.secret_hash) == key
-        assert await other.key_by_hash(key.secret_hash) is None  # prefixes do not mix
-        assert await other.has_keys() is False
-
-        assert (await a.reserve("key:k7:2027-01", "r1", 0.5, 1.0, 60, T0)).ok
-        await b.settle("key:k7:2027-01", "r1", 0.25)
-        await a.window_hit("rpm:k7", 1, 10, W, START)
-        # Once settled, a budget is just its spend: the reservation keys are gone.
-        names = sorted(k.decode() for k in await raw.keys(f"{p}:*"))
-        assert names == [
-            f"{p}:budget:{{key:k7:2027-01}}:spent",
-            f"{p}:has-keys",
-            f"{p}:key-by-hash:{key.secret_hash}",
-            f"{p}:key:{key.id}",
-            f"{p}:keys",
-            f"{p}:win:rpm:k7:{int(START // W)}",
-        ]
-        # Counters do not pile up forever; keys and the has-keys flag do not expire.
-        assert 39 * 86400 < await raw.ttl(f"{p}:budget:{{key:k7:2027-01}}:spent") <= 40 * 86400
-        assert 0 < await raw.pttl(f"{p}:win:rpm:k7:{int(START // W)}") <= 121_000
-        assert await raw.ttl(f"{p}:key:{key.id}") == -1
-        assert await raw.ttl(f"{p}:has-keys") == -1
-    finally:
-        await raw.aclose()
-        for s in (a, b, other):
-            await s.aclose()
 
 
 # -- MemoryState persistence ---------------------------------------------------------------------

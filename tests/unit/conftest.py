@@ -1,0 +1,39 @@
+"""The unit tier runs in-process only: its `state` is a MemoryState, and starting a process
+(`routegate serve`, redis-server, vLLM, Chromium, any subprocess) fails the test. Tests that
+need one belong in tests/system or tests/integration."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import AsyncIterator
+from typing import Any, NoReturn
+
+import pytest
+
+from gateway.state import MemoryState, State
+
+
+@pytest.fixture
+async def state() -> AsyncIterator[State]:
+    """A fresh, empty in-process State (the same tests run on redis in tests/system)."""
+    store = MemoryState()
+    try:
+        yield store
+    finally:
+        await store.aclose()
+
+
+def _refuse(*_args: Any, **_kwargs: Any) -> NoReturn:
+    raise AssertionError(
+        "a unit test started a process: move it to tests/system (see README, Testing)"
+    )
+
+
+@pytest.fixture(autouse=True)
+def _no_processes(monkeypatch: pytest.MonkeyPatch) -> None:
+    # subprocess and asyncio's subprocesses go through Popen; multiprocessing forks.
+    monkeypatch.setattr(subprocess.Popen, "_execute_child", _refuse)
+    monkeypatch.setattr(os, "fork", _refuse)
+    monkeypatch.setattr(os, "posix_spawn", _refuse)
+    monkeypatch.setattr(os, "posix_spawnp", _refuse)
