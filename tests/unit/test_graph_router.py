@@ -19,7 +19,7 @@ from routers.predictors import artifact
 from routers.predictors.base import Queries
 from routers.predictors.graph.building import describe_task, nearest, pair_quality
 from routers.predictors.graph.predictor import GraphPredictor
-from routers.records import RecordTable, split_by_query, split_by_task
+from routers.records import RecordTable, split_by_query
 
 STRONG, WEAK = "big-frontier", "tiny-fast"
 DESCRIPTIONS = {
