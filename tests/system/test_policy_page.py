@@ -15,6 +15,7 @@ import pytest
 from tests.support.browser import browser_page, screenshot
 from tests.support.gateway import GatewayProcess
 from tests.support.upstream import Upstream
+from tests.unit.test_policy_apply import POLICY  # the in-process half of this module
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page
@@ -22,20 +23,6 @@ if TYPE_CHECKING:
 MASTER = "master-policy-key"
 AUTH = {"authorization": f"Bearer {MASTER}"}  # a master key means /v1 and /readyz details need one
 MESSAGES = [{"role": "user", "content": "hello"}]
-
-POLICY = """version: 1
-models:
-  alpha:
-    provider: vllm
-    endpoints: [{a}]
-    pricing: {{input_per_1m: 1.0, output_per_1m: 2.0}}
-  beta:
-    provider: vllm
-    endpoints: [{b}]
-    pricing: {{input_per_1m: 3.0, output_per_1m: 6.0}}
-routes:
-  cheap: {{models: [alpha]}}
-"""
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ async def state() -> AsyncIterator[State]:
 
 def _refuse(*_args: Any, **_kwargs: Any) -> NoReturn:
     raise AssertionError(
-        "a unit test started a process: move it to tests/system (see README, Testing)"
+        "a unit test started a process: move it to tests/system (README: the test tiers)"
     )
 
 
