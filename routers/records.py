@@ -102,6 +102,12 @@ def load_descriptions(path: str | Path) -> dict[str, str]:
     return out
 
 
+def source_names(paths: list[str | Path]) -> list[str]:
+    """Each file's name as a slice of the records: its stem, with its place where two clash."""
+    stems = [Path(p).stem for p in paths]
+    return [s if stems.count(s) == 1 else f"{s}#{i + 1}" for i, s in enumerate(stems)]
+
+
 def file_sha256(path: str | Path) -> str:
     h = hashlib.sha256()
     with Path(path).open("rb") as f:
@@ -122,6 +128,7 @@ class RecordTable:
     cost: np.ndarray  # [n_queries, n_models] USD, NaN where missing
     input_tokens: np.ndarray  # [n_queries] (the first record's count for the query)
     output_tokens: np.ndarray  # [n_queries, n_models], NaN where missing
+    sources: list[str] | None = None  # per query, the file it came from (slices in evaluation)
 
     @classmethod
     def from_records(cls, records: list[RoutingRecord]) -> RecordTable:
@@ -152,6 +159,21 @@ class RecordTable:
     def load(cls, path: str | Path) -> RecordTable:
         return cls.from_records(load_records(path))
 
+    @classmethod
+    def load_many(cls, paths: list[str | Path]) -> RecordTable:
+        """The records of several files as one table (a query need not have every model: files
+        may name disjoint model sets); `sources` says which file each query came from, named
+        by its stem (with its index where two stems are alike)."""
+        records: list[RoutingRecord] = []
+        origin: dict[str, str] = {}
+        for path, name in zip(paths, source_names(paths), strict=True):
+            for r in load_records(path):
+                records.append(r)
+                origin.setdefault(r.query_id, name)
+        table = cls.from_records(records)
+        table.sources = [origin[q] for q in table.query_ids]
+        return table
+
     def __len__(self) -> int:
         return len(self.query_ids)
 
@@ -166,7 +188,27 @@ class RecordTable:
             self.cost[idx],
             self.input_tokens[idx],
             self.output_tokens[idx],
+            None if self.sources is None else [self.sources[i] for i in idx],
         )
+
+    def drop_models(self, drop: list[str]) -> RecordTable:
+        """The table without the columns of `drop`, and without queries left with no record."""
+        keep = [j for j, m in enumerate(self.models) if m not in drop]
+        out = RecordTable(
+            list(self.query_ids),
+            list(self.queries),
+            list(self.tasks),
+            [self.models[j] for j in keep],
+            self.quality[:, keep],
+            self.cost[:, keep],
+            self.input_tokens.copy(),
+            self.output_tokens[:, keep],
+            None if self.sources is None else list(self.sources),
+        )
+        return out.subset(np.flatnonzero(~np.isnan(out.quality).all(axis=1)))
+
+    def source_of(self, i: int) -> str:
+        return "records" if self.sources is None else self.sources[i]
 
     def complete_rows(self) -> np.ndarray:
         """Rows with a record for every model: the only ones a replay can judge fairly."""
@@ -183,14 +225,26 @@ def split_by_query(
     return table.subset(np.sort(order[n_test:])), table.subset(np.sort(order[:n_test]))
 
 
+def task_folds(test_fraction: float) -> int:
+    """How many seeds hold out every task once in a task split."""
+    return max(2, round(1 / test_fraction))
+
+
 def split_by_task(
     table: RecordTable, seed: int, test_fraction: float = 0.3
 ) -> tuple[RecordTable, RecordTable]:
     """Train and test tables with no task (subject) in both: for judging induction to tasks
-    never seen in training."""
-    rng = np.random.default_rng(seed)
-    tasks = sorted(set(table.tasks))
-    held = set(rng.permutation(tasks)[: max(1, round(len(tasks) * test_fraction))])
+    never seen in training. Tasks are dealt into `task_folds(test_fraction)` folds, within each
+    source file separately, and seed s holds out fold s mod folds (reshuffled every round), so
+    seeds 0..folds-1 hold out every task exactly once."""
+    folds = task_folds(test_fraction)
+    rng = np.random.default_rng(seed // folds)
+    held: set[str] = set()
+    for source in sorted({table.source_of(i) for i in range(len(table))}):
+        tasks = sorted({t for i, t in enumerate(table.tasks) if table.source_of(i) == source})
+        order = list(rng.permutation(tasks))
+        offset = int(rng.integers(folds))  # so one-task-short folds are not always the last
+        held |= {t for i, t in enumerate(order) if (i + offset) % folds == seed % folds}
     test = [i for i, t in enumerate(table.tasks) if t in held]
     train = [i for i, t in enumerate(table.tasks) if t not in held]
     return table.subset(train), table.subset(test)

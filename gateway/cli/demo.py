@@ -58,4 +58,3 @@ def demo_up(
     finally:
         for server in servers:
             server.stop()
-

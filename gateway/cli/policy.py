@@ -116,5 +116,3 @@ def policy_simulate(
         out.print(f"note: {note}")
     if new.skipped:
         out.print(f"{new.skipped:,} rows name a route or model {file} lacks; left out.")
-
-

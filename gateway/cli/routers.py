@@ -18,10 +18,18 @@ routers_app = typer.Typer(
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 
-Data = Annotated[Path, typer.Option("--data", help="Routing records (JSONL).")]
+Data = Annotated[
+    list[Path],
+    typer.Option(
+        "--data",
+        help="Routing records (JSONL); repeat for several files (their models may differ).",
+    ),
+]
 Descriptions = Annotated[
-    Path | None,
-    typer.Option("--descriptions", help="Model descriptions (JSON object or JSONL)."),
+    list[Path] | None,
+    typer.Option(
+        "--descriptions", help="Model descriptions (JSON object or JSONL); repeat for several."
+    ),
 ]
 Split = Annotated[
     str, typer.Option("--split", help="query: held-out queries; task: held-out tasks (subjects).")
@@ -45,6 +53,15 @@ def _parse_params(pairs: list[str]) -> dict[str, Any]:
         except orjson.JSONDecodeError:
             params[key] = value
     return params
+
+
+def _descriptions(files: list[Path] | None) -> dict[str, str] | None:
+    from routers.records import load_descriptions
+
+    out: dict[str, str] = {}
+    for f in files or []:
+        out.update(load_descriptions(f))
+    return out or None
 
 
 def _check_split(split: str) -> None:
@@ -116,16 +133,29 @@ def evaluate(
     as_is: Annotated[
         bool,
         typer.Option(
-            "--as-is", help="Judge the saved artifacts themselves on queries none trained on."
+            "--as-is",
+            help="Judge the saved artifacts themselves on queries none trained on; with "
+            "--descriptions, models they do not know join from their descriptions.",
+        ),
+    ] = False,
+    by_task: Annotated[
+        bool, typer.Option("--by-task", help="Also print a table per task (the JSON has it).")
+    ] = False,
+    leave_one_llm_out: Annotated[
+        bool,
+        typer.Option(
+            "--leave-one-llm-out",
+            help="Leave each model out in turn: AIQ without it, with it by description, "
+            "retrained with its records, and the oracle's gain it brings.",
         ),
     ] = False,
     lambdas: Annotated[int, typer.Option(help="Lambda grid size (x2, plus ends).")] = 100,
 ) -> None:
     """Replay the records: train each router's kind afresh per seed, judge on held-out queries."""
     from routers.offline import evaluate as ev
-    from routers.offline import report
+    from routers.offline import new_models, report
     from routers.predictors import artifact
-    from routers.records import RecordError, RecordTable, load_descriptions
+    from routers.records import RecordError, RecordTable
 
     _check_split(split)
     if seeds < 1:
@@ -133,32 +163,58 @@ def evaluate(
     if not 0 < test_fraction < 1:
         raise typer.BadParameter("must be in (0, 1)", param_hint="--test-fraction")
     dirs = [d.strip() for item in routers for d in item.split(",") if d.strip()]
+    if leave_one_llm_out and as_is:
+        raise typer.BadParameter("retrains per model: not with --as-is", param_hint="--as-is")
     try:
         recipes = ev.load_recipes(dirs)
-        table = RecordTable.load(data)
-        desc = load_descriptions(descriptions) if descriptions else None
+        table = RecordTable.load_many(data)
+        desc = _descriptions(descriptions)
     except (RecordError, artifact.ArtifactError) as exc:
         raise _fail(str(exc)) from None
+    # Piped or logged output keeps whole rows rather than the 80 columns rich assumes.
+    wide = out if out.is_terminal else Console(highlight=False, width=220)
     try:
-        results = ev.evaluate(
-            table,
-            recipes,
-            seeds=list(range(seeds)),
-            test_fraction=test_fraction,
-            split=split,
-            descriptions=desc,
-            as_is=as_is,
-            n_lambdas=lambdas,
-            progress=lambda msg: err.print(msg),
-        )
+        if leave_one_llm_out:
+            results = new_models.leave_one_llm_out(
+                table,
+                recipes,
+                descriptions=desc,
+                seeds=list(range(seeds)),
+                test_fraction=test_fraction,
+                n_lambdas=lambdas,
+                progress=lambda msg: err.print(msg),
+            )
+        else:
+            results = ev.evaluate(
+                table,
+                recipes,
+                seeds=list(range(seeds)),
+                test_fraction=test_fraction,
+                split=split,
+                descriptions=desc,
+                as_is=as_is,
+                n_lambdas=lambdas,
+                progress=lambda msg: err.print(msg),
+            )
     except (ValueError, KeyError, TypeError, ImportError, artifact.ArtifactError) as exc:
         raise _fail(f"error: {exc}") from None
-    # Piped or logged output keeps whole rows rather than the 80 columns rich assumes.
-    wide = out if out.is_terminal else Console(highlight=False, width=200)
-    wide.print(report.results_table(results))
-    if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_bytes(orjson.dumps(results, option=orjson.OPT_SERIALIZE_NUMPY))
-        out.print(f"curves and metrics: {json_out}")
+    if leave_one_llm_out:
+        for piece in results["slices"]:
+            wide.print(new_models.table(piece))
+        _write_json(results, json_out)
+        return
+    for piece in results["slices"]:
+        wide.print(report.results_table(results, piece))
+        if by_task:
+            wide.print(report.by_task_table(results, piece))
+    _write_json(results, json_out)
     if plot_out is not None:
         out.print(f"plot: {report.plot(results, plot_out)}")
+
+
+def _write_json(results: dict[str, Any], path: Path | None) -> None:
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(orjson.dumps(results, option=orjson.OPT_SERIALIZE_NUMPY))
+    out.print(f"curves and metrics: {path}")

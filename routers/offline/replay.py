@@ -154,7 +154,8 @@ def envelope_at(hull: tuple[np.ndarray, np.ndarray], c: np.ndarray | float) -> n
     """Hull quality at cost c; NaN below the router's cheapest operating point."""
     x, y = hull
     c = np.asarray(c, dtype=float)
-    return np.where(c < x[0], np.nan, np.interp(c, x, y))
+    # A hair below the first point is rounding (the mean cost of the same calls), not less.
+    return np.where(c < x[0] * (1 - 1e-9), np.nan, np.interp(c, x, y))
 
 
 def area(hull: tuple[np.ndarray, np.ndarray], lo: float, hi: float) -> float:
@@ -232,6 +233,9 @@ def curve_metrics(curve: Curve, ref: Reference) -> dict[str, Any]:
         "quality_at_strongest_cost": None if np.isnan(at_strong) else float(at_strong),
         "cost_to_95": c95,
         "cost_to_95_pct": None if c95 is None else 100.0 * c95 / c_strong,
+        # The most quality-seeking point must reach always-strongest's quality.
+        "best_quality": float(curve.quality.max()),
+        "below_strongest": bool(curve.quality.max() < q_strong - 1e-9),
         "operating_point": {
             "lambda": float(curve.lambdas[op]),
             "cost": float(curve.cost[op]),

@@ -23,12 +23,12 @@ def _fmt(s: dict[str, Any], fmt: str, suffix: str = "") -> str:
     return text if s["n"] == s["of"] else f"{text} ({s['n']}/{s['of']} seeds)"
 
 
-def results_table(results: dict[str, Any]) -> Any:
+def results_table(results: dict[str, Any], piece: dict[str, Any]) -> Any:
+    """One slice's totals: a row per router."""
     from rich.table import Table
 
-    runs = results["runs"]
-    ref = runs[0]["reference"]
-    strongest = ref["strongest"]
+    runs = piece["runs"]
+    strongest = runs[0]["reference"]["strongest"]
     split = results["split"]
     where = (
         f"{len(runs)} seed(s), {split} split, test fraction {results['test_fraction']}"
@@ -38,37 +38,81 @@ def results_table(results: dict[str, Any]) -> Any:
     sizes = sorted({run["n_test"] for run in runs})
     n_test = str(sizes[0]) if len(sizes) == 1 else f"{sizes[0]}-{sizes[-1]}"
     table = Table(
-        title=f"Routers on {n_test} test queries per run ({where})",
+        title=f"{piece['name']}: routers on {n_test} test queries per run ({where}); "
+        f"{len(piece['models'])} models",
         caption=(
             f"strongest: {short(strongest)} (quality "
             f"{np.mean([r['reference']['models'][strongest]['quality'] for r in runs]):.4f}, "
             f"${np.mean([r['reference']['models'][strongest]['cost'] for r in runs]):.3g}/query); "
             "AIQ: mean of the quality-cost hull over the single-model cost range (0 below a "
             "router's cheapest point); 95%: of the strongest's quality; call shares at the "
-            "cheapest operating point reaching it (* else the one nearest the strongest's cost)"
+            "cheapest operating point reaching it (* else the one nearest the strongest's cost); "
+            "! flags a learned router that never reaches 95% or whose best point is below "
+            "always-strongest"
         ),
     )
-    cols = ("router", "AIQ", "AIQ - random", "quality @ strongest's $", "$ to reach 95%",
-            "% of strongest $")  # fmt: skip
-    for col in cols:
-        table.add_column(col, justify="left" if col == "router" else "right", no_wrap=True)
+    _columns(table, "router")
     table.add_column("call shares")
-    for name, agg in results["aggregate"].items():
+    for name, agg in piece["aggregate"].items():
         shares = " · ".join(
             f"{short(m)} {100 * s['mean']:.0f}%" for m, s in agg["shares"].items() if s["mean"]
         )
         if agg["reaches_95"] < len(runs):
             shares += " *"
-        table.add_row(
-            name,
-            _fmt(agg["aiq"], ".4f"),
-            _fmt(agg["aiq_minus_random"], "+.4f"),
-            _fmt(agg["quality_at_strongest_cost"], ".4f"),
-            _fmt(agg["cost_to_95"], ".3g"),
-            _fmt(agg["cost_to_95_pct"], ".1f", "%"),
-            shares,
-        )
+        table.add_row(_label(name, agg, results), *_metrics(agg), shares)
     return table
+
+
+def by_task_table(results: dict[str, Any], piece: dict[str, Any]) -> Any:
+    """One slice per task: a row per (task, router), the task's strongest model named."""
+    from rich.table import Table
+
+    table = Table(
+        title=f"{piece['name']}: per task (mean over the runs that held the task out)",
+        caption="! as above; strongest: the best single model on that task's test queries",
+    )
+    table.add_column("task", no_wrap=True)
+    table.add_column("runs", justify="right")
+    _columns(table, "router")
+    table.add_column("strongest")
+    for task, entry in piece["by_task"].items():
+        first = True
+        for name, agg in entry["aggregate"].items():
+            if name in (CHEAPEST, STRONGEST):
+                continue
+            table.add_row(
+                task if first else "",
+                str(entry["runs"]) if first else "",
+                _label(name, agg, results),
+                *_metrics(agg),
+                short(entry["reference"]["strongest"]) if first else "",
+            )
+            first = False
+        table.add_section()
+    return table
+
+
+def _columns(table: Any, first: str) -> None:
+    cols = (first, "AIQ", "AIQ - random", "quality @ strongest's $", "$ to reach 95%",
+            "% of strongest $")  # fmt: skip
+    for col in cols:
+        table.add_column(col, justify="left" if col == first else "right", no_wrap=True)
+
+
+def _label(name: str, agg: dict[str, Any], results: dict[str, Any]) -> str:
+    added = results["routers"].get(name, {}).get("added_by_description")
+    text = name + (f" (+{len(added)} by description)" if added else "")
+    return f"{text} ! {'; '.join(agg['flags'])}" if agg.get("flags") else text
+
+
+def _metrics(agg: dict[str, Any]) -> list[str]:
+    return [
+        _fmt(agg["aiq"], ".4f"),
+        _fmt(agg["aiq_minus_random"], "+.4f"),
+        _fmt(agg["quality_at_strongest_cost"], ".4f"),
+        _fmt(agg["cost_to_95"], ".3g"),
+        _fmt(agg["cost_to_95_pct"], ".1f", "%"),
+    ]
 
 
 def plot(results: dict[str, Any], out: str | Path) -> Path:
@@ -79,16 +123,28 @@ def plot(results: dict[str, Any], out: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    curves = results["mean_curves"]
+    pieces = results["slices"]
+    fig, axes = plt.subplots(1, len(pieces), figsize=(8 * len(pieces), 5.5), squeeze=False)
+    for ax, piece in zip(axes[0], pieces, strict=True):
+        _panel(ax, results, piece)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def _panel(ax: Any, results: dict[str, Any], piece: dict[str, Any]) -> None:
+    curves = piece["mean_curves"]
     grid = np.array(curves["cost"])
-    fig, ax = plt.subplots(figsize=(8, 5.5))
     styles = {ORACLE: ("k", "--"), RANDOM: ("0.5", ":")}
     for name, values in curves["routers"].items():
         if name in (CHEAPEST, STRONGEST):
             continue  # they are the single-model points
         y = np.array([np.nan if v is None else v for v in values])
         color, line = styles.get(name, (None, "-"))
-        aiq = results["aggregate"][name]["aiq"]["mean"]
+        aiq = piece["aggregate"][name]["aiq"]["mean"]
         ax.plot(grid, y, linestyle=line, color=color, label=f"{name} (AIQ {aiq:.3f})")
     for model, p in curves["models"].items():
         ax.scatter([p["cost"]], [p["quality"]], marker="s", color="k", zorder=3)
@@ -98,12 +154,9 @@ def plot(results: dict[str, Any], out: str | Path) -> Path:
         ax.set_xscale("log")
     ax.set_xlabel("mean cost per query (USD)")
     ax.set_ylabel("mean quality")
-    ax.set_title(f"Quality vs cost ({results['split']} split, mean over {len(results['runs'])})")
+    ax.set_title(
+        f"{piece['name']}: quality vs cost ({results['split']} split, "
+        f"mean over {len(piece['runs'])})"
+    )
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out

@@ -15,6 +15,7 @@ from routers.records import (
     RecordTable,
     file_sha256,
     load_descriptions,
+    source_names,
     split_by_query,
     split_by_task,
 )
@@ -34,23 +35,26 @@ class TrainingRun:
 
 def train_artifact(
     kind: str,
-    data: Path,
+    data: list[Path],
     out: Path,
     *,
-    descriptions: Path | None = None,
+    descriptions: list[Path] | None = None,
     seed: int = 0,
     test_fraction: float = 0.0,
     split: str = "query",
     params: dict[str, Any] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> TrainingRun:
-    """Train a predictor of `kind` on the records in `data` (less a `test_fraction` held out by
-    `split`, "query" or "task") and save it as an artifact in `out`."""
+    """Train a predictor of `kind` on the records in the `data` files together (less a
+    `test_fraction` held out by `split`, "query" or "task") and save it as an artifact in
+    `out`; the manifest names every file and its hash."""
     say = progress or (lambda _msg: None)
     try:
-        cls = artifact.predictor_class(kind)
-        table = RecordTable.load(data)
-        desc = load_descriptions(descriptions) if descriptions else None
+        artifact.predictor_class(kind)
+        table = RecordTable.load_many(data)
+        desc: dict[str, str] = {}
+        for f in descriptions or []:
+            desc.update(load_descriptions(f))
     except (RecordError, artifact.ArtifactError) as exc:
         raise TrainingError(str(exc)) from None
     except ImportError as exc:
@@ -63,15 +67,23 @@ def train_artifact(
     say(f"training {kind} on {len(table)} queries x {len(table.models)} models ...")
     start = time.perf_counter()
     try:
-        predictor = cls.train(table, seed=seed, descriptions=desc, **(params or {}))
+        predictor = artifact.train(kind, table, seed=seed, descriptions=desc or None, params=params)
     except (ValueError, TypeError) as exc:
         raise TrainingError(f"error: {kind}: {exc}") from None
     seconds = time.perf_counter() - start
     artifact.save(
         predictor,
         out,
-        data_sha256=file_sha256(data),
-        data_path=str(data),
+        data_sha256=file_sha256(data[0]) if len(data) == 1 else "",
+        data_path=str(data[0]) if len(data) == 1 else "",
+        sources=[
+            {
+                "path": str(f),
+                "sha256": file_sha256(f),
+                "queries": sum(1 for s in table.sources or [] if s == name),
+            }
+            for f, name in zip(data, source_names(data), strict=True)
+        ],
         train_query_ids=list(table.query_ids),
         seed=seed,
         extra={"training": {"test_fraction": test_fraction, "split": split, "seconds": seconds}},

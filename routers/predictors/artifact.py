@@ -18,7 +18,10 @@ from typing import Any
 import orjson
 
 from policies.artifact_manifest import FORMAT_VERSION, MANIFEST, ArtifactError, read_manifest
+from routers.data import DEFAULT_DESCRIPTIONS
 from routers.predictors.base import Predictor
+from routers.predictors.guard import GuardedPredictor
+from routers.records import RecordTable, load_descriptions
 
 _LIBRARIES = ("numpy", "scikit-learn", "torch", "torch-geometric", "sentence-transformers")
 
@@ -48,6 +51,7 @@ def save(
     data_path: str,
     train_query_ids: list[str],
     seed: int,
+    sources: list[dict[str, Any]] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> Path:
     out = Path(out)
@@ -55,14 +59,24 @@ def save(
     weights = predictor.save_weights(out)
     # The training queries are kept so that evaluation never judges an artifact on them.
     (out / "train_query_ids.txt").write_text("\n".join(train_query_ids) + "\n")
+    guard = predictor.manifest_section() if isinstance(predictor, GuardedPredictor) else None
     manifest = {
         "format_version": FORMAT_VERSION,
         "kind": predictor.kind,
+        # Accepts models known only by a description (the graph router always did).
+        "inductive": guard is not None or predictor.kind == "graph",
         "models": predictor.models,
         "params": predictor.params,
         "seed": seed,
         "weights": weights,
-        "data": {"path": data_path, "sha256": data_sha256, "train_queries": len(train_query_ids)},
+        **({"guard": guard} if guard is not None else {}),
+        "data": {
+            "path": data_path,
+            "sha256": data_sha256,
+            "train_queries": len(train_query_ids),
+            # Every records file trained on, with its hash and query count.
+            **({"sources": sources} if sources else {}),
+        },
         "libraries": library_versions(),
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         **(extra or {}),
@@ -73,7 +87,31 @@ def save(
 
 def load(directory: str | Path) -> Predictor:
     manifest = read_manifest(directory)
-    return predictor_class(manifest["kind"]).load_weights(Path(directory), manifest)
+    inner = predictor_class(manifest["kind"]).load_weights(Path(directory), manifest)
+    if "guard" not in manifest:  # an artifact from before the guard
+        return inner
+    return GuardedPredictor.load(inner, Path(directory), manifest["guard"])
+
+
+def train(
+    kind: str,
+    table: RecordTable,
+    *,
+    seed: int = 0,
+    descriptions: dict[str, str] | None = None,
+    params: dict[str, Any] | None = None,
+) -> Predictor:
+    """A predictor of `kind` trained on `table`, wearing the out-of-distribution guard
+    (`routers.predictors.guard`; `params["guard"]` tunes it, `{"enabled": false}` turns the
+    shrinkage off). Descriptions default to the shipped ones for the models they name."""
+    params = dict(params or {})
+    guard = params.pop("guard", None) or {}
+    if not isinstance(guard, dict):
+        raise ValueError('the guard parameter takes a JSON object, e.g. guard={"k": 10}')
+    known = {**load_descriptions(DEFAULT_DESCRIPTIONS), **(descriptions or {})}
+    known = {m: d for m, d in known.items() if m in table.models} or None
+    inner = predictor_class(kind).train(table, seed=seed, descriptions=known, **params)
+    return GuardedPredictor.fit(inner, table, seed=seed, descriptions=known, **guard)
 
 
 def train_query_ids(directory: str | Path) -> set[str]:

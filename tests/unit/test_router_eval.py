@@ -32,6 +32,7 @@ TOPICS = {
     "maths": "integral matrix prime derivative vector proof",
     "law": "statute contract tort plaintiff court appeal",
 }
+OFF = {"enabled": False}  # fake predictors are judged as they are, without the shrinkage
 CHEAP_GOOD = {"easy": 0.9, "history": 0.8, "maths": 0.15, "law": 0.25}
 
 
@@ -213,9 +214,9 @@ def test_perfect_predictor_matches_the_oracle_and_constants_trace_single_models(
 ) -> None:
     table = synthetic_table()
     Perfect.full = table
-    recipes = [ev.Recipe("perfect", "perfect", {}), ev.Recipe("constant", "constant", {})]
+    recipes = [ev.Recipe("perfect", "perfect", {}, guard=OFF), ev.Recipe("constant", "constant", {}, guard=OFF)]
     results = ev.evaluate(table, recipes, seeds=[0, 1])
-    for run in results["runs"]:
+    for run in results["slices"][0]["runs"]:
         r = run["routers"]
         assert r["perfect"]["aiq"] == pytest.approx(r["oracle"]["aiq"])
         singles = {(v["cost"], v["quality"]) for v in run["reference"]["models"].values()}
@@ -231,11 +232,11 @@ def test_perfect_predictor_matches_the_oracle_and_constants_trace_single_models(
 def test_evaluation_never_trains_on_test_queries(fake_kinds: None) -> None:
     table = synthetic_table()
     Perfect.full = table
-    results = ev.evaluate(table, [ev.Recipe("perfect", "perfect", {})], seeds=[3, 4])
+    results = ev.evaluate(table, [ev.Recipe("perfect", "perfect", {}, guard=OFF)], seeds=[3, 4])
     assert len(Perfect.trained_on) == 2
     text_of = dict(zip(table.query_ids, table.queries, strict=True))
     for seed, trained, predicted, run in zip(
-        (3, 4), Perfect.trained_on, Perfect.predicted_for, results["runs"], strict=True
+        (3, 4), Perfect.trained_on, Perfect.predicted_for, results["slices"][0]["runs"], strict=True
     ):
         train, test = split_by_query(table, seed, 0.3)
         assert trained == train.query_ids
@@ -247,7 +248,7 @@ def test_evaluation_never_trains_on_test_queries(fake_kinds: None) -> None:
 def test_task_split_holds_out_whole_tasks(fake_kinds: None) -> None:
     table = synthetic_table()
     Perfect.full = table
-    ev.evaluate(table, [ev.Recipe("perfect", "perfect", {})], seeds=[0, 1], split="task")
+    ev.evaluate(table, [ev.Recipe("perfect", "perfect", {}, guard=OFF)], seeds=[0, 1], split="task")
     task_of = dict(zip(table.query_ids, table.tasks, strict=True))
     task_of_text = dict(zip(table.queries, table.tasks, strict=True))
     for trained, predicted in zip(Perfect.trained_on, Perfect.predicted_for, strict=True):
@@ -260,7 +261,7 @@ def test_learned_baselines_beat_random_and_not_the_oracle() -> None:
     table = synthetic_table(240)
     recipes = [ev.Recipe("knn", "knn", {"k": 10}), ev.Recipe("mf", "mf", {"steps": 200})]
     results = ev.evaluate(table, recipes, seeds=[0, 1])
-    agg = {name: a["aiq"]["mean"] for name, a in results["aggregate"].items()}
+    agg = {name: a["aiq"]["mean"] for name, a in results["slices"][0]["aggregate"].items()}
     for name in ("knn", "mf", "random", "always-cheapest", "always-strongest"):
         assert agg["oracle"] >= agg[name]
     assert agg["knn"] > agg["random"] and agg["mf"] > agg["random"]
@@ -328,9 +329,9 @@ def test_cli_train_then_eval_writes_table_json_and_plot(tmp_path: Path) -> None:
     for name in ("oracle", "knn", "mf", "random", "always-cheapest", "always-strongest", "AIQ"):
         assert name in result.output
     results = orjson.loads((tmp_path / "eval.json").read_bytes())
-    assert results["seeds"] == [0, 1] and len(results["runs"]) == 2
-    assert results["aggregate"]["knn"]["aiq"]["n"] == 2
-    assert results["runs"][0]["routers"]["mf"]["curve"]["lambda"][0] == 0.0
+    assert results["seeds"] == [0, 1] and len(results["slices"][0]["runs"]) == 2
+    assert results["slices"][0]["aggregate"]["knn"]["aiq"]["n"] == 2
+    assert results["slices"][0]["runs"][0]["routers"]["mf"]["curve"]["lambda"][0] == 0.0
     assert (tmp_path / "eval.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -350,7 +351,7 @@ def test_cli_eval_as_is_judges_only_held_out_queries(tmp_path: Path) -> None:
          "--as-is", "--json", str(tmp_path / "eval.json")],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    run = orjson.loads((tmp_path / "eval.json").read_bytes())["runs"][0]
+    run = orjson.loads((tmp_path / "eval.json").read_bytes())["slices"][0]["runs"][0]
     assert run["n_test"] == 30 and run["n_train"] == 70
 
 

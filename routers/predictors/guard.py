@@ -1,0 +1,299 @@
+"""The out-of-distribution guard every learned router wears: it knows when it does not know.
+
+A predictor trained on some tasks is confidently wrong far from them (the shipped routers sent
+math word problems to the weak model at lambda 0). The guard wraps any predictor and:
+- measures a query's **familiarity**: the mean cosine similarity of its `k` nearest training
+  queries, mapped to a weight in [0, 1] on the training set's own scale. `hi` is the median
+  familiarity of training queries to the rest of their own task (self excluded), `lo` the
+  median to the *other* tasks only, i.e. what a task never seen looks like from inside the
+  training data. Both come from the records; no task or model name is special.
+- **shrinks** the predicted quality toward each model's prior (its mean quality in the
+  training records) as familiarity falls: `w x predicted + (1 - w) x prior`. Far from the
+  data the route ranks models by what they do on average, so its most quality-seeking setting
+  sends to the model that is best on average instead of to a confident guess.
+- places **models known only by a description** among the trained ones: the predictor's own
+  placement where it has one (the graph router), else the trained models' predictions weighted
+  by how alike their descriptions are (softmax over cosine similarity). Either is lowered by a
+  pessimism `margin`, so a new model takes traffic only where it is predicted clearly better
+  per dollar, and adding it by description does not cost quality.
+
+The guard's arrays are `guard.npz` beside the predictor's own weights; the manifest's `guard`
+section holds its parameters and `inductive: true` says the artifact accepts new models.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from routers.predictors import weights
+from routers.predictors.base import CostModel, Predictor, Queries, unit_rows
+from routers.records import RecordTable
+
+GUARD = "guard.npz"
+DEFAULTS: dict[str, Any] = {
+    "enabled": True,
+    "k": 10,  # neighbours whose mean similarity is the familiarity
+    "bank_size": 4096,  # training queries kept for it (a sample: bounded size and latency)
+    "stat_sample": 3000,  # training queries the lo / hi scale is measured on
+    "power": 1.0,  # weight = ((f - lo) / (hi - lo)) ** power, clipped to [0, 1]
+    "margin": 0.1,  # taken off a description-only model's predicted quality
+    "temperature": 0.05,  # of the softmax over description similarities
+}
+
+
+def _top_k_mean(sims: np.ndarray, k: int) -> np.ndarray:
+    k = max(1, min(k, sims.shape[1]))
+    return np.partition(sims, sims.shape[1] - k, axis=1)[:, -k:].mean(axis=1)
+
+
+def familiarity_scale(
+    emb: np.ndarray, tasks: list[str], bank_rows: np.ndarray, k: int, sample: int, seed: int
+) -> tuple[float, float]:
+    """(lo, hi): the median familiarity of training queries to other tasks only, and to their
+    own task (self excluded), both against the bank. One task only: lo is the 5th percentile
+    of the in-task familiarity (no held-out task to learn the scale from)."""
+    rng = np.random.default_rng(seed)
+    rows = np.arange(len(emb))
+    if len(rows) > sample:
+        rows = np.sort(rng.choice(rows, sample, replace=False))
+    task = np.asarray(tasks)
+    bank_task = task[bank_rows]
+    inside, outside = [], []
+    for start in range(0, len(rows), 512):
+        chunk = rows[start : start + 512]
+        sims = emb[chunk] @ emb[bank_rows].T
+        same_row = chunk[:, None] == bank_rows[None, :]
+        same_task = task[chunk][:, None] == bank_task[None, :]
+        inside.append(_top_k_mean(np.where(same_row, -1.0, sims), k))
+        outside.append(_top_k_mean(np.where(same_task, -1.0, sims), k))
+    f_in = np.concatenate(inside)
+    hi = float(np.median(f_in))
+    if len(set(tasks)) < 2:
+        return float(np.quantile(f_in, 0.05)), hi
+    lo = float(np.median(np.concatenate(outside)))
+    return min(lo, hi - 1e-3), hi
+
+
+class GuardedPredictor:
+    """Any `Predictor`, with familiarity shrinkage and description-only models (see module)."""
+
+    def __init__(
+        self,
+        inner: Predictor,
+        params: dict[str, Any],
+        bank: np.ndarray,  # [b, dim] unit training embeddings
+        prior: dict[str, float],  # trained model -> mean training quality
+        described: dict[str, np.ndarray],  # trained model -> unit description embedding
+        scale: tuple[float, float],
+        added: dict[str, str] | None = None,
+    ):
+        self.inner = inner
+        self.kind: str = inner.kind
+        self.guard = params
+        self._bank = unit_rows(np.asarray(bank, np.float16).astype(np.float32))
+        self._prior = prior
+        self._described = described
+        self._lo, self._hi = scale
+        self._added: dict[str, str] = {}
+        self._added_vec: dict[str, np.ndarray] = {}
+        self._added_cost: dict[str, CostModel] = {}
+        self._lock = threading.Lock()
+        for name, text in (added or {}).items():
+            self.add_model(name, text)
+
+    inductive: ClassVar[bool] = True
+
+    @property
+    def models(self) -> list[str]:
+        return self.inner.models
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return self.inner.params
+
+    # -- training -------------------------------------------------------------------------
+
+    @classmethod
+    def fit(
+        cls,
+        inner: Predictor,
+        table: RecordTable,
+        *,
+        seed: int = 0,
+        descriptions: dict[str, str] | None = None,
+        **given: Any,
+    ) -> GuardedPredictor:
+        unknown = sorted(set(given) - set(DEFAULTS))
+        if unknown:
+            raise ValueError(f"unknown guard parameter(s) {', '.join(unknown)}")
+        p = {**DEFAULTS, **given}
+        emb = Queries.from_table(table).ensure_embeddings().astype(np.float32)
+        rng = np.random.default_rng(seed)
+        bank_rows = np.arange(len(emb))
+        if len(bank_rows) > int(p["bank_size"]):
+            bank_rows = np.sort(rng.choice(bank_rows, int(p["bank_size"]), replace=False))
+        scale = familiarity_scale(
+            emb, list(table.tasks), bank_rows, int(p["k"]), int(p["stat_sample"]), seed
+        )
+        prior = {
+            m: float(np.nanmean(table.quality[:, j]))
+            for j, m in enumerate(table.models)
+            if not np.isnan(table.quality[:, j]).all()
+        }
+        return cls(inner, p, emb[bank_rows], prior, _describe(descriptions, inner.models), scale)
+
+    # -- models known by description ------------------------------------------------------
+
+    def add_model(self, name: str, description: str, cost: CostModel | None = None) -> None:
+        """`name` joins from its description (a trained model stays as it is). `cost` prices
+        it offline; in the gateway the policy prices every model."""
+        if name in self.inner.models:
+            return
+        from routers.predictors import embedding
+
+        with self._lock:
+            own = getattr(self.inner, "add_model", None)
+            if own is not None:
+                own(name, description)
+            self._added[name] = description
+            self._added_vec[name] = unit_rows(embedding.embed([description]))[0]
+            if cost is not None:
+                self._added_cost[name] = cost
+
+    def knows(self, model: str) -> bool:
+        return model in self.inner.models or model in self._added
+
+    def _anchor_weights(self, model: str) -> tuple[list[str], np.ndarray]:
+        anchors = [m for m in self.inner.models if m in self._described] or list(self.inner.models)
+        if not self._described:  # no descriptions to compare: the trained models alike
+            return anchors, np.full(len(anchors), 1.0 / len(anchors))
+        sims = np.array([self._described[m] @ self._added_vec[model] for m in anchors])
+        w = np.exp((sims - sims.max()) / float(self.guard["temperature"]))
+        return anchors, w / w.sum()
+
+    # -- prediction -----------------------------------------------------------------------
+
+    def familiarity(self, queries: Queries) -> np.ndarray:
+        """[n] weight in [0, 1]: 1 inside the training data, 0 as far as an unseen task."""
+        emb = queries.ensure_embeddings().astype(np.float32)
+        f = _top_k_mean(emb @ self._bank.T, int(self.guard["k"]))
+        w = np.clip((f - self._lo) / max(self._hi - self._lo, 1e-6), 0.0, 1.0)
+        return w ** float(self.guard["power"])
+
+    def raw_quality(self, queries: Queries, models: list[str]) -> np.ndarray:
+        """The wrapped predictor's own predictions, description-only models placed."""
+        trained = [m for m in models if m in self.inner.models]
+        own_added = [m for m in models if m in self._added and self._inner_places(m)]
+        out = np.empty((len(queries), len(models)))
+        if trained or own_added:
+            got = self.inner.predict_quality(queries, trained + own_added)
+            for j, m in enumerate(trained + own_added):
+                out[:, models.index(m)] = got[:, j]
+        anchored = [m for m in models if m in self._added and not self._inner_places(m)]
+        if anchored:
+            base = self.inner.predict_quality(queries, list(self.inner.models))
+            col = {m: j for j, m in enumerate(self.inner.models)}
+            for m in anchored:
+                anchors, w = self._anchor_weights(m)
+                out[:, models.index(m)] = base[:, [col[a] for a in anchors]] @ w
+        missing = [m for m in models if not self.knows(m)]
+        if missing:
+            raise KeyError(
+                f"the {self.kind} router was not trained on {', '.join(missing)}; it knows "
+                f"{', '.join(self.inner.models)}; add a model by its description"
+            )
+        return out
+
+    def _inner_places(self, model: str) -> bool:
+        return hasattr(self.inner, "add_model")
+
+    def _prior_of(self, model: str) -> float:
+        if model in self._prior:
+            return self._prior[model]
+        anchors, w = self._anchor_weights(model)
+        return float(sum(wi * self._prior.get(a, 0.5) for a, wi in zip(anchors, w, strict=True)))
+
+    def predict_quality(self, queries: Queries, models: list[str]) -> np.ndarray:
+        if not self.guard.get("enabled", True):
+            return self.raw_quality(queries, models)
+        raw = self.raw_quality(queries, models)
+        if len(queries) == 0:
+            return raw
+        w = self.familiarity(queries)[:, None]
+        prior = np.array([self._prior_of(m) for m in models])
+        out = w * raw + (1.0 - w) * prior
+        margin = float(self.guard["margin"])
+        for j, m in enumerate(models):
+            if m in self._added:
+                out[:, j] -= margin
+        return np.clip(out, 0.0, 1.0)
+
+    def predict_cost(self, queries: Queries, models: list[str]) -> np.ndarray:
+        out = np.empty((len(queries), len(models)))
+        trained = [m for m in models if m in self.inner.models or m not in self._added_cost]
+        if trained:
+            got = self.inner.predict_cost(queries, trained)
+            for j, m in enumerate(trained):
+                out[:, models.index(m)] = got[:, j]
+        for m in models:
+            if m in self._added_cost:
+                out[:, models.index(m)] = self._added_cost[m].predict(queries, [m])[:, 0]
+        return out
+
+    # -- artifact -------------------------------------------------------------------------
+
+    def save_weights(self, out: Path) -> dict[str, Any]:
+        saved = self.inner.save_weights(out)
+        names = sorted(self._described)
+        arrays = {
+            "bank": self._bank.astype(np.float16),
+            "described": np.stack([self._described[m] for m in names])
+            if names
+            else np.zeros((0, self._bank.shape[1]), np.float32),
+            "described_names": np.array(names, dtype=str),
+        }
+        weights.save_arrays(out / GUARD, arrays)
+        return saved
+
+    def manifest_section(self) -> dict[str, Any]:
+        return {
+            "file": GUARD,
+            "params": dict(self.guard),
+            "fitted": {
+                "scale": [round(self._lo, 6), round(self._hi, 6)],
+                "prior": {m: round(v, 6) for m, v in self._prior.items()},
+            },
+            "added_models": dict(self._added),
+        }
+
+    @classmethod
+    def load(cls, inner: Predictor, directory: Path, section: dict[str, Any]) -> GuardedPredictor:
+        w = weights.load_arrays(directory / section["file"])
+        p, fitted = dict(section["params"]), section["fitted"]
+        described = {str(m): v for m, v in zip(w["described_names"], w["described"], strict=True)}
+        return cls(
+            inner,
+            p,
+            w["bank"],
+            {m: float(v) for m, v in fitted["prior"].items()},
+            described,
+            (float(fitted["scale"][0]), float(fitted["scale"][1])),
+            section.get("added_models"),
+        )
+
+
+def _describe(descriptions: dict[str, str] | None, models: list[str]) -> dict[str, np.ndarray]:
+    """Unit description embeddings of the trained models that have a description."""
+    if not descriptions:
+        return {}
+    from routers.predictors import embedding
+
+    names = [m for m in models if m in descriptions]
+    if not names:
+        return {}
+    vecs = unit_rows(embedding.embed([descriptions[m] for m in names]))
+    return dict(zip(names, vecs, strict=True))
