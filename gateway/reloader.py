@@ -20,7 +20,7 @@ from watchfiles import awatch
 
 from gateway.metrics import Metrics
 from gateway.runtime import BackendFactory, Runtime, build_runtime, load_learned_routers
-from policies.loader import PolicyError, Problem, parse_policy, read_policy_text
+from policies.loader import PolicyError, Problem, parse_policy, policy_warnings, read_policy_text
 
 log = logging.getLogger("routegate.policy")
 
@@ -68,6 +68,9 @@ class PolicyHolder:
             text = await asyncio.to_thread(read_policy_text, self.path)
             # Off the event loop: a large policy must not stall requests while it is parsed.
             policy = await asyncio.to_thread(parse_policy, text, str(self.path))
+            warnings = await asyncio.to_thread(policy_warnings, policy, text, str(self.path))
+            for warning in warnings:
+                log.warning("%s", warning.as_warning())
             learned = await asyncio.to_thread(load_learned_routers, policy, str(self.path))
             runtime = build_runtime(
                 policy, text, str(self.path), self._client, learned, self._backend_factory

@@ -20,7 +20,8 @@ from cascades.base import Cascade
 from gateway.admission.guard import AccessRules, access_rules, master_key
 from gateway.backends.base import Backend, CallLimits
 from gateway.backends.vllm_pool import VllmPool
-from policies.loader import PolicyError, Problem, router_dir
+from policies.learned_routes import router_dir
+from policies.loader import PolicyError, Problem
 from policies.pricing import CostFn, price_table
 from policies.schema import (
     CascadeRoute,

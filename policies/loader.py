@@ -14,9 +14,8 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError
 from ruamel.yaml.reader import ReaderError
 
+from policies.learned_routes import Loc, learned_route_findings
 from policies.schema import CascadeRoute, EadRoute, LearnedRoute, Policy, VllmModel
-
-Loc = tuple[str | int, ...]
 
 # Caps checked before the YAML tree is built: policy text comes from the dashboard too, and
 # ruamel's scanner is quadratic in flow nesting, its composer recursive. Real policies are a
@@ -41,6 +40,10 @@ class Problem:
 
     def __str__(self) -> str:
         return f"{self.file}:{self.line}:{self.col} {self.field}: {self.message}"
+
+    def as_warning(self) -> str:
+        """The same line for a problem that does not refuse the policy."""
+        return f"{self.file}:{self.line}:{self.col} {self.field}: warning: {self.message}"
 
 
 class PolicyError(Exception):
@@ -173,50 +176,6 @@ def _clean_loc(tree: Any, loc: Loc) -> Loc:
     return tuple(out)
 
 
-def router_dir(policy_file: str, router: str) -> Path:
-    """A learned route's artifact directory: relative paths start at the policy file's folder."""
-    path = Path(router)
-    if path.is_absolute() or policy_file.startswith("<"):
-        return path
-    return Path(policy_file).resolve().parent / path
-
-
-def _learned_route_problems(
-    route_name: str, route: LearnedRoute, policy: Policy, policy_file: str
-) -> list[tuple[Loc, str]]:
-    from policies.artifact_manifest import ArtifactError, read_manifest
-
-    try:
-        manifest = read_manifest(router_dir(policy_file, route.router))
-    except ArtifactError as exc:
-        return [(("routes", route_name, "router"), str(exc))]
-    known = set(manifest["models"])
-    found: list[tuple[Loc, str]] = []
-    for i, name in enumerate(route.models):
-        config = policy.models.get(name)
-        if config is None or route.model_map.get(name, name) in known:
-            continue
-        if manifest["kind"] == "graph" and config.description:
-            continue  # the graph router places a new model from its description
-        hint = "map it with model_map" + (
-            "" if manifest["kind"] != "graph" else " or give the model a description"
-        )
-        found.append(
-            (
-                ("routes", route_name, "models", i),
-                f"the {manifest['kind']} router was not trained on "
-                f"'{route.model_map.get(name, name)}' (it knows {', '.join(sorted(known))}): "
-                + hint,
-            )
-        )
-    for name in route.model_map:
-        if name not in route.models:
-            found.append(
-                (("routes", route_name, "model_map", name), f"'{name}' is not in this route")
-            )
-    return found
-
-
 def _reference_problems(policy: Policy, policy_file: str) -> list[tuple[Loc, str]]:
     found: list[tuple[Loc, str]] = []
     for model_name, model in policy.models.items():
@@ -244,7 +203,7 @@ def _reference_problems(policy: Policy, policy_file: str) -> list[tuple[Loc, str
                     )
                 )
         if isinstance(route, LearnedRoute):
-            found += _learned_route_problems(route_name, route, policy, policy_file)
+            found += learned_route_findings(route_name, route, policy, policy_file).errors
         if isinstance(route, CascadeRoute):
             judge = route.confidence.judge_model
             if judge is not None and judge not in policy.models:
@@ -318,15 +277,27 @@ def _parse_policy(text: str, file: str) -> Policy:
 
     refs = _reference_problems(policy, file)
     if refs:
-        raise PolicyError(
-            [
-                Problem(
-                    file, (pos := _position(tree, loc))[0] + 1, pos[1] + 1, _field_name(loc), msg
-                )
-                for loc, msg in refs
-            ]
-        )
+        raise PolicyError(_located(tree, file, refs))
     return policy
+
+
+def _located(tree: Any, file: str, found: list[tuple[Loc, str]]) -> list[Problem]:
+    return [
+        Problem(file, (pos := _position(tree, loc))[0] + 1, pos[1] + 1, _field_name(loc), msg)
+        for loc, msg in found
+    ]
+
+
+def policy_warnings(policy: Policy, text: str, file: str = "<policy>") -> list[Problem]:
+    """What a valid policy (parsed from `text`) may not do as its author expects: today, learned
+    route models their router knows only by their description."""
+    found: list[tuple[Loc, str]] = []
+    for route_name, route in policy.routes.items():
+        if isinstance(route, LearnedRoute):
+            found += learned_route_findings(route_name, route, policy, file).warnings
+    if not found:
+        return []
+    return _located(YAML(typ="rt").load(text), file, found)
 
 
 def read_policy_text(path: str | Path) -> str:

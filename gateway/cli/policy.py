@@ -8,7 +8,14 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from policies.loader import PolicyError, example_policy_path, load_policy
+from policies.loader import (
+    PolicyError,
+    example_policy_path,
+    load_policy,
+    parse_policy,
+    policy_warnings,
+    read_policy_text,
+)
 
 policy_app = typer.Typer(help="Check and inspect policy files.", no_args_is_help=True)
 err = Console(stderr=True, highlight=False)
@@ -19,11 +26,14 @@ out = Console(highlight=False)
 def policy_validate(
     files: Annotated[list[Path], typer.Argument(help="Policy YAML files.")],
 ) -> None:
-    """Exit 0 if every file is a valid policy; else print FILE:LINE:COL field: message, exit 1."""
+    """Exit 0 if every file is a valid policy; else print FILE:LINE:COL field: message, exit 1.
+
+    A valid policy's warnings follow its ok line as FILE:LINE:COL field: warning: message."""
     bad = False
     for file in files:
         try:
-            policy = load_policy(file)
+            text = read_policy_text(file)
+            policy = parse_policy(text, str(file))
         except PolicyError as exc:
             bad = True
             # Plain lines, never wrapped: editors and CI parse FILE:LINE:COL.
@@ -31,6 +41,8 @@ def policy_validate(
                 typer.echo(str(problem))
             continue
         typer.echo(f"{file}: ok ({len(policy.models)} models, {len(policy.routes)} routes)")
+        for warning in policy_warnings(policy, text, str(file)):
+            typer.echo(warning.as_warning())
     raise typer.Exit(1 if bad else 0)
 
 

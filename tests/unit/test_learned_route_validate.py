@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from gateway.cli import app
@@ -91,3 +92,75 @@ def test_graph_router_places_a_model_known_only_by_its_description() -> None:
     assert q["frontier"] > q["small"]
     assert abs(q["frontier"] - q[STRONG]) < abs(q["frontier"] - q[WEAK])
     assert abs(q["small"] - q[WEAK]) < abs(q["small"] - q[STRONG])
+
+
+DESCRIBED = """version: 1
+models:
+  weak:
+    provider: vllm
+    endpoints: [http://h/v1]
+    pricing: {input_per_1m: 0.24, output_per_1m: 0.24}
+  fresh:
+    provider: vllm
+    endpoints: [http://h/v1]
+    pricing: {input_per_1m: 1.0, output_per_1m: 1.0}
+    description: A mid-sized open-weight model, decent reasoning.
+routes:
+  auto:
+    kind: learned
+    router: router
+    models: [weak, fresh]
+    model_map: {weak: known-weak}
+"""
+
+
+def _artifact(tmp_path: Path, **extra: object) -> None:
+    import orjson
+
+    (tmp_path / "router").mkdir()
+    manifest = {"format_version": 1, "kind": "complexity", "models": ["known-weak"], **extra}
+    (tmp_path / "router" / "manifest.json").write_bytes(orjson.dumps(manifest))
+
+
+@pytest.mark.parametrize(
+    "extra", [{"inductive": True}, {"kind": "graph"}], ids=["inductive", "graph-before-the-key"]
+)
+def test_validate_warns_of_a_model_an_inductive_router_knows_by_description(
+    tmp_path: Path, extra: dict[str, object]
+) -> None:
+    _artifact(tmp_path, **extra)
+    file = tmp_path / "policy.yaml"
+    file.write_text(DESCRIBED)
+    result = CliRunner().invoke(app, ["policy", "validate", str(file)])
+    assert result.exit_code == 0, result.output
+    kind = extra.get("kind", "complexity")
+    assert result.output.splitlines() == [
+        f"{file}: ok (2 models, 1 routes)",
+        f"{file}:16:20 routes.auto.models[1]: warning: known to the {kind} router only by "
+        "its description: routed from the description, without records (see docs/routers.md)",
+    ]
+
+
+def test_validate_refuses_a_described_model_a_router_cannot_place(tmp_path: Path) -> None:
+    _artifact(tmp_path)  # no "inductive": only the graph router places a model by description
+    file = tmp_path / "policy.yaml"
+    file.write_text(DESCRIBED)
+    result = CliRunner().invoke(app, ["policy", "validate", str(file)])
+    assert result.exit_code == 1
+    assert result.output.splitlines() == [
+        f"{file}:16:20 routes.auto.models[1]: the complexity router was not trained on 'fresh' "
+        "(it knows known-weak): map it with model_map"
+    ]
+
+    (tmp_path / "router" / "manifest.json").unlink()
+    (tmp_path / "router").rmdir()
+    _artifact(tmp_path, inductive=True)
+    file.write_text(
+        DESCRIBED.replace("    description: A mid-sized open-weight model, decent reasoning.\n", "")
+    )
+    result = CliRunner().invoke(app, ["policy", "validate", str(file)])
+    assert result.exit_code == 1
+    assert result.output.splitlines() == [
+        f"{file}:15:20 routes.auto.models[1]: the complexity router was not trained on 'fresh' "
+        "(it knows known-weak): map it with model_map or give the model a description"
+    ]
