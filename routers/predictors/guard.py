@@ -3,10 +3,10 @@
 A predictor trained on some tasks is confidently wrong far from them (the shipped routers sent
 math word problems to the weak model at lambda 0). The guard wraps any predictor and:
 - measures a query's **familiarity**: the mean cosine similarity of its `k` nearest training
-  queries, mapped to a weight in [0, 1] on the training set's own scale. `hi` is the median
-  familiarity of training queries to the rest of their own task (self excluded), `lo` the
-  median to the *other* tasks only, i.e. what a task never seen looks like from inside the
-  training data. Both come from the records; no task or model name is special.
+  queries, mapped to a weight in [0, 1] on a local scale read off those neighbours: 1 at how
+  close they are to the rest of their own task, 0 at how close they are to the *other* tasks
+  only, i.e. what a task never seen looks like from inside the training data. Both come from
+  the records; no task or model name is special.
 - **shrinks** the predicted quality toward each model's prior (its mean quality in the
   training records) as familiarity falls: `w x predicted + (1 - w) x prior`. Far from the
   data the route ranks models by what they do on average, so its most quality-seeking setting
@@ -38,7 +38,7 @@ DEFAULTS: dict[str, Any] = {
     "enabled": True,
     "k": 10,  # neighbours whose mean similarity is the familiarity
     "bank_size": 4096,  # training queries kept for it (a sample: bounded size and latency)
-    "stat_sample": 3000,  # training queries the lo / hi scale is measured on
+    "min_spread": 0.02,  # of the local scale, where tasks are about as alike inside as across
     "power": 1.0,  # weight = ((f - lo) / (hi - lo)) ** power, clipped to [0, 1]
     "margin": 0.1,  # taken off a description-only model's predicted quality
     "temperature": 0.05,  # of the softmax over description similarities
@@ -50,32 +50,20 @@ def _top_k_mean(sims: np.ndarray, k: int) -> np.ndarray:
     return np.partition(sims, sims.shape[1] - k, axis=1)[:, -k:].mean(axis=1)
 
 
-def familiarity_scale(
-    emb: np.ndarray, tasks: list[str], bank_rows: np.ndarray, k: int, sample: int, seed: int
-) -> tuple[float, float]:
-    """(lo, hi): the median familiarity of training queries to other tasks only, and to their
-    own task (self excluded), both against the bank. One task only: lo is the 5th percentile
-    of the in-task familiarity (no held-out task to learn the scale from)."""
-    rng = np.random.default_rng(seed)
-    rows = np.arange(len(emb))
-    if len(rows) > sample:
-        rows = np.sort(rng.choice(rows, sample, replace=False))
+def bank_familiarity(bank: np.ndarray, tasks: list[str], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per bank query: its familiarity to the rest of its own task (itself excluded), and to
+    the other tasks only (what an unseen task looks like from there). One task only: the
+    latter is 0."""
     task = np.asarray(tasks)
-    bank_task = task[bank_rows]
     inside, outside = [], []
-    for start in range(0, len(rows), 512):
-        chunk = rows[start : start + 512]
-        sims = emb[chunk] @ emb[bank_rows].T
-        same_row = chunk[:, None] == bank_rows[None, :]
-        same_task = task[chunk][:, None] == bank_task[None, :]
-        inside.append(_top_k_mean(np.where(same_row, -1.0, sims), k))
-        outside.append(_top_k_mean(np.where(same_task, -1.0, sims), k))
-    f_in = np.concatenate(inside)
-    hi = float(np.median(f_in))
-    if len(set(tasks)) < 2:
-        return float(np.quantile(f_in, 0.05)), hi
-    lo = float(np.median(np.concatenate(outside)))
-    return min(lo, hi - 1e-3), hi
+    for start in range(0, len(bank), 512):
+        sims = bank[start : start + 512] @ bank.T
+        rows = np.arange(start, start + len(sims))
+        sims[rows - start, rows] = -1.0
+        inside.append(_top_k_mean(sims, k))
+        other = np.where(task[rows][:, None] == task[None, :], -1.0, sims)
+        outside.append(_top_k_mean(other, k) if len(set(tasks)) > 1 else np.zeros(len(rows)))
+    return np.concatenate(inside).astype(np.float32), np.concatenate(outside).astype(np.float32)
 
 
 class GuardedPredictor:
@@ -88,7 +76,8 @@ class GuardedPredictor:
         bank: np.ndarray,  # [b, dim] unit training embeddings
         prior: dict[str, float],  # trained model -> mean training quality
         described: dict[str, np.ndarray],  # trained model -> unit description embedding
-        scale: tuple[float, float],
+        own_task: np.ndarray,  # [b] each bank query's familiarity within its task
+        other_tasks: np.ndarray,  # [b] and to the other tasks only
         added: dict[str, str] | None = None,
     ):
         self.inner = inner
@@ -97,7 +86,7 @@ class GuardedPredictor:
         self._bank = unit_rows(np.asarray(bank, np.float16).astype(np.float32))
         self._prior = prior
         self._described = described
-        self._lo, self._hi = scale
+        self._own_task, self._other_tasks = own_task, other_tasks
         self._added: dict[str, str] = {}
         self._added_vec: dict[str, np.ndarray] = {}
         self._added_cost: dict[str, CostModel] = {}
@@ -136,15 +125,14 @@ class GuardedPredictor:
         bank_rows = np.arange(len(emb))
         if len(bank_rows) > int(p["bank_size"]):
             bank_rows = np.sort(rng.choice(bank_rows, int(p["bank_size"]), replace=False))
-        scale = familiarity_scale(
-            emb, list(table.tasks), bank_rows, int(p["k"]), int(p["stat_sample"]), seed
-        )
+        bank = unit_rows(emb[bank_rows].astype(np.float16).astype(np.float32))
+        own, other = bank_familiarity(bank, [table.tasks[i] for i in bank_rows], int(p["k"]))
         prior = {
             m: float(np.nanmean(table.quality[:, j]))
             for j, m in enumerate(table.models)
             if not np.isnan(table.quality[:, j]).all()
         }
-        return cls(inner, p, emb[bank_rows], prior, _describe(descriptions, inner.models), scale)
+        return cls(inner, p, bank, prior, _describe(descriptions, inner.models), own, other)
 
     # -- models known by description ------------------------------------------------------
 
@@ -178,10 +166,16 @@ class GuardedPredictor:
     # -- prediction -----------------------------------------------------------------------
 
     def familiarity(self, queries: Queries) -> np.ndarray:
-        """[n] weight in [0, 1]: 1 inside the training data, 0 as far as an unseen task."""
+        """[n] weight in [0, 1]: 1 as close to the training data as its nearest queries are to
+        their own task, 0 as far as those are from the other tasks (a local scale: tasks
+        differ a lot in how alike their queries are)."""
         emb = queries.ensure_embeddings().astype(np.float32)
-        f = _top_k_mean(emb @ self._bank.T, int(self.guard["k"]))
-        w = np.clip((f - self._lo) / max(self._hi - self._lo, 1e-6), 0.0, 1.0)
+        k = min(int(self.guard["k"]), len(self._bank))
+        sims = emb @ self._bank.T
+        near = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        f = np.take_along_axis(sims, near, axis=1).mean(axis=1)
+        lo, hi = self._other_tasks[near].mean(axis=1), self._own_task[near].mean(axis=1)
+        w = np.clip((f - lo) / np.maximum(hi - lo, float(self.guard["min_spread"])), 0.0, 1.0)
         return w ** float(self.guard["power"])
 
     def raw_quality(self, queries: Queries, models: list[str]) -> np.ndarray:
@@ -255,6 +249,8 @@ class GuardedPredictor:
             if names
             else np.zeros((0, self._bank.shape[1]), np.float32),
             "described_names": np.array(names, dtype=str),
+            "own_task": self._own_task,
+            "other_tasks": self._other_tasks,
         }
         weights.save_arrays(out / GUARD, arrays)
         return saved
@@ -263,10 +259,7 @@ class GuardedPredictor:
         return {
             "file": GUARD,
             "params": dict(self.guard),
-            "fitted": {
-                "scale": [round(self._lo, 6), round(self._hi, 6)],
-                "prior": {m: round(v, 6) for m, v in self._prior.items()},
-            },
+            "fitted": {"prior": {m: round(v, 6) for m, v in self._prior.items()}},
             "added_models": dict(self._added),
         }
 
@@ -281,7 +274,8 @@ class GuardedPredictor:
             w["bank"],
             {m: float(v) for m, v in fitted["prior"].items()},
             described,
-            (float(fitted["scale"][0]), float(fitted["scale"][1])),
+            w["own_task"],
+            w["other_tasks"],
             section.get("added_models"),
         )
 
