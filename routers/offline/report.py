@@ -55,7 +55,9 @@ def results_table(results: dict[str, Any], piece: dict[str, Any]) -> Any:
     table.add_column("call shares")
     for name, agg in piece["aggregate"].items():
         shares = " · ".join(
-            f"{short(m)} {100 * s['mean']:.0f}%" for m, s in agg["shares"].items() if s["mean"]
+            f"{short(m)} {100 * s['mean']:.0f}%"
+            for m, s in agg["shares"].items()
+            if (s["mean"] or 0) >= 0.005
         )
         if agg["reaches_95"] < len(runs):
             shares += " *"

@@ -38,8 +38,13 @@ DEFAULTS: dict[str, Any] = {
     "enabled": True,
     "k": 10,  # neighbours whose mean similarity is the familiarity
     "bank_size": 4096,  # training queries kept for it (a sample: bounded size and latency)
-    "min_spread": 0.02,  # of the local scale, where tasks are about as alike inside as across
+    # Weight 1 at lo + reach x (hi - lo): at 0.5, most queries of a seen task count fully.
+    "reach": 0.5,
+    "min_gap": 0.05,  # least width of the local scale (hi - lo)
     "power": 1.0,  # weight = ((f - lo) / (hi - lo)) ** power, clipped to [0, 1]
+    # Added to the candidate that is best on average (its prior): another model is preferred
+    # at lambda 0 only when predicted better by more than this.
+    "lead": 0.02,
     "margin": 0.1,  # taken off a description-only model's predicted quality
     "temperature": 0.05,  # of the softmax over description similarities
 }
@@ -51,9 +56,10 @@ def _top_k_mean(sims: np.ndarray, k: int) -> np.ndarray:
 
 
 def bank_familiarity(bank: np.ndarray, tasks: list[str], k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per bank query: its familiarity to the rest of its own task (itself excluded), and to
-    the other tasks only (what an unseen task looks like from there). One task only: the
-    latter is 0."""
+    """Per bank query: the median familiarity of its task's queries to the rest of that task
+    (each itself excluded), and to the other tasks only (what an unseen task looks like from
+    there). Task medians, not the query's own figures: nearest neighbours are mostly the
+    densest queries, whose own figures run high. One task only: the latter is 0."""
     task = np.asarray(tasks)
     inside, outside = [], []
     for start in range(0, len(bank), 512):
@@ -63,7 +69,12 @@ def bank_familiarity(bank: np.ndarray, tasks: list[str], k: int) -> tuple[np.nda
         inside.append(_top_k_mean(sims, k))
         other = np.where(task[rows][:, None] == task[None, :], -1.0, sims)
         outside.append(_top_k_mean(other, k) if len(set(tasks)) > 1 else np.zeros(len(rows)))
-    return np.concatenate(inside).astype(np.float32), np.concatenate(outside).astype(np.float32)
+    f_in, f_out = np.concatenate(inside), np.concatenate(outside)
+    own, other = np.empty(len(bank), np.float32), np.empty(len(bank), np.float32)
+    for t in set(tasks):
+        rows = task == t
+        own[rows], other[rows] = np.median(f_in[rows]), np.median(f_out[rows])
+    return own, other
 
 
 class GuardedPredictor:
@@ -175,7 +186,11 @@ class GuardedPredictor:
         near = np.argpartition(-sims, k - 1, axis=1)[:, :k]
         f = np.take_along_axis(sims, near, axis=1).mean(axis=1)
         lo, hi = self._other_tasks[near].mean(axis=1), self._own_task[near].mean(axis=1)
-        w = np.clip((f - lo) / np.maximum(hi - lo, float(self.guard["min_spread"])), 0.0, 1.0)
+        g = self.guard
+        # Where other tasks are about as close as a task's own (one task type under several
+        # names), nearness to them is no sign of novelty: the scale keeps a minimum width.
+        lo = np.minimum(lo, hi - float(g["min_gap"]))
+        w = np.clip((f - lo) / (float(g["reach"]) * (hi - lo)), 0.0, 1.0)
         return w ** float(self.guard["power"])
 
     def raw_quality(self, queries: Queries, models: list[str]) -> np.ndarray:
@@ -219,11 +234,13 @@ class GuardedPredictor:
             return raw
         w = self.familiarity(queries)[:, None]
         prior = np.array([self._prior_of(m) for m in models])
-        out = w * raw + (1.0 - w) * prior
-        margin = float(self.guard["margin"])
-        for j, m in enumerate(models):
-            if m in self._added:
-                out[:, j] -= margin
+        # A model known only by its description is taken as worse than it looks.
+        penalty = float(self.guard["margin"]) * np.array([m in self._added for m in models])
+        prior = prior - penalty
+        out = w * (raw - penalty) + (1.0 - w) * prior
+        lead = float(self.guard.get("lead", 0.0))
+        if lead and len(models) > 1:
+            out[:, int(np.argmax(prior))] += lead
         return np.clip(out, 0.0, 1.0)
 
     def predict_cost(self, queries: Queries, models: list[str]) -> np.ndarray:
