@@ -33,8 +33,6 @@ from routers.offline.replay import ORACLE, baseline_curves, curve_metrics, sweep
 from routers.predictors.base import Predictor, Queries
 from routers.records import RecordTable, load_descriptions, split_by_query
 
-MEASURES = ("without", "description", "retrained")
-
 
 def _aiq(predictor: Predictor | None, queries: Queries, test: RecordTable, n: int) -> float:
     ref, curves = baseline_curves(test, n)

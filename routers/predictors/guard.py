@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 
@@ -102,10 +102,9 @@ class GuardedPredictor:
         self._added_vec: dict[str, np.ndarray] = {}
         self._added_cost: dict[str, CostModel] = {}
         self._lock = threading.Lock()
+        self._inner_places = hasattr(inner, "add_model")
         for name, text in (added or {}).items():
             self.add_model(name, text)
-
-    inductive: ClassVar[bool] = True
 
     @property
     def models(self) -> list[str]:
@@ -195,30 +194,26 @@ class GuardedPredictor:
 
     def raw_quality(self, queries: Queries, models: list[str]) -> np.ndarray:
         """The wrapped predictor's own predictions, description-only models placed."""
-        trained = [m for m in models if m in self.inner.models]
-        own_added = [m for m in models if m in self._added and self._inner_places(m)]
-        out = np.empty((len(queries), len(models)))
-        if trained or own_added:
-            got = self.inner.predict_quality(queries, trained + own_added)
-            for j, m in enumerate(trained + own_added):
-                out[:, models.index(m)] = got[:, j]
-        anchored = [m for m in models if m in self._added and not self._inner_places(m)]
-        if anchored:
-            base = self.inner.predict_quality(queries, list(self.inner.models))
-            col = {m: j for j, m in enumerate(self.inner.models)}
-            for m in anchored:
-                anchors, w = self._anchor_weights(m)
-                out[:, models.index(m)] = base[:, [col[a] for a in anchors]] @ w
         missing = [m for m in models if not self.knows(m)]
         if missing:
             raise KeyError(
                 f"the {self.kind} router was not trained on {', '.join(missing)}; it knows "
                 f"{', '.join(self.inner.models)}; add a model by its description"
             )
+        # The predictor places its own added models (the graph router), or none is asked for.
+        if self._inner_places or not any(m in self._added for m in models):
+            return self.inner.predict_quality(queries, models)
+        trained = list(self.inner.models)
+        base = self.inner.predict_quality(queries, trained)
+        col = {m: j for j, m in enumerate(trained)}
+        out = np.empty((len(queries), len(models)))
+        for i, m in enumerate(models):
+            if m in col:
+                out[:, i] = base[:, col[m]]
+            else:
+                anchors, w = self._anchor_weights(m)
+                out[:, i] = base[:, [col[a] for a in anchors]] @ w
         return out
-
-    def _inner_places(self, model: str) -> bool:
-        return hasattr(self.inner, "add_model")
 
     def _prior_of(self, model: str) -> float:
         if model in self._prior:
