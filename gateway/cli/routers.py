@@ -113,6 +113,20 @@ def train(
     out.print(f"  time:    {run.seconds:.1f}s")
 
 
+@routers_app.command("distill-encoder")
+def distill_encoder(
+    out_dir: Annotated[Path, typer.Option("--out", help="Directory to write the encoder to.")],
+    dims: Annotated[int, typer.Option(help="Vector dimensions (PCA components).")] = 64,
+) -> None:
+    """Distil the static encoder from the shipped MiniLM weights (what the routers'
+    `encoder=minilm-static` loads from routers/artifacts/encoders/minilm-static)."""
+    from routers.offline.distill import distill_encoder as run
+
+    if not 8 <= dims <= 384:
+        raise typer.BadParameter("must be in [8, 384]", param_hint="--dims")
+    out.print(f"static encoder ({dims} dimensions) -> {run(out_dir, dims)}")
+
+
 @routers_app.command("eval")
 def evaluate(
     data: Data,

@@ -32,6 +32,7 @@ from routers.offline.replay import (
 )
 from routers.predictors import artifact
 from routers.predictors.base import CostModel, Predictor, Queries
+from routers.predictors.embedding import DEFAULT_ENCODER, LEGACY_ENCODER
 from routers.predictors.guard import GuardedPredictor
 from routers.records import RecordTable, split_by_query, split_by_task
 
@@ -55,8 +56,14 @@ def load_recipes(directories: list[str | Path]) -> list[Recipe]:
         if name in BASELINES or any(r.name == name for r in recipes):
             name = f"{name} [{manifest['kind']}]"
         guard = manifest.get("guard", {}).get("params")
-        recipes.append(Recipe(name, manifest["kind"], dict(manifest["params"]), Path(d), guard))
+        # An artifact from before the encoder was a parameter was trained on the transformer.
+        params = {"encoder": LEGACY_ENCODER, **manifest["params"]}
+        recipes.append(Recipe(name, manifest["kind"], params, Path(d), guard))
     return recipes
+
+
+def encoders_of(recipes: list[Recipe]) -> list[str]:
+    return sorted({str(r.params.get("encoder", DEFAULT_ENCODER)) for r in recipes})
 
 
 def slice_queries(queries: Queries, rows: np.ndarray | list[int]) -> Queries:
@@ -66,28 +73,29 @@ def slice_queries(queries: Queries, rows: np.ndarray | list[int]) -> Queries:
         [queries.texts[i] for i in idx],
         [queries.tasks[i] for i in idx],
         queries.input_tokens[idx],
-        None if queries.embeddings is None else queries.embeddings[idx],
+        {encoder: vectors[idx] for encoder, vectors in queries.embeddings.items()},
         dict(queries.extra),
     )
 
 
 @contextlib.contextmanager
-def reuse_embeddings(texts: list[str], vectors: np.ndarray) -> Iterator[None]:
-    """Serve already computed embeddings to every `embed` call (predictors' `train` embeds its
-    table's queries itself): each query is embedded once per evaluation, not once per seed and
-    router. Unknown texts still go to the real model."""
+def reuse_embeddings(texts: list[str], vectors: dict[str, np.ndarray]) -> Iterator[None]:
+    """Serve already computed embeddings (per encoder) to every `embed` call (predictors'
+    `train` embeds its table's queries itself): each query is embedded once per evaluation and
+    encoder, not once per seed and router. Unknown texts still go to the real model."""
     from routers.predictors import embedding
 
     original = embedding.embed
-    known = dict(zip(texts, vectors, strict=True))
+    known = {e: dict(zip(texts, v, strict=True)) for e, v in vectors.items()}
 
-    def embed(batch: list[str], *args: Any, **kwargs: Any) -> np.ndarray:
-        missing = [t for t in dict.fromkeys(batch) if t not in known]
+    def embed(batch: list[str], encoder: str = embedding.REFERENCE_ENCODER) -> np.ndarray:
+        seen = known.setdefault(encoder, {})
+        missing = [t for t in dict.fromkeys(batch) if t not in seen]
         if missing:
-            known.update(zip(missing, original(missing, *args, **kwargs), strict=True))
+            seen.update(zip(missing, original(missing, encoder), strict=True))
         if not batch:
-            return original(batch, *args, **kwargs)
-        return np.stack([known[t] for t in batch]).astype(np.float32)
+            return original(batch, encoder)
+        return np.stack([seen[t] for t in batch]).astype(np.float32)
 
     embedding.embed = embed
     try:
@@ -252,7 +260,8 @@ def evaluate(
     pieces = slices_of(table)
     queries = Queries.from_table(table)
     start = time.perf_counter()
-    queries.ensure_embeddings()
+    for encoder in encoders_of(recipes):
+        queries.ensure_embeddings(encoder)
     say(f"embedded {len(table)} queries in {time.perf_counter() - start:.1f}s")
     runs: dict[str, list[dict[str, Any]]] = {p.name: [] for p in pieces}
     added: dict[str, list[str]] = {}

@@ -22,6 +22,7 @@ from routers.data import DEFAULT_DESCRIPTIONS
 from routers.offline.evaluate import (
     Recipe,
     add_described,
+    encoders_of,
     predictions,
     reuse_embeddings,
     rows_of,
@@ -55,7 +56,8 @@ def leave_one_llm_out(
     say = progress or (lambda _msg: None)
     desc = {**load_descriptions(DEFAULT_DESCRIPTIONS), **(descriptions or {})}
     queries = Queries.from_table(table)
-    queries.ensure_embeddings()
+    for encoder in encoders_of(recipes):
+        queries.ensure_embeddings(encoder)
     pieces = [p for p in slices_of(table) if len(p.models) >= 3]
     if not pieces:
         raise ValueError("leaving one LLM out needs a slice with at least three models")

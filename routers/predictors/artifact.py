@@ -19,11 +19,12 @@ import orjson
 
 from policies.artifact_manifest import FORMAT_VERSION, MANIFEST, ArtifactError, read_manifest
 from routers.data import DEFAULT_DESCRIPTIONS
+from routers.predictors import embedding
 from routers.predictors.base import Predictor
 from routers.predictors.guard import GuardedPredictor
 from routers.records import RecordTable, load_descriptions
 
-_LIBRARIES = ("numpy", "scikit-learn", "torch", "torch-geometric", "sentence-transformers")
+_LIBRARIES = ("numpy", "scikit-learn", "torch", "torch-geometric", "model2vec", "tokenizers")
 
 
 # Imported lazily: the gateway loads only the kind its policy names.
@@ -67,6 +68,8 @@ def save(
         "inductive": guard is not None or predictor.kind == "graph",
         "models": predictor.models,
         "params": predictor.params,
+        # What embedded the queries, down to the weights' hash: loading checks it.
+        "encoder_id": embedding.encoder_id(embedding.encoder_of(predictor.params)),
         "seed": seed,
         "weights": weights,
         **({"guard": guard} if guard is not None else {}),
@@ -87,10 +90,33 @@ def save(
 
 def load(directory: str | Path) -> Predictor:
     manifest = read_manifest(directory)
+    # An artifact from before the encoder was a parameter was trained on the transformer.
+    manifest["params"] = {"encoder": embedding.LEGACY_ENCODER, **manifest["params"]}
+    check_encoder_id(manifest)
     inner = predictor_class(manifest["kind"]).load_weights(Path(directory), manifest)
     if "guard" not in manifest:  # an artifact from before the guard
         return inner
     return GuardedPredictor.load(inner, Path(directory), manifest["guard"])
+
+
+def check_encoder_id(manifest: dict[str, Any]) -> None:
+    """A static encoder's vectors change with its weights: a router trained on other ones
+    would read them wrongly. (The transformer's id names its precision, which differs by CPU
+    with vectors within cosine 0.9999: it is not checked.)"""
+    name = embedding.encoder_of(manifest["params"])
+    recorded = manifest.get("encoder_id")
+    if recorded is None or name == embedding.REFERENCE_ENCODER:
+        return
+    try:
+        embedding.check_encoder(name)
+    except ValueError as exc:
+        raise ArtifactError(str(exc)) from None
+    current = embedding.encoder_id(name)
+    if current != recorded:
+        raise ArtifactError(
+            f"the router was trained on encoder {recorded}, but this install has {current}: "
+            "retrain it (routegate routers train)"
+        )
 
 
 def train(
@@ -108,6 +134,8 @@ def train(
     guard = params.pop("guard", None) or {}
     if not isinstance(guard, dict):
         raise ValueError('the guard parameter takes a JSON object, e.g. guard={"k": 10}')
+    if "encoder" in params:
+        embedding.check_encoder(params["encoder"])
     known = {**load_descriptions(DEFAULT_DESCRIPTIONS), **(descriptions or {})}
     known = {m: d for m, d in known.items() if m in table.models} or None
     inner = predictor_class(kind).train(table, seed=seed, descriptions=known, **params)

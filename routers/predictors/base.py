@@ -26,12 +26,13 @@ from routers.records import RecordTable
 @dataclass
 class Queries:
     """A batch of queries to predict for. `tasks` may be None per query (the gateway does not
-    know a request's task); `embeddings` are filled once by `ensure_embeddings`."""
+    know a request's task); `embeddings` are filled once per encoder by `ensure_embeddings`."""
 
     texts: list[str]
     tasks: list[str | None]
     input_tokens: np.ndarray  # [n] prompt tokens (estimated in the gateway)
-    embeddings: np.ndarray | None = None  # [n, dim] float32, L2-normalised
+    # encoder name -> [n, dim] float32, L2-normalised
+    embeddings: dict[str, np.ndarray] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -41,17 +42,20 @@ class Queries:
     def __len__(self) -> int:
         return len(self.texts)
 
-    def ensure_embeddings(self) -> np.ndarray:
-        if self.embeddings is None:
+    def ensure_embeddings(self, encoder: str = "minilm") -> np.ndarray:
+        """The texts' embeddings by `encoder` (a name in `routers.predictors.embedding`)."""
+        vectors = self.embeddings.get(encoder)
+        if vectors is None:
             from routers.predictors import embedding
 
             # Training and evaluation batches are embedded once and kept on disk; a request's
             # handful of texts is not worth a cache file.
             if len(self.texts) > 32:
-                self.embeddings = embedding.embed_cached(self.texts)
+                vectors = embedding.embed_cached(self.texts, encoder)
             else:
-                self.embeddings = embedding.embed(self.texts)
-        return self.embeddings
+                vectors = embedding.embed(self.texts, encoder)
+            self.embeddings[encoder] = vectors
+        return vectors
 
 
 class Predictor(Protocol):

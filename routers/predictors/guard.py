@@ -31,6 +31,7 @@ import numpy as np
 
 from routers.predictors import weights
 from routers.predictors.base import CostModel, Predictor, Queries, unit_rows
+from routers.predictors.embedding import encoder_of
 from routers.records import RecordTable
 
 GUARD = "guard.npz"
@@ -130,7 +131,8 @@ class GuardedPredictor:
         if unknown:
             raise ValueError(f"unknown guard parameter(s) {', '.join(unknown)}")
         p = {**DEFAULTS, **given}
-        emb = Queries.from_table(table).ensure_embeddings().astype(np.float32)
+        encoder = encoder_of(inner.params)
+        emb = Queries.from_table(table).ensure_embeddings(encoder).astype(np.float32)
         rng = np.random.default_rng(seed)
         bank_rows = np.arange(len(emb))
         if len(bank_rows) > int(p["bank_size"]):
@@ -142,7 +144,8 @@ class GuardedPredictor:
             for j, m in enumerate(table.models)
             if not np.isnan(table.quality[:, j]).all()
         }
-        return cls(inner, p, bank, prior, _describe(descriptions, inner.models), own, other)
+        described = _describe(descriptions, inner.models, encoder)
+        return cls(inner, p, bank, prior, described, own, other)
 
     # -- models known by description ------------------------------------------------------
 
@@ -158,7 +161,9 @@ class GuardedPredictor:
             if own is not None:
                 own(name, description)
             self._added[name] = description
-            self._added_vec[name] = unit_rows(embedding.embed([description]))[0]
+            self._added_vec[name] = unit_rows(
+                embedding.embed([description], encoder_of(self.inner.params))
+            )[0]
             if cost is not None:
                 self._added_cost[name] = cost
 
@@ -179,7 +184,7 @@ class GuardedPredictor:
         """[n] weight in [0, 1]: 1 as close to the training data as its nearest queries are to
         their own task, 0 as far as those are from the other tasks (a local scale: tasks
         differ a lot in how alike their queries are)."""
-        emb = queries.ensure_embeddings().astype(np.float32)
+        emb = queries.ensure_embeddings(encoder_of(self.inner.params)).astype(np.float32)
         k = min(int(self.guard["k"]), len(self._bank))
         sims = emb @ self._bank.T
         near = np.argpartition(-sims, k - 1, axis=1)[:, :k]
@@ -292,7 +297,9 @@ class GuardedPredictor:
         )
 
 
-def _describe(descriptions: dict[str, str] | None, models: list[str]) -> dict[str, np.ndarray]:
+def _describe(
+    descriptions: dict[str, str] | None, models: list[str], encoder: str
+) -> dict[str, np.ndarray]:
     """Unit description embeddings of the trained models that have a description."""
     if not descriptions:
         return {}
@@ -301,5 +308,5 @@ def _describe(descriptions: dict[str, str] | None, models: list[str]) -> dict[st
     names = [m for m in models if m in descriptions]
     if not names:
         return {}
-    vecs = unit_rows(embedding.embed([descriptions[m] for m in names]))
+    vecs = unit_rows(embedding.embed([descriptions[m] for m in names], encoder))
     return dict(zip(names, vecs, strict=True))

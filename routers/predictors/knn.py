@@ -11,10 +11,11 @@ import numpy as np
 
 from routers.predictors import weights
 from routers.predictors.base import CostModel, Queries, check_params, model_columns, unit_rows
+from routers.predictors.embedding import DEFAULT_ENCODER
 from routers.records import RecordTable
 
 WEIGHTS = "knn.npz"
-DEFAULTS: dict[str, Any] = {"k": 40, "weighting": "similarity"}
+DEFAULTS: dict[str, Any] = {"encoder": DEFAULT_ENCODER, "k": 40, "weighting": "similarity"}
 
 
 class KnnPredictor:
@@ -56,12 +57,12 @@ class KnnPredictor:
         if int(p["k"]) < 1 or p["weighting"] not in ("similarity", "uniform"):
             raise ValueError("knn needs k >= 1 and weighting 'similarity' or 'uniform'")
         p["k"] = int(p["k"])
-        emb = Queries.from_table(table).ensure_embeddings()
+        emb = Queries.from_table(table).ensure_embeddings(p["encoder"])
         return cls(list(table.models), p, emb, table.quality, CostModel.fit(table))
 
     def predict_quality(self, queries: Queries, models: list[str]) -> np.ndarray:
         cols = model_columns(self._column, models, self.kind)
-        emb = unit_rows(queries.ensure_embeddings())
+        emb = unit_rows(queries.ensure_embeddings(self.params["encoder"]))
         k = min(int(self.params["k"]), len(self._emb))
         quality = self._quality[:, cols]
         observed = ~np.isnan(quality)

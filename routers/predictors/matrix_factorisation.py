@@ -19,10 +19,12 @@ from routers.predictors.base import (
     torch_threads,
     unit_rows,
 )
+from routers.predictors.embedding import DEFAULT_ENCODER
 from routers.records import RecordTable
 
 WEIGHTS = "mf.pt"
 DEFAULTS: dict[str, Any] = {
+    "encoder": DEFAULT_ENCODER,
     "dim": 32,
     "steps": 300,
     "lr": 0.01,
@@ -79,7 +81,7 @@ class MatrixFactorisationPredictor:
         p = check_params(DEFAULTS, params, cls.kind)
         p["dim"], p["steps"], p["batch_size"] = int(p["dim"]), int(p["steps"]), int(p["batch_size"])
         p["lr"], p["weight_decay"] = float(p["lr"]), float(p["weight_decay"])
-        emb = unit_rows(Queries.from_table(table).ensure_embeddings())
+        emb = unit_rows(Queries.from_table(table).ensure_embeddings(p["encoder"]))
         torch.manual_seed(seed)
         net = _mf_module(len(table.models), emb.shape[1], p["dim"])
         e = torch.from_numpy(emb)
@@ -106,7 +108,7 @@ class MatrixFactorisationPredictor:
         import torch
 
         cols = model_columns(self._column, models, self.kind)
-        emb = unit_rows(queries.ensure_embeddings())
+        emb = unit_rows(queries.ensure_embeddings(self.params["encoder"]))
         with torch.no_grad(), torch_threads(1):
             logits = self._net(torch.from_numpy(emb))
         return torch.sigmoid(logits).numpy()[:, cols].astype(np.float64)

@@ -119,10 +119,10 @@ def sim_edges(idx: Tensor, sim: Tensor, keep_src: Tensor) -> tuple[Tensor, Tenso
 # -- features --------------------------------------------------------------------------------
 
 
-def query_features(queries: Queries, lexical: bool) -> np.ndarray:
+def query_features(queries: Queries, lexical: bool, encoder: str) -> np.ndarray:
     """Embedding, then the raw extra columns (log prompt tokens, lexical features)."""
     parts = [
-        np.asarray(queries.ensure_embeddings(), np.float32),
+        np.asarray(queries.ensure_embeddings(encoder), np.float32),
         np.log1p(np.asarray(queries.input_tokens, np.float64)).reshape(-1, 1),
     ]
     if lexical:
@@ -132,11 +132,11 @@ def query_features(queries: Queries, lexical: bool) -> np.ndarray:
     return np.hstack([p.astype(np.float32) for p in parts])
 
 
-def embed_texts(texts: list[str]) -> np.ndarray:
+def embed_texts(texts: list[str], encoder: str) -> np.ndarray:
     """Node features of task and LLM descriptions: their sentence embeddings."""
     from routers.predictors.embedding import embed
 
-    return np.asarray(embed(texts), np.float32)
+    return np.asarray(embed(texts, encoder), np.float32)
 
 
 def half(x: np.ndarray) -> np.ndarray:
@@ -220,8 +220,8 @@ def training_graph(
     other tasks (the neighbours of a query whose task is treated as never seen), and the
     normalisation of the query features and log costs (without the cost variance, which
     training finds)."""
-    dim = int(queries.ensure_embeddings().shape[1])
-    x = query_features(queries, bool(p["lexical"]))
+    dim = int(queries.ensure_embeddings(p["encoder"]).shape[1])
+    x = query_features(queries, bool(p["lexical"]), p["encoder"])
     extra_mean = x[:, dim:].mean(axis=0)
     extra_scale = x[:, dim:].std(axis=0) + 1e-6
     x[:, dim:] = (x[:, dim:] - extra_mean) / extra_scale
@@ -241,9 +241,9 @@ def training_graph(
     graph = Graph(
         x_query=x,
         query_task=query_task,
-        x_task=embed_texts([describe_task(t) for t in tasks]),
+        x_task=embed_texts([describe_task(t) for t in tasks], p["encoder"]),
         task_names=tasks,
-        x_llm=embed_texts([model_text[m] for m in table.models]),
+        x_llm=embed_texts([model_text[m] for m in table.models], p["encoder"]),
         llm_names=list(table.models),
         quality=quality,
         cost_z=np.where(seen, (log_cost - mu) / sd, np.nan).astype(np.float32),

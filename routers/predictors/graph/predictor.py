@@ -97,7 +97,8 @@ class GraphPredictor:
         rows = rows if len(rows) else np.arange(len(table))
         sub = table.subset(rows)
         q = Queries.from_table(sub)
-        q.embeddings = queries.ensure_embeddings()[rows]
+        encoder = self.params["encoder"]
+        q.embeddings = {encoder: queries.ensure_embeddings(encoder)[rows]}
         head, linear = self._head_cost(q, self.models), self._linear.predict(q, self.models)
         errors: dict[str, dict[str, float]] = {}
         for j, m in enumerate(self.models):
@@ -122,7 +123,7 @@ class GraphPredictor:
         with self._lock:
             if name in self.models or self._added.get(name) == description:
                 return
-            row = embed_texts([description])
+            row = embed_texts([description], self.params["encoder"])
             g = self._g
             if name in self._llm:  # a new description for an added model
                 x_llm, names = g.x_llm.copy(), g.llm_names
@@ -140,7 +141,9 @@ class GraphPredictor:
         new = sorted({t for t in tasks if t is not None and t not in self._task})
         if new:
             g = self._g
-            x_task = np.vstack([g.x_task, embed_texts([describe_task(t) for t in new])])
+            x_task = np.vstack(
+                [g.x_task, embed_texts([describe_task(t) for t in new], self.params["encoder"])]
+            )
             for t in new:
                 self._task[t] = len(self._task)
             self._g = replace(g, x_task=x_task, task_names=[*g.task_names, *new])
@@ -164,7 +167,7 @@ class GraphPredictor:
         return self._cache
 
     def _features(self, queries: Queries) -> np.ndarray:
-        x = query_features(queries, bool(self.params["lexical"]))
+        x = query_features(queries, bool(self.params["lexical"]), self.params["encoder"])
         dim = self._norm["embedding_dim"]
         x[:, dim:] = (x[:, dim:] - np.asarray(self._norm["extra_mean"], np.float32)) / (
             np.asarray(self._norm["extra_scale"], np.float32)

@@ -13,11 +13,13 @@ from torch.nn import functional as F
 from torch_geometric.data import HeteroData
 
 from routers.predictors.base import torch_threads
+from routers.predictors.embedding import DEFAULT_ENCODER
 from routers.predictors.graph.building import Graph, sim_edges
 from routers.predictors.graph.layers import GraphNet, build_net
 from routers.predictors.graph.schema import LLM, QUERY
 
 DEFAULTS: dict[str, Any] = {
+    "encoder": DEFAULT_ENCODER,
     "hidden": 32,
     "layers": 2,
     "epochs": 400,  # at most: early stopping on a validation share of the training queries
