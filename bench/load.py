@@ -34,6 +34,18 @@ import orjson
 import uvloop
 
 PROMPT = "Say hello in one short sentence."
+# With --distinct-prompts N, request i asks one of these, numbered: a learned router meets a new
+# prompt each time (its embedding LRU does not answer), as with real traffic.
+VARIED = (
+    "Say hello in one short sentence.",
+    "What is the capital of Australia, and why is it not Sydney?",
+    "Write a Python function that merges two sorted lists in linear time.",
+    "Solve for x: 3x^2 - 12x + 9 = 0. Show every step.",
+    "Summarise the plot of Hamlet in two sentences.",
+    "Which of these is a prime number? A. 21 B. 27 C. 29 D. 33",
+    "Translate into French: the meeting has been moved to Thursday afternoon.",
+    "Explain the difference between TCP and UDP to a ten-year-old.",
+)
 
 
 @dataclass
@@ -58,7 +70,12 @@ class Result:
 
 
 def build_request(
-    url: str, model: str, stream: bool, api_key: str | None, max_tokens: int
+    url: str,
+    model: str,
+    stream: bool,
+    api_key: str | None,
+    max_tokens: int,
+    prompt: str = PROMPT,
 ) -> tuple[str, int, bytes]:
     """Host, port and the complete pre-encoded request: nothing is encoded per request."""
     parts = urlsplit(url)
@@ -68,7 +85,7 @@ def build_request(
     path = f"{base}/chat/completions" if base.endswith("/v1") else f"{base}/v1/chat/completions"
     payload: dict[str, Any] = {
         "model": model,
-        "messages": [{"role": "user", "content": PROMPT}],
+        "messages": [{"role": "user", "content": prompt}],
         "max_tokens": max_tokens,
         "temperature": 0,
     }
@@ -184,8 +201,15 @@ async def run_point(
     api_key: str | None = None,
     max_tokens: int = 16,
     timeout_s: float = 30.0,
+    distinct_prompts: int = 1,
 ) -> Result:
     host, port, request = build_request(url, model, stream, api_key, max_tokens)
+    # Pre-encoded too: one per prompt, taken in turn by every connection.
+    prompts = [f"{VARIED[i % len(VARIED)]} ({i})" for i in range(1, max(1, distinct_prompts))]
+    requests = [request] + [
+        build_request(url, model, stream, api_key, max_tokens, text)[2] for text in prompts
+    ]
+    sent = 0
     loop = asyncio.get_running_loop()
     lat = array("q")
     ttfb = array("q")
@@ -208,7 +232,7 @@ async def run_point(
     t_end = t_start + int(duration_s * 1e9)
 
     async def worker() -> None:
-        nonlocal completed
+        nonlocal completed, sent
         conn: ClientConn | None = None
         while True:
             t0 = time.perf_counter_ns()
@@ -217,7 +241,8 @@ async def run_point(
             try:
                 if conn is None or conn.lost:
                     conn = await connect()
-                status = await conn.send(request, timeout_s)
+                sent += 1
+                status = await conn.send(requests[sent % len(requests)], timeout_s)
             except (OSError, ConnectionError, TimeoutError) as exc:
                 if conn is not None and conn.transport is not None:
                     conn.transport.close()
@@ -299,6 +324,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--max-tokens", type=int, default=16)
     ap.add_argument("--timeout", type=float, default=30.0, help="per-request timeout (s)")
     ap.add_argument("--json", action="store_true", help="print one JSON object per level")
+    ap.add_argument(
+        "--distinct-prompts",
+        type=int,
+        default=1,
+        metavar="N",
+        help="cycle through N different prompts (default 1: the same prompt every time)",
+    )
     args = ap.parse_args(argv)
 
     async def run_all() -> list[Result]:
@@ -315,6 +347,7 @@ def main(argv: list[str] | None = None) -> None:
                     api_key=args.api_key,
                     max_tokens=args.max_tokens,
                     timeout_s=args.timeout,
+                    distinct_prompts=args.distinct_prompts,
                 )
             )
         return out
