@@ -94,7 +94,7 @@ PHASES = (
           _fn("starlette/responses", "__call__")),
     Phase("upstream exchange run as its own task (EndpointHealth.watched)", 0,
           lambda file, name: ("httpx/_client" in file and name == "post")
-          or ("gateway/backends/" in file and name == "exchange")),
+          or ("gateway/backends/http_client" in file and name == "__call__")),
     Phase("upstream client callbacks (aiohttp protocol, request body writer)", 0,
           lambda file, name: ("aiohttp/client_proto" in file and name == "data_received")
           or ("aiohttp/client_reqrep" in file and name == "write_bytes")),
@@ -219,6 +219,7 @@ async def profile(args: argparse.Namespace, tmp: Path) -> int:
         port=port,
         http=guarded_protocol(ServerLimits()),
         access_log=False,
+        proxy_headers=False,  # as serve without --forwarded-allow-ips
         log_level="warning",
         timeout_keep_alive=5,
         timeout_graceful_shutdown=5,
