@@ -249,6 +249,8 @@ class EndpointHealth:
 
     def order(self) -> list[Endpoint]:
         """Usable endpoints by fewest outstanding (ties shuffled), then the cooling ones."""
+        if len(self.endpoints) == 1:  # what the rest gives one endpoint (shuffle draws nothing)
+            return self.endpoints[:]
         now = time.monotonic()
         eps = self.endpoints[:]
         random.shuffle(eps)

@@ -137,7 +137,7 @@ class VllmPool:
         payload = self._body(call, stream=False)
         tried: list[str] = []
         last: UpstreamError | None = None
-        async for endpoint in self._attempts(call):
+        for endpoint in self.health.order()[: call.retries + 1]:  # _attempts, without a generator
             tried.append(endpoint.base_url)
             endpoint.outstanding += 1
             try:
