@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import aiohttp
 import httpx
+import yarl
 from httpx_aiohttp import AiohttpTransport
 from httpx_aiohttp.transport import map_aiohttp_exceptions
 
@@ -44,12 +45,15 @@ class JsonPost:
     (a proxy from the environment, a test's transport) goes through `client.post` as before.
     """
 
-    __slots__ = ("_client", "_headers", "_transport", "_url")
+    __slots__ = ("_client", "_headers", "_log", "_timeouts", "_transport", "_url", "_yarl")
     _json = {"content-type": "application/json"}  # noqa: RUF012 - read only
 
     def __init__(self, client: httpx.AsyncClient, url: str):
         self._client = client
         self._url = url
+        self._yarl = yarl.URL(url)  # what aiohttp would parse the string into, once
+        self._timeouts: dict[float, aiohttp.ClientTimeout] = {}  # by connect timeout
+        self._log = logging.getLogger("httpx")  # httpx's own request log, as it would write
         transport = client._transport_for_url(httpx.URL(url))
         plain = client.auth is None and not any(client.event_hooks.values())
         self._transport = transport if isinstance(transport, AiohttpTransport) and plain else None
@@ -78,13 +82,15 @@ class JsonPost:
         session = transport.client
         headers = [*self._headers, ("content-length", str(len(payload)))]
         # What AiohttpTransport.handle_async_request passes for this request.
-        timeout = aiohttp.ClientTimeout(
-            sock_connect=connect_timeout_s, sock_read=None, connect=None
-        )
-        with map_aiohttp_exceptions():
+        timeout = self._timeouts.get(connect_timeout_s)
+        if timeout is None:
+            timeout = self._timeouts[connect_timeout_s] = aiohttp.ClientTimeout(
+                sock_connect=connect_timeout_s, sock_read=None, connect=None
+            )
+        try:
             async with session.request(
                 "POST",
-                self._url,
+                self._yarl,
                 headers=headers,
                 data=payload or None,
                 allow_redirects=False,
@@ -98,7 +104,12 @@ class JsonPost:
             ) as resp:
                 raw = await resp.read()
                 status, reason, raw_headers = resp.status, resp.reason, resp.raw_headers
-        log = logging.getLogger("httpx")  # httpx's own request log, as it would have written
+        except Exception:
+            # httpx's error for aiohttp's, by the transport's own mapping (entered on the way
+            # out, rather than around every call: a generator per request).
+            with map_aiohttp_exceptions():
+                raise
+        log = self._log
         if log.isEnabledFor(logging.INFO):
             log.info(
                 'HTTP Request: %s %s "%s %d %s"', "POST", self._url, "HTTP/1.1", status, reason
