@@ -85,16 +85,17 @@ PHASES = (
           _fn("gateway/pipeline/route", "route")),
     Phase("admit.reserve (rate limits, budgets)", 2, _fn("gateway/pipeline/admit", "reserve")),
     Phase("run (fallback chain, backend call)", 2, _fn("gateway/pipeline/run", "run")),
-    Phase("VllmPool.complete (its own frames; the exchange may run in a task of its own)", 3,
+    Phase("VllmPool.complete", 3,
           _fn("gateway/backends/vllm_pool/pool", "complete")),
+    Phase("JsonPost (the upstream exchange, on aiohttp)", 4,
+          _fn("gateway/backends/http_client", "__call__")),
     Phase("respond.answered (JSON, headers)", 3, _fn("gateway/pipeline/respond", "answered")),
     Phase("Accounting.finish (cost, settle, log row, metrics)", 4,
           _fn("gateway/accounting/charge", "finish")),
     Phase("Starlette Response.__call__ (send start + body)", 1,
           _fn("starlette/responses", "__call__")),
-    Phase("upstream exchange run as its own task (EndpointHealth.watched)", 0,
-          lambda file, name: ("httpx/_client" in file and name == "post")
-          or ("gateway/backends/http_client" in file and name == "__call__")),
+    Phase("upstream exchange as a task of its own (httpx; only the code before)", 0,
+          _fn("httpx/_client", "post")),
     Phase("upstream client callbacks (aiohttp protocol, request body writer)", 0,
           lambda file, name: ("aiohttp/client_proto" in file and name == "data_received")
           or ("aiohttp/client_reqrep" in file and name == "write_bytes")),
@@ -115,7 +116,9 @@ def phase_table(
     for phase in PHASES:
         cpu = sum(ct for (f, _l, n), (_cc, _nc, _tt, ct, _c) in table.items() if phase.match(f, n))
         out.append((phase.label, phase.depth, cpu, cpu / whole))
-    rest = total - sum(cpu for _label, depth, cpu, _share in out if depth == 0)
+    # Never below 0: a callback the loop also runs inline (aiohttp's body writer) is counted
+    # twice above.
+    rest = max(0.0, total - sum(cpu for _label, depth, cpu, _share in out if depth == 0))
     out.append(("other Python (timers, health checks, policy watcher, ...)", 0, rest, rest / whole))
     outside = whole - total
     out.append(("outside Python (uvloop C code between callbacks, the profiler)", 0, outside,
