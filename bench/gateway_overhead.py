@@ -1,9 +1,15 @@
 """How much latency and throughput does a gateway cost? Routegate (and optionally LiteLLM's
 proxy) against the same do-nothing upstream, at several concurrency levels.
 
-    python bench/gateway_overhead.py                       # direct vs Routegate
+    python bench/gateway_overhead.py                       # direct vs Routegate's 3 routes
+    python bench/gateway_overhead.py --targets direct fixed budget -c 1 16 64 --repeat 2
     python bench/gateway_overhead.py --compare-litellm     # ... and the LiteLLM proxy
     python bench/gateway_overhead.py --stream --json var/bench.json
+
+Routegate's targets: `fixed` (route `auto` names one model), `learned` (`auto` is the shipped
+learned router complexity-default) and `budget` (the fixed route, every request sent with a
+virtual key that has a budget). Every target's row has the server's CPU per request (direct:
+the upstream's).
 
 For each target in turn (only one runs at a time) it starts the server, waits until it is ready
 and answers a real chat completion, then runs `bench/load.py` in its own process once per
@@ -600,11 +606,14 @@ def markdown(doc: dict[str, Any]) -> str:
 
 
 def chosen_targets(args: argparse.Namespace) -> list[str]:
-    """`--targets` as given; else direct and Routegate's three, LiteLLM when compared."""
+    """`--targets` as given, else direct and Routegate's three; LiteLLM last when compared."""
     if args.targets:
-        return list(args.targets)
-    chosen = ["direct"] if args.no_routegate else ["direct", *ROUTEGATE_TARGETS]
-    return [*chosen, "litellm"] if args.compare_litellm else chosen
+        chosen = list(dict.fromkeys(args.targets))
+    else:
+        chosen = ["direct"] if args.no_routegate else ["direct", *ROUTEGATE_TARGETS]
+    if args.compare_litellm and "litellm" not in chosen:
+        chosen.append("litellm")
+    return chosen
 
 
 def summary_markdown(doc: dict[str, Any]) -> str:
@@ -645,7 +654,7 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         metavar="T",
         help=f"which to measure, in this order, of {', '.join(TARGETS)} "
-        "(default: direct fixed learned budget; litellm with --compare-litellm)",
+        "(default: direct fixed learned budget; --compare-litellm adds litellm)",
     )
     ap.add_argument("--duration", "-d", type=float, default=6.0, help="seconds measured per point")
     ap.add_argument("--warmup", "-w", type=float, default=1.5, help="seconds discarded per point")
