@@ -1,9 +1,15 @@
 """How much latency and throughput does a gateway cost? Routegate (and optionally LiteLLM's
 proxy) against the same do-nothing upstream, at several concurrency levels.
 
-    python bench/gateway_overhead.py                       # direct vs Routegate
+    python bench/gateway_overhead.py                       # direct vs Routegate's 3 routes
+    python bench/gateway_overhead.py --targets direct fixed budget -c 1 16 64 --repeat 2
     python bench/gateway_overhead.py --compare-litellm     # ... and the LiteLLM proxy
     python bench/gateway_overhead.py --stream --json var/bench.json
+
+Routegate's targets: `fixed` (route `auto` names one model), `learned` (`auto` is the shipped
+learned router complexity-default) and `budget` (the fixed route, every request sent with a
+virtual key that has a budget). Every target's row has the server's CPU per request (direct:
+the upstream's).
 
 For each target in turn (only one runs at a time) it starts the server, waits until it is ready
 and answers a real chat completion, then runs `bench/load.py` in its own process once per
@@ -32,7 +38,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -173,14 +179,18 @@ class Server:
 
 
 def _http(
-    method: str, url: str, body: dict[str, Any] | None = None, timeout: float = 5.0
+    method: str,
+    url: str,
+    body: dict[str, Any] | None = None,
+    timeout: float = 5.0,
+    api_key: str = API_KEY,
 ) -> tuple[int, bytes]:
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(
         url,
         data=data,
         method=method,
-        headers={"content-type": "application/json", "authorization": f"Bearer {API_KEY}"},
+        headers={"content-type": "application/json", "authorization": f"Bearer {api_key}"},
     )
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
@@ -219,6 +229,9 @@ class Target:
     ready_url: str
     model: str
     server: Server | None = None  # None: the upstream itself, already running
+    api_key: str = API_KEY  # the bearer every request of the load sends
+    # Runs once the server is ready, before any point (e.g. creates the key the load sends).
+    setup: Callable[[Target], None] | None = None
     results: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -249,7 +262,7 @@ def run_load(
         "--model",
         target.model,
         "--api-key",
-        API_KEY,
+        target.api_key,
     ]
     if args.stream:
         argv.append("--stream")
@@ -278,9 +291,11 @@ def run_load(
     # CPU the server burned per request, over the whole run (warm-up included, so divided by
     # every request completed, not only the measured ones).
     done = result.get("completed_total") or 0
-    result["server_cpu_us_per_req"] = (cpu1 - cpu0) / done * 1e6 if target.server and done else None
     # The upstream's own cost, to show it is not what is being measured.
     result["upstream_cpu_us_per_req"] = (up1 - up0) / done * 1e6 if done else None
+    # Direct, the server under test is the upstream itself: its CPU is the server's.
+    server_cpu = (cpu1 - cpu0) if target.server else (up1 - up0)
+    result["server_cpu_us_per_req"] = server_cpu / done * 1e6 if done else None
     if stats0 and stats1:
         # Upstream connections opened during the run (the /stats read opens one itself), and
         # upstream requests per completed client request (1.0 plus health checks, for a proxy
@@ -342,7 +357,69 @@ def measure_point(
     return best
 
 
+# Routegate's targets: the kind of route `auto` is, and the target's name in the tables.
+ROUTEGATE_TARGETS = {
+    "fixed": "routegate",
+    "learned": "routegate-learned",
+    "budget": "routegate-budget",
+}
+TARGETS = ("direct", *ROUTEGATE_TARGETS, "litellm")
+LEARNED_ROUTER = ROOT / "routers" / "artifacts" / "complexity-default"
+BUDGET_KEY = {"team": "bench", "budget_usd": 1_000_000.0, "period": "month"}
+
+
+def routegate_policy(kind: str, upstream_port: int) -> str:
+    """The policy a Routegate target serves. Retries 0: a failure must show up as an error
+    here, not be hidden by a second attempt. `fixed` and `budget`: route `auto` names the one
+    model. `learned`: `auto` is the shipped learned router (complexity-default) over two models,
+    mapped and priced as the example policy's `auto` route (both answered by the upstream)."""
+
+    def model(name: str, pricing: str) -> str:
+        return f"""\
+  {name}:
+    provider: vllm
+    endpoints: [http://127.0.0.1:{upstream_port}/v1]
+    served_name: fast
+    pricing: {{{pricing}}}
+"""
+
+    if kind == "learned":
+        models = model(
+            "small",
+            "gpu_hour_usd: 1.20, input_tokens_per_second: 20000, output_tokens_per_second: 2000",
+        ) + model(
+            "large",
+            "gpu_hour_usd: 4.00, input_tokens_per_second: 8000, output_tokens_per_second: 500",
+        )
+        routes = f"""\
+  auto:
+    kind: learned
+    router: {LEARNED_ROUTER}
+    models: [small, large]
+    model_map: {{small: mistralai/Mixtral-8x7B-Instruct-v0.1, large: gpt-4-1106-preview}}
+    lambda: 2000
+"""
+    else:
+        models = model("fast", "input_per_1m: 0.1, output_per_1m: 0.2")
+        routes = "  auto: {models: [fast]}\n"
+    return (
+        "version: 1\ndefaults: {timeout_s: 30, retries: 0, health_interval_s: 5}\n"
+        f"models:\n{models}routes:\n{routes}"
+    )
+
+
+def create_budget_key(target: Target) -> None:
+    """A virtual key with a (never reached) monthly budget, made through the admin API with
+    the master key; the load then sends its secret, so every request reserves and settles."""
+    admin = target.base_url.removesuffix("/v1") + "/admin/keys"
+    status, body = _http("POST", admin, BUDGET_KEY, timeout=10)
+    if status != 201:
+        raise RuntimeError(f"creating the budget key failed: {status} {body[:300]!r}")
+    target.api_key = json.loads(body)["secret"]
+
+
 def routegate_target(
+    kind: str,
     port: int,
     upstream_port: int,
     tmp: Path,
@@ -350,20 +427,9 @@ def routegate_target(
     model: str,
     extra: Sequence[str],
 ) -> Target:
-    policy = tmp / "routegate-policy.yaml"
-    # Retries 0: a failure must show up as an error here, not be hidden by a second attempt.
-    policy.write_text(f"""\
-version: 1
-defaults: {{timeout_s: 30, retries: 0, health_interval_s: 5}}
-models:
-  fast:
-    provider: vllm
-    endpoints: [http://127.0.0.1:{upstream_port}/v1]
-    served_name: fast
-    pricing: {{input_per_1m: 0.1, output_per_1m: 0.2}}
-routes:
-  auto: {{models: [fast]}}
-""")
+    name = ROUTEGATE_TARGETS[kind]
+    policy = tmp / f"{name}-policy.yaml"
+    policy.write_text(routegate_policy(kind, upstream_port))
     exe = Path(sys.executable).with_name("routegate")
     argv = [
         str(exe) if exe.exists() else "routegate",
@@ -375,12 +441,21 @@ routes:
         "--port",
         str(port),
         "--log",
-        str(tmp / "routegate.sqlite"),
+        str(tmp / f"{name}.sqlite"),
+        "--state-file",
+        str(tmp / f"{name}-state.sqlite"),
         *extra,
     ]
-    server = Server("routegate", argv, cpus, tmp / "routegate.log")
+    env = dict(os.environ)
+    # Only the budget target has a master key (it needs the admin API, and then keys are
+    # required); the others are open gateways, as they would be whatever the caller's shell.
+    env.pop("ROUTEGATE_MASTER_KEY", None)
+    if kind == "budget":
+        env["ROUTEGATE_MASTER_KEY"] = API_KEY
+    server = Server(name, argv, cpus, tmp / f"{name}.log", env=env)
     base = f"http://127.0.0.1:{port}"
-    return Target("routegate", f"{base}/v1", f"{base}/readyz", model, server)
+    setup = create_budget_key if kind == "budget" else None
+    return Target(name, f"{base}/v1", f"{base}/readyz", model, server, setup=setup)
 
 
 def litellm_target(
@@ -530,6 +605,34 @@ def markdown(doc: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def chosen_targets(args: argparse.Namespace) -> list[str]:
+    """`--targets` as given, else direct and Routegate's three; LiteLLM last when compared."""
+    if args.targets:
+        chosen = list(dict.fromkeys(args.targets))
+    else:
+        chosen = ["direct"] if args.no_routegate else ["direct", *ROUTEGATE_TARGETS]
+    if args.compare_litellm and "litellm" not in chosen:
+        chosen.append("litellm")
+    return chosen
+
+
+def summary_markdown(doc: dict[str, Any]) -> str:
+    """One row per target, every concurrency in a cell (`1 / 16 / 64`): the comparison at a
+    glance, as the issue tracker's tables have it."""
+    by_target: dict[str, list[dict[str, Any]]] = {}
+    for r in doc["results"]:
+        by_target.setdefault(r["target"], []).append(r)
+    out = ["| target | concurrency | req/s | server CPU µs/req |", "|---|---|---|---|"]
+    for name, rows in by_target.items():
+        cells = (
+            " / ".join(str(r["concurrency"]) for r in rows),
+            " / ".join(f"{r['rps']:,.0f}" for r in rows),
+            " / ".join(_fmt(r.get("server_cpu_us_per_req"), 0) for r in rows),
+        )
+        out.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
 @contextlib.contextmanager
 def running(server: Server | None) -> Iterator[None]:
     try:
@@ -543,13 +646,22 @@ def running(server: Server | None) -> Iterator[None]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--concurrency", "-c", type=int, nargs="+", default=[1, 8, 32, 64])
+    ap.add_argument("--concurrency", "-c", type=int, nargs="+", default=[1, 16, 64])
+    ap.add_argument(
+        "--targets",
+        nargs="+",
+        choices=TARGETS,
+        default=None,
+        metavar="T",
+        help=f"which to measure, in this order, of {', '.join(TARGETS)} "
+        "(default: direct fixed learned budget; --compare-litellm adds litellm)",
+    )
     ap.add_argument("--duration", "-d", type=float, default=6.0, help="seconds measured per point")
     ap.add_argument("--warmup", "-w", type=float, default=1.5, help="seconds discarded per point")
     ap.add_argument("--stream", action="store_true", help="streaming requests instead (SSE)")
     ap.add_argument("--compare-litellm", action="store_true", help="also measure LiteLLM's proxy")
     ap.add_argument("--litellm-venv", type=Path, default=ROOT / "var" / "litellm-proxy-venv")
-    ap.add_argument("--no-routegate", action="store_true", help="skip Routegate")
+    ap.add_argument("--no-routegate", action="store_true", help="skip Routegate's targets")
     ap.add_argument(
         "--routegate-arg",
         action="append",
@@ -584,7 +696,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = ap.parse_args(argv)
     if args.markdown:
-        print(markdown(json.loads(args.markdown.read_text())))
+        doc = json.loads(args.markdown.read_text())
+        print(markdown(doc) + "\n\n" + summary_markdown(doc))
         return 0
     # A plain `kill` must still run the finally blocks that stop every server started here.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -609,17 +722,20 @@ def main(argv: list[str] | None = None) -> int:
             tmp / "upstream.log",
         )
         up_base = f"http://127.0.0.1:{up_port}"
-        targets = [Target("direct", f"{up_base}/v1", f"{up_base}/health", "fast")]
-        if not args.no_routegate:
-            targets.append(
-                routegate_target(
-                    free_port(), up_port, tmp, target_cpus, args.model, args.routegate_arg
+        targets: list[Target] = []
+        for kind in chosen_targets(args):
+            if kind == "direct":
+                targets.append(Target("direct", f"{up_base}/v1", f"{up_base}/health", "fast"))
+            elif kind == "litellm":
+                targets.append(
+                    litellm_target(free_port(), up_port, tmp, target_cpus, args.litellm_venv)
                 )
-            )
-        if args.compare_litellm:
-            targets.append(
-                litellm_target(free_port(), up_port, tmp, target_cpus, args.litellm_venv)
-            )
+            else:
+                targets.append(
+                    routegate_target(
+                        kind, free_port(), up_port, tmp, target_cpus, args.model, args.routegate_arg
+                    )
+                )
         idle_check = foreign_load()
         if idle_check > FOREIGN_WARN:
             console.print(
@@ -643,6 +759,8 @@ def main(argv: list[str] | None = None) -> int:
                             t.model,
                             args.ready_timeout,
                         )
+                        if t.setup is not None:
+                            t.setup(t)
                         for c in args.concurrency:
                             t.results.append(
                                 measure_point(t, upstream, up_base, c, args, other_cpus)

@@ -34,6 +34,7 @@ from gateway.admission.price_multiplier import Pacers
 from gateway.backends.http_client import new_upstream_client
 from gateway.dashboard import mount_dashboard
 from gateway.errors import ApiError
+from gateway.hot_routes import HotRoutes
 from gateway.http_limits import RequestLimits
 from gateway.metrics import Metrics
 from gateway.pipeline import Services, handle
@@ -117,6 +118,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="Routegate", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None
     )
 
+    hot_paths = ("/v1/chat/completions", "/v1/completions")
+
+    def runtime_of(request: Request) -> Runtime:
+        runtime = request.app.state.holder.current
+        if runtime is None:
+            raise ApiError(503, "No policy is loaded", code="not_ready")
+        return runtime
+
+    # The two hot endpoints are plain Starlette routes: they read the raw body themselves, so
+    # FastAPI's per-request dependency solving would only add latency.
+    async def chat_completions(request: Request) -> Response:
+        return await handle(request, "chat", runtime_of(request), request.app.state.services)
+
+    async def completions(request: Request) -> Response:
+        return await handle(request, "completions", runtime_of(request), request.app.state.services)
+
+    # Added first, so the router tries them first: a request passes every route before its
+    # own (a regex match each), and no other route matches these paths, so no answer changes.
+    app.router.add_route(hot_paths[0], chat_completions, methods=["POST"])
+    app.router.add_route(hot_paths[1], completions, methods=["POST"])
+
     app.include_router(admin_router)
     mount_dashboard(app, settings)
 
@@ -125,15 +147,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         runtime = holder.current if holder is not None else None
         return runtime.policy.defaults.max_request_bytes if runtime else 4 * 1024 * 1024
 
+    # Added before the body limits, so it runs inside them: the completions' short way
+    # through the app (gateway/hot_routes.py).
+    app.add_middleware(HotRoutes, router=app.router, paths=hot_paths)
     app.add_middleware(
         RequestLimits, api_limit=api_body_limit, body_timeout_s=settings.body_timeout_s
     )
-
-    def runtime_of(request: Request) -> Runtime:
-        runtime = request.app.state.holder.current
-        if runtime is None:
-            raise ApiError(503, "No policy is loaded", code="not_ready")
-        return runtime
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> Response:
@@ -165,17 +184,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def _internal_error(request: Request, exc: Exception) -> Response:
         # The last resort (Starlette logs the traceback after it): JSON, never plain text.
         return ApiError(500, "Internal error in the gateway", code="internal_error").response()
-
-    # The two hot endpoints are plain Starlette routes: they read the raw body themselves, so
-    # FastAPI's per-request dependency solving would only add latency.
-    async def chat_completions(request: Request) -> Response:
-        return await handle(request, "chat", runtime_of(request), request.app.state.services)
-
-    async def completions(request: Request) -> Response:
-        return await handle(request, "completions", runtime_of(request), request.app.state.services)
-
-    app.router.add_route("/v1/chat/completions", chat_completions, methods=["POST"])
-    app.router.add_route("/v1/completions", completions, methods=["POST"])
 
     @app.get("/v1/models")
     async def models(request: Request) -> Response:

@@ -2,9 +2,31 @@
 
 from __future__ import annotations
 
+from typing import Generic, TypeVar
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+M = TypeVar("M", Counter, Histogram)
+
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class Children(Generic[M]):
+    """A metric's child for each label set, looked up once. `labels()` takes a lock, checks and
+    converts every value on each call; the child it gives for a label set is the same object
+    for the life of the metric (nothing here removes children), so keeping it is the same."""
+
+    __slots__ = ("_children", "_metric")
+
+    def __init__(self, metric: M):
+        self._metric = metric
+        self._children: dict[tuple[str, ...], M] = {}
+
+    def __call__(self, *values: str) -> M:
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self._metric.labels(*values)
+        return child
 
 
 class Metrics:
@@ -86,3 +108,12 @@ class Metrics:
             ("result",),
             registry=self.registry,
         )
+        # What every request counts, by label set (gateway/accounting/charge.py).
+        self.requests_of = Children(self.requests)
+        self.errors_of = Children(self.errors)
+        self.latency_of = Children(self.latency)
+        self.ttft_of = Children(self.ttft)
+        self.tokens_of = Children(self.tokens)
+        self.cost_of = Children(self.cost)
+        self.fallbacks_of = Children(self.fallbacks)
+        self.cache_of = Children(self.cache)

@@ -124,17 +124,17 @@ class Accounting:
     def _count(self, step_costs: list[tuple[Step, float]], anomalies: list[dict[str, Any]]) -> None:
         rec, notes, m = self.record, self.notes, self._metrics
         route, model_label, status = rec.route or "", rec.model or "", str(rec.status)
-        m.requests.labels(route, model_label, status).inc()
+        m.requests_of(route, model_label, status).inc()
         if rec.status >= 400:
-            m.errors.labels(route, model_label, status).inc()
+            m.errors_of(route, model_label, status).inc()
         assert rec.latency_ms is not None  # set by finish
-        m.latency.labels(route, model_label).observe(rec.latency_ms / 1000)
+        m.latency_of(route, model_label).observe(rec.latency_ms / 1000)
         if rec.ttft_ms is not None:
-            m.ttft.labels(route, model_label).observe(rec.ttft_ms / 1000)
+            m.ttft_of(route, model_label).observe(rec.ttft_ms / 1000)
         for fallen in rec.fallbacks:
-            m.fallbacks.labels(route, fallen).inc()
+            m.fallbacks_of(route, fallen).inc()
         if notes.cache is not None:
-            m.cache.labels(route, "hit" if notes.cache.hit else "miss").inc()
+            m.cache_of(route, "hit" if notes.cache.hit else "miss").inc()
             if notes.cache.hit:
                 m.cache_saved.labels(route).inc(notes.cache.saved_usd)
         if notes.escalations:
@@ -145,9 +145,9 @@ class Accounting:
             for kind in anomaly["kinds"]:
                 m.anomalies.labels(route, anomaly["model"], kind).inc()
         for step, cost in step_costs:
-            m.tokens.labels(route, step.model, "prompt").inc(step.usage.prompt_tokens)
-            m.tokens.labels(route, step.model, "completion").inc(step.usage.completion_tokens)
-            m.cost.labels(route, step.model).inc(cost)
+            m.tokens_of(route, step.model, "prompt").inc(step.usage.prompt_tokens)
+            m.tokens_of(route, step.model, "completion").inc(step.usage.completion_tokens)
+            m.cost_of(route, step.model).inc(cost)
 
     def _within_reservation(
         self, step_costs: list[tuple[Step, float]], anomalies: list[dict[str, Any]]

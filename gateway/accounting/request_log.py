@@ -168,6 +168,7 @@ class RequestLog:
         self._batch = batch
         self._window_s = window_s
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._closing = threading.Event()  # cuts the writer's window short at close()
         self._flushed = threading.Condition()
         self._pending = 0
         # Created here so a bad path fails at start-up, not on the first request.
@@ -199,6 +200,7 @@ class RequestLog:
 
     def close(self) -> None:
         self._queue.put(_STOP)
+        self._closing.set()
         self._thread.join(timeout=30)
 
     def _run(self) -> None:
@@ -208,17 +210,20 @@ class RequestLog:
         while not stop:
             items = [self._queue.get()]
             # Gather what arrives within a short window: one commit per window, not per row.
+            # The writer sleeps through the window and then takes what came, rather than
+            # waiting on the queue: a waiting writer is woken by every request's put(), a
+            # thread switch (and the GIL handed over and back) per request on the serving core.
             deadline = time.monotonic() + self._window_s
             while len(items) < self._batch and items[-1] is not _STOP:
-                remaining = deadline - time.monotonic()
                 try:
-                    items.append(
-                        self._queue.get(timeout=remaining)
-                        if remaining > 0
-                        else self._queue.get_nowait()
-                    )
+                    items.append(self._queue.get_nowait())
+                    continue
                 except queue.Empty:
+                    pass
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._closing.is_set():
                     break
+                self._closing.wait(remaining)
             records = [i for i in items if i is not _STOP]
             stop = len(records) != len(items)
             if records:

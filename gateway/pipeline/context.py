@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -22,6 +23,32 @@ from policies.schema import RouteConfig
 log = logging.getLogger("routegate.pipeline")
 
 
+def new_request_id() -> str:
+    return "rg-" + secrets.token_hex(12)
+
+
+class RequestIds:
+    """Request ids as `new_request_id` makes them ("rg-" and 12 bytes of the OS's CSPRNG in
+    hex), the bytes read 4 KiB at a time: one getrandom() per 341 requests instead of one
+    each, a syscall that cost about 4 % of a proxied request. Used on one event loop (the
+    app's, made after any fork of workers), so no two processes share a pool."""
+
+    __slots__ = ("_at", "_pool")
+    _SIZE = 12
+    _READ = 4092  # 341 ids
+
+    def __init__(self) -> None:
+        self._pool = b""
+        self._at = 0
+
+    def next(self) -> str:
+        at = self._at
+        if at + self._SIZE > len(self._pool):
+            self._pool, at = os.urandom(self._READ), 0
+        self._at = at + self._SIZE
+        return "rg-" + self._pool[at : at + self._SIZE].hex()
+
+
 @dataclass(slots=True)
 class Services:
     """What the pipeline needs besides the policy: access checks, records and metrics."""
@@ -30,10 +57,7 @@ class Services:
     metrics: Metrics
     access: Access
     pacers: Pacers
-
-
-def new_request_id() -> str:
-    return "rg-" + secrets.token_hex(12)
+    ids: RequestIds = field(default_factory=RequestIds)
 
 
 @dataclass(slots=True)
@@ -74,7 +98,7 @@ class RequestContext:
 def start(kind: Kind, runtime: Runtime, services: Services) -> RequestContext:
     """A request that has just arrived: its id, its clock and its (not yet written) row."""
     t0 = time.perf_counter()
-    record = RequestRecord(new_request_id(), time.time(), kind, stream=False)
+    record = RequestRecord(services.ids.next(), time.time(), kind, stream=False)
     notes = RequestNotes()
     account = Accounting(services.request_log, services.metrics, runtime.prices, record, notes, t0)
     return RequestContext(kind, runtime, services, record, notes, account, t0)

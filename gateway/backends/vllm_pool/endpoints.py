@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import random
 import time
@@ -61,6 +62,88 @@ class Frozen(UpstreamError):
 @dataclass
 class Overran(UpstreamError):
     """Out of time on an endpoint that still answers /health: not the endpoint's fault."""
+
+
+def _overran(name: str, call: UpstreamCall) -> Overran:
+    return Overran(504, f"{name} timed out after {call.timeout_s:g} s", "upstream_timeout")
+
+
+class _Watch:
+    """The deadlines of one exchange, as a timer: each wait ends after `first_byte_timeout_s`
+    or at the deadline, whichever is first; after a wait a liveness probe runs (the exchange
+    goes on meanwhile) unless the deadline has passed, and a probe that passes starts the
+    next wait. Out of time (Overran), or a probe that fails (Frozen): `verdict` is set and
+    `timeout` fires, which cancels the exchange in its task and raises TimeoutError there."""
+
+    __slots__ = ("_call", "_deadline", "_done", "_endpoint", "_health", "_loop", "_probe",
+                 "_task", "_timer", "timeout", "verdict")  # fmt: skip
+
+    def __init__(self, health: EndpointHealth, endpoint: Endpoint, call: UpstreamCall):
+        self._health, self._endpoint, self._call = health, endpoint, call
+        self._loop = asyncio.get_running_loop()
+        self._task = asyncio.current_task()
+        self._deadline = self._loop.time() + call.timeout_s
+        self._done = False
+        self._probe: asyncio.Future[bool] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self.timeout = asyncio.timeout(None)  # the caller enters it, then calls start()
+        self.verdict: BaseException | None = None
+
+    def start(self) -> None:
+        self._wait()
+
+    def _wait(self) -> None:
+        left = self._deadline - self._loop.time()
+        if left <= 0:
+            self._fire(_overran(self._health.name, self._call))
+            return
+        step = self._call.first_byte_timeout_s
+        self._timer = self._loop.call_later(min(left, step or left), self._waited)
+
+    def _waited(self) -> None:
+        self._timer = None
+        if self._done:
+            return
+        if self._call.first_byte_timeout_s and self._loop.time() < self._deadline:
+            self._probe = asyncio.ensure_future(self._health.alive(self._endpoint))
+            self._probe.add_done_callback(self._probed)
+        else:
+            self._wait()
+
+    def _probed(self, probe: asyncio.Future[bool]) -> None:
+        self._probe = None
+        if self._done:
+            return
+        if probe.cancelled():  # the shared probe was cancelled under the call: so is the call
+            if self._task is not None:
+                self._task.cancel()
+            return
+        failure = probe.exception()
+        if failure is not None:
+            self._fire(failure)
+        elif not probe.result():
+            step, name = self._call.first_byte_timeout_s or 0, self._health.name
+            self._fire(
+                Frozen(
+                    504,
+                    f"{name}: {self._endpoint.base_url} sent nothing for {step:g} s and did "
+                    f"not answer its health check within {self._health.health_timeout_s:g} s",
+                    "upstream_timeout",
+                )
+            )
+        else:
+            self._wait()
+
+    def _fire(self, verdict: BaseException) -> None:
+        self.verdict = verdict
+        self.timeout.reschedule(self._loop.time())
+
+    def stop(self) -> None:
+        self._done = True
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._probe is not None:
+            self._probe.cancel()  # the probe's own task is shielded: other calls share it
 
 
 class EndpointHealth:
@@ -138,35 +221,26 @@ class EndpointHealth:
 
     async def watched(self, endpoint: Endpoint, call: UpstreamCall, wait: Awaitable[T]) -> T:
         """`wait` (an exchange up to its first byte, or a whole answer) under the call's
-        deadlines: `timeout_s` in all, and a liveness probe each `first_byte_timeout_s`."""
-        task = asyncio.ensure_future(wait)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + call.timeout_s
-        step = call.first_byte_timeout_s
+        deadlines: `timeout_s` in all, and a liveness probe each `first_byte_timeout_s`.
+
+        `wait` runs in the caller's task with a timer beside it (`_Watch`), not in a task of
+        its own: a task and an `asyncio.wait` per call cost more than the rest of this module
+        on a fast upstream, and the rules are the same."""
+        if call.timeout_s <= 0:
+            if inspect.iscoroutine(wait):
+                wait.close()
+            raise _overran(self.name, call)
+        watch = _Watch(self, endpoint, call)
         try:
-            while True:
-                left = deadline - loop.time()
-                if left <= 0:
-                    raise Overran(
-                        504, f"{self.name} timed out after {call.timeout_s:g} s", "upstream_timeout"
-                    )
-                done, _ = await asyncio.wait({task}, timeout=min(left, step or left))
-                if done:
-                    return task.result()
-                if step and loop.time() < deadline and not await self.alive(endpoint):
-                    if task.done():  # the answer came while the probe failed
-                        return task.result()
-                    raise Frozen(
-                        504,
-                        f"{self.name}: {endpoint.base_url} sent nothing for {step:g} s and did "
-                        f"not answer its health check within {self.health_timeout_s:g} s",
-                        "upstream_timeout",
-                    )
+            async with watch.timeout:
+                watch.start()
+                return await wait
+        except TimeoutError:
+            if watch.verdict is not None and watch.timeout.expired():
+                raise watch.verdict from None
+            raise  # the exchange's own
         finally:
-            if not task.done():
-                task.cancel()
-                with contextlib.suppress(BaseException):
-                    await task
+            watch.stop()
 
     async def _loop(self) -> None:
         while True:
@@ -175,6 +249,8 @@ class EndpointHealth:
 
     def order(self) -> list[Endpoint]:
         """Usable endpoints by fewest outstanding (ties shuffled), then the cooling ones."""
+        if len(self.endpoints) == 1:  # what the rest gives one endpoint (shuffle draws nothing)
+            return self.endpoints[:]
         now = time.monotonic()
         eps = self.endpoints[:]
         random.shuffle(eps)

@@ -9,6 +9,7 @@ import httpx
 import orjson
 
 from gateway.backends.base import Completion, UpstreamCall, UpstreamError
+from gateway.backends.http_client import JsonPost
 from gateway.backends.openai_shapes import usage_object
 from gateway.backends.usage_bounds import answer_bytes, malformed_choices, read_usage
 from gateway.backends.vllm_pool.endpoints import Endpoint, EndpointHealth
@@ -17,7 +18,6 @@ from gateway.backends.vllm_pool.stream import (
     VllmStream,
     error_from_response,
     transport_error,
-    upstream_timeouts,
 )
 from gateway.tokens import call_bound
 from policies.schema import VllmModel
@@ -46,6 +46,12 @@ class VllmPool:
         self.endpoints = [Endpoint(str(url)) for url in config.endpoints]
         self.context_length = config.context_length
         self._client = client
+        # Each endpoint's completion calls, prepared once (gateway/backends/http_client.py).
+        self._posts = {
+            (e.base_url, kind): JsonPost(client, e.base_url + path)
+            for e in self.endpoints
+            for kind, path in PATHS.items()
+        }
         self.health = EndpointHealth(
             name,
             self.endpoints,
@@ -131,19 +137,13 @@ class VllmPool:
         payload = self._body(call, stream=False)
         tried: list[str] = []
         last: UpstreamError | None = None
-        async for endpoint in self._attempts(call):
+        for endpoint in self.health.order()[: call.retries + 1]:  # _attempts, without a generator
             tried.append(endpoint.base_url)
             endpoint.outstanding += 1
             try:
+                post = self._posts[endpoint.base_url, call.kind]
                 resp = await self.health.watched(
-                    endpoint,
-                    call,
-                    self._client.post(
-                        endpoint.base_url + PATHS[call.kind],
-                        content=payload,
-                        headers={"content-type": "application/json"},
-                        timeout=upstream_timeouts(call),
-                    ),
+                    endpoint, call, post(payload, call.connect_timeout_s)
                 )
             except httpx.HTTPError as exc:
                 last = transport_error(exc, self.name)
