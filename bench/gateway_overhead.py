@@ -263,6 +263,8 @@ def run_load(
         target.model,
         "--api-key",
         target.api_key,
+        "--distinct-prompts",
+        str(args.distinct_prompts),
     ]
     if args.stream:
         argv.append("--stream")
@@ -669,6 +671,14 @@ def main(argv: list[str] | None = None) -> int:
         help="extra argument for `routegate serve` (repeatable)",
     )
     ap.add_argument("--model", default="auto", help="model name sent through the gateways")
+    ap.add_argument(
+        "--distinct-prompts",
+        type=int,
+        default=100_000,
+        metavar="N",
+        help="cycle through N different prompts (the learned route meets a new prompt each "
+        "time, as with real traffic; 1: the same prompt, answered by its embedding LRU)",
+    )
     ap.add_argument("--upstream-workers", type=int, default=1)
     ap.add_argument("--delay-ms", type=float, default=0.0, help="upstream artificial latency")
     ap.add_argument("--no-pin", dest="pin", action="store_false", help="no CPU pinning")
