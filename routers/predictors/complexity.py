@@ -33,7 +33,7 @@ from routers.records import RecordTable
 WEIGHTS = "complexity.npz"
 DEFAULTS: dict[str, Any] = {
     "encoder": DEFAULT_ENCODER,
-    "C": 0.2,
+    "C": 0.05,
     "folds": 5,
     "lexical": True,
     "lexical_scale": 0.1,
