@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -127,17 +126,17 @@ class VllmPool:
             body["stream_options"] = {"include_usage": True, "continuous_usage_stats": True}
         return orjson.dumps(body)
 
-    async def _attempts(self, call: UpstreamCall) -> AsyncIterator[Endpoint]:
-        order = self.health.order()
-        for endpoint in order[: call.retries + 1]:
-            yield endpoint
+    def _attempts(self, call: UpstreamCall) -> list[Endpoint]:
+        """The endpoints to try, in order (a list, not a generator: one fewer object per call
+        on the hot path)."""
+        return self.health.order()[: call.retries + 1]
 
     # -- calls ------------------------------------------------------------------------------
     async def complete(self, call: UpstreamCall) -> Completion:
         payload = self._body(call, stream=False)
         tried: list[str] = []
         last: UpstreamError | None = None
-        for endpoint in self.health.order()[: call.retries + 1]:  # _attempts, without a generator
+        for endpoint in self._attempts(call):
             tried.append(endpoint.base_url)
             endpoint.outstanding += 1
             try:
@@ -205,7 +204,7 @@ class VllmPool:
         payload = self._body(call, stream=True)
         tried: list[str] = []
         last: UpstreamError | None = None
-        async for endpoint in self._attempts(call):
+        for endpoint in self._attempts(call):
             tried.append(endpoint.base_url)
             bound = call_bound(call.body, self.context_length)
             stream = VllmStream(self.name, self._client, self.health, endpoint, call.kind, bound)
