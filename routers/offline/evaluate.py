@@ -32,7 +32,7 @@ from routers.offline.replay import (
 )
 from routers.predictors import artifact
 from routers.predictors.base import CostModel, Predictor, Queries
-from routers.predictors.embedding import DEFAULT_ENCODER, LEGACY_ENCODER
+from routers.predictors.embedding import DEFAULT_ENCODER
 from routers.predictors.guard import GuardedPredictor
 from routers.records import RecordTable, split_by_query, split_by_task
 
@@ -56,8 +56,7 @@ def load_recipes(directories: list[str | Path]) -> list[Recipe]:
         if name in BASELINES or any(r.name == name for r in recipes):
             name = f"{name} [{manifest['kind']}]"
         guard = manifest.get("guard", {}).get("params")
-        # An artifact from before the encoder was a parameter was trained on the transformer.
-        params = {"encoder": LEGACY_ENCODER, **manifest["params"]}
+        params = artifact.trained_params(manifest)
         recipes.append(Recipe(name, manifest["kind"], params, Path(d), guard))
     return recipes
 

@@ -88,10 +88,15 @@ def save(
     return out
 
 
+def trained_params(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The training parameters an artifact was made with. One from before the encoder was a
+    parameter names none: it was trained on the transformer."""
+    return {"encoder": embedding.LEGACY_ENCODER, **manifest["params"]}
+
+
 def load(directory: str | Path) -> Predictor:
     manifest = read_manifest(directory)
-    # An artifact from before the encoder was a parameter was trained on the transformer.
-    manifest["params"] = {"encoder": embedding.LEGACY_ENCODER, **manifest["params"]}
+    manifest["params"] = trained_params(manifest)
     check_encoder_id(manifest)
     inner = predictor_class(manifest["kind"]).load_weights(Path(directory), manifest)
     if "guard" not in manifest:  # an artifact from before the guard

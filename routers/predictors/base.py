@@ -20,6 +20,7 @@ from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
+from routers.predictors.embedding import REFERENCE_ENCODER
 from routers.records import RecordTable
 
 
@@ -42,7 +43,7 @@ class Queries:
     def __len__(self) -> int:
         return len(self.texts)
 
-    def ensure_embeddings(self, encoder: str = "minilm") -> np.ndarray:
+    def ensure_embeddings(self, encoder: str = REFERENCE_ENCODER) -> np.ndarray:
         """The texts' embeddings by `encoder` (a name in `routers.predictors.embedding`)."""
         vectors = self.embeddings.get(encoder)
         if vectors is None:

@@ -32,10 +32,9 @@ class StaticEncoder:
 
         model = StaticModel.from_pretrained(model_dir, force_download=False)
         self.tokenizer = model.tokenizer
-        self.tokenizer.no_padding()
-        self.max_length = model.max_length
+        self.tokenizer.no_padding()  # model2vec has set its truncation (max_length tokens)
         self.unk = model.unk_token_id
-        # float32 rows: summing float16 loses digits, and the table is small (30k x 256).
+        # float32 rows: summing float16 loses digits, and the table is small (30k x 64).
         self.table = np.ascontiguousarray(model.embedding, dtype=np.float32)
         self.weights = None if model.weights is None else np.asarray(model.weights, np.float32)
         digest = hashlib.sha256((model_dir / "model.safetensors").read_bytes()).hexdigest()
@@ -50,9 +49,8 @@ class StaticEncoder:
         return int(self.table.shape[1])
 
     def _ids(self, ids: list[int]) -> list[int]:
-        if self.unk is not None:
-            ids = [i for i in ids if i != self.unk]
-        return ids[: self.max_length] if self.max_length else ids
+        # As model2vec: unknown tokens are dropped, not averaged in.
+        return ids if self.unk is None else [i for i in ids if i != self.unk]
 
     def embed(self, texts: list[str]) -> np.ndarray:
         """[len(texts), dim] float32 unit rows (a text with no known token is a zero row)."""
