@@ -42,6 +42,20 @@ CREATE TABLE IF NOT EXISTS requests (
     team TEXT                        -- the API key's team
 );
 CREATE INDEX IF NOT EXISTS requests_ts ON requests(ts);
+-- Feedback on a request's answer: explicit (POST /v1/feedback, source "user" unless named)
+-- or implicit (the gateway's own signals: judge, escalation, upstream_error, slo). One row per
+-- (request, source, model): a repeated call replaces its row, it does not add one.
+CREATE TABLE IF NOT EXISTS feedback (
+    request_id TEXT NOT NULL,
+    source TEXT NOT NULL,
+    model TEXT NOT NULL DEFAULT '',  -- the model the signal is about ('' : the request's)
+    score REAL NOT NULL,             -- 0 (bad) .. 1 (good)
+    ts REAL NOT NULL,
+    api_key_id TEXT,
+    comment TEXT,
+    PRIMARY KEY (request_id, source, model)
+);
+CREATE INDEX IF NOT EXISTS feedback_ts ON feedback(ts);
 """
 
 
@@ -113,6 +127,31 @@ class RequestNotes:
             out["switches"] = self.switches
         out.update(extra)
         return out
+
+
+@dataclass(frozen=True, slots=True)
+class FeedbackRecord:
+    """One feedback row (see the `feedback` table)."""
+
+    request_id: str
+    source: str
+    score: float
+    ts: float
+    model: str = ""
+    api_key_id: str | None = None
+    comment: str | None = None
+
+    def row(self) -> tuple[Any, ...]:
+        return (
+            self.request_id, self.source, self.model, self.score, self.ts, self.api_key_id,
+            self.comment,
+        )  # fmt: skip
+
+
+_FEEDBACK_INSERT = (
+    "INSERT OR REPLACE INTO feedback "
+    "(request_id, source, model, score, ts, api_key_id, comment) VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
 
 
 @dataclass(slots=True)
@@ -193,6 +232,12 @@ class RequestLog:
             self._pending += 1
         self._queue.put((record, notes))
 
+    def write_feedback(self, feedback: FeedbackRecord) -> None:
+        """Never blocks, like `write`; the same writer thread stores it."""
+        with self._flushed:
+            self._pending += 1
+        self._queue.put(feedback)
+
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until every queued record is on disk (tests, shutdown, reports)."""
         with self._flushed:
@@ -224,19 +269,23 @@ class RequestLog:
                 if remaining <= 0 or self._closing.is_set():
                     break
                 self._closing.wait(remaining)
-            records = [i for i in items if i is not _STOP]
-            stop = len(records) != len(items)
-            if records:
+            kept = [i for i in items if i is not _STOP]
+            stop = len(kept) != len(items)
+            records = [i for i in kept if not isinstance(i, FeedbackRecord)]
+            feedback = [i for i in kept if isinstance(i, FeedbackRecord)]
+            if kept:
                 try:
                     with db:
                         db.executemany(_INSERT, [r.row(notes) for r, notes in records])
+                        db.executemany(_FEEDBACK_INSERT, [f.row() for f in feedback])
                 except sqlite3.Error:
                     # Keep the gateway serving; the lost rows are named in the log.
                     log.exception(
-                        "request log write failed for %s", [r.request_id for r, _ in records]
+                        "request log write failed for %s",
+                        [r.request_id for r, _ in records] + [f.request_id for f in feedback],
                     )
             with self._flushed:
-                self._pending -= len(records)
+                self._pending -= len(kept)
                 self._flushed.notify_all()
         db.close()
 
@@ -253,3 +302,15 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
         r["fallbacks"] = orjson.loads(r["fallbacks"])
         r["extra"] = orjson.loads(r["extra"])
     return rows
+
+
+def read_feedback(path: str | Path) -> list[dict[str, Any]]:
+    """All feedback rows as dicts, oldest first (for tests, reports and training)."""
+    db = sqlite3.connect(path)
+    db.row_factory = sqlite3.Row
+    try:
+        return [dict(r) for r in db.execute("SELECT * FROM feedback ORDER BY ts")]
+    except sqlite3.OperationalError:  # a log written before feedback existed
+        return []
+    finally:
+        db.close()
