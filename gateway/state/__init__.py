@@ -7,6 +7,7 @@ from pathlib import Path
 from gateway.state.base import (
     PacingState,
     Reservation,
+    RunningStat,
     State,
     StateUnavailable,
     VirtualKey,
@@ -22,6 +23,7 @@ __all__ = [
     "PacingState",
     "RedisState",
     "Reservation",
+    "RunningStat",
     "State",
     "StateUnavailable",
     "VirtualKey",

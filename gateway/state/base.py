@@ -71,6 +71,31 @@ class PacingState:
     extra: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class RunningStat:
+    """A discounted running statistic of one cell (e.g. an online router's residuals for one
+    context and model): each update multiplies the old sums by `discount`, then adds the new
+    value, so old observations fade and the statistic follows a value that changes."""
+
+    weight: float = 0.0  # sum of discounted counts
+    total: float = 0.0  # sum of discounted values
+    total_sq: float = 0.0  # sum of discounted squares
+    updated_at: float = 0.0
+
+    @property
+    def mean(self) -> float:
+        return self.total / self.weight if self.weight > 0 else 0.0
+
+    def updated(self, value: float, discount: float, now: float) -> RunningStat:
+        """The pure step both stores apply atomically (Redis: the same order in Lua)."""
+        return RunningStat(
+            self.weight * discount + 1.0,
+            self.total * discount + value,
+            self.total_sq * discount + value * value,
+            now,
+        )
+
+
 Eviction = Literal["gdsf", "lec", "lru"]
 
 # Misses remembered per cache namespace (the "ghost" frequency table), so a query's frequency
@@ -195,6 +220,19 @@ class State(Protocol):
     async def cache_usage(self, namespace: str) -> tuple[int, int]:
         """(entries, bytes of their values) held in the namespace, expired ones included until
         the next put sweeps them."""
+
+    # -- learning from feedback -------------------------------------------------------------
+    async def claim_once(self, name: str, ttl_s: float, now: float) -> bool:
+        """Atomically: True the first time `name` is claimed within `ttl_s`, False after (an
+        idempotency mark, e.g. one learning update per request and feedback source)."""
+
+    async def stats_update(
+        self, table: str, cell: str, value: float, discount: float, now: float
+    ) -> None:
+        """Atomically apply `RunningStat.updated` to one cell of `table`."""
+
+    async def stats_read(self, table: str) -> dict[str, RunningStat]:
+        """Every cell of `table` (empty when there is none), in one round trip."""
 
     # -- lifecycle --------------------------------------------------------------------------
     async def ping(self, timeout_s: float | None = None) -> None:

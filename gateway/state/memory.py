@@ -43,6 +43,7 @@ from gateway.state.base import (
     Eviction,
     PacingState,
     Reservation,
+    RunningStat,
     VirtualKey,
     WindowResult,
     cache_priority,
@@ -255,6 +256,8 @@ class MemoryState:
         self._windows: dict[str, _Window] = {}
         self._pacing: dict[str, PacingState] = {}
         self._caches: dict[str, _CacheSpace] = {}
+        self._claims: dict[str, float] = {}  # name -> expiry
+        self._stats: dict[str, dict[str, RunningStat]] = {}
         self._path = path
         self._db: sqlite3.Connection | None = None
         self._db_lock = threading.Lock()  # the snapshot thread and the loop share one connection
@@ -587,6 +590,27 @@ class MemoryState:
     async def cache_usage(self, namespace: str) -> tuple[int, int]:
         space = self._caches.get(namespace)
         return (len(space.items), space.bytes) if space is not None else (0, 0)
+
+    # -- learning from feedback ----------------------------------------------------------
+    # Not persisted: what an online layer learned is worth minutes of traffic, and it fades.
+
+    async def claim_once(self, name: str, ttl_s: float, now: float) -> bool:
+        expires = self._claims.get(name)
+        if expires is not None and expires > now:
+            return False
+        if len(self._claims) > 100_000:  # bounded: drop the expired marks
+            self._claims = {k: e for k, e in self._claims.items() if e > now}
+        self._claims[name] = now + ttl_s
+        return True
+
+    async def stats_update(
+        self, table: str, cell: str, value: float, discount: float, now: float
+    ) -> None:
+        cells = self._stats.setdefault(table, {})
+        cells[cell] = cells.get(cell, RunningStat()).updated(value, discount, now)
+
+    async def stats_read(self, table: str) -> dict[str, RunningStat]:
+        return dict(self._stats.get(table, {}))
 
     # -- lifecycle ---------------------------------------------------------------------------
 

@@ -58,6 +58,7 @@ from gateway.state.base import (
     Eviction,
     PacingState,
     Reservation,
+    RunningStat,
     StateUnavailable,
     VirtualKey,
     WindowResult,
@@ -235,6 +236,27 @@ return 1
 """
 
 
+# KEYS[1] = the table hash; ARGV = cell, value, discount, now, keep s. The same order of
+# operations as RunningStat.updated, so both stores give the same doubles.
+_STATS_UPDATE = """
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+local w, t, q = 0, 0, 0
+if cur then
+  local a, b, c = string.match(cur, '([^,]+),([^,]+),([^,]+)')
+  w, t, q = tonumber(a), tonumber(b), tonumber(c)
+end
+local v, d = tonumber(ARGV[2]), tonumber(ARGV[3])
+w = w * d + 1.0
+t = t * d + v
+q = q * d + v * v
+redis.call('HSET', KEYS[1], ARGV[1], string.format('%.17g,%.17g,%.17g,%s', w, t, q, ARGV[4]))
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+return 1
+"""
+
+STATS_KEEP_S = 30 * 86400  # a table nobody updated for this long is gone
+
+
 # Shared by the cache scripts. KEYS = prio, exp, size, meta, ghost, ghost-at;
 # ARGV[1] = the entry hash prefix. Same expression and order as `cache_priority`.
 _CACHE_COMMON = """
@@ -395,6 +417,7 @@ class RedisState:
         self._usage = r.register_script(_USAGE)
         self._window_hit = r.register_script(_WINDOW_HIT)
         self._pacing_cas = r.register_script(_PACING_CAS)
+        self._stats_update = r.register_script(_STATS_UPDATE)
         # Cached answers are bytes: their own small pool, without decoding.
         self._raw_pool = aioredis.BlockingConnectionPool.from_url(
             url, max_connections=max(4, max_connections // 4), decode_responses=False, **limits
@@ -645,6 +668,31 @@ class RedisState:
             pipe.hget(keys[3], "bytes")
             entries, used = await pipe.execute()
         return int(entries), int(used or 0)
+
+    # -- learning from feedback ----------------------------------------------------------
+
+    @_unavailable_on_outage
+    async def claim_once(self, name: str, ttl_s: float, now: float) -> bool:
+        ttl_ms = max(1, int(ttl_s * 1000))
+        return bool(await self._redis.set(self._k("claim", name), "1", nx=True, px=ttl_ms))
+
+    @_unavailable_on_outage
+    async def stats_update(
+        self, table: str, cell: str, value: float, discount: float, now: float
+    ) -> None:
+        await self._stats_update(
+            keys=[self._k("stats", table)],
+            args=[cell, repr(float(value)), repr(float(discount)), repr(float(now)), STATS_KEEP_S],
+        )
+
+    @_unavailable_on_outage
+    async def stats_read(self, table: str) -> dict[str, RunningStat]:
+        raw = await self._redis.hgetall(self._k("stats", table))
+        out: dict[str, RunningStat] = {}
+        for cell, text in raw.items():
+            w, t, q, at = (float(x) for x in str(text).split(","))
+            out[str(cell)] = RunningStat(w, t, q, at)
+        return out
 
     # -- lifecycle ---------------------------------------------------------------------------
 

@@ -1,6 +1,6 @@
 """The State contract on RedisState over a real redis-server: the unit tier's tests that take the
 `state` fixture (tests/unit/test_state.py, test_cache_store.py, test_pacing.py,
-test_response_cache.py) rerun here, plus what only redis has (replicas, key expiry)."""
+test_response_cache.py, test_learning_state.py) rerun here, plus what only redis has (replicas, key expiry)."""
 
 from __future__ import annotations
 
@@ -11,12 +11,19 @@ import redis.asyncio as aioredis
 from gateway.state import open_state
 from tests.support.contract import state_tests
 from tests.unit import test_cache_store as cache_store_tests
+from tests.unit import test_learning_state as learning_state_tests
 from tests.unit import test_pacing as pacing_tests
 from tests.unit import test_response_cache as response_cache_tests
 from tests.unit import test_state as state_contract_tests
 from tests.unit.test_state import START, T0, W, make_key
 
-_MODULES = (state_contract_tests, cache_store_tests, pacing_tests, response_cache_tests)
+_MODULES = (
+    state_contract_tests,
+    cache_store_tests,
+    pacing_tests,
+    response_cache_tests,
+    learning_state_tests,
+)
 _names = [name for module in _MODULES for name in state_tests(module)]
 assert len(_names) == len(set(_names)), "two contract tests share a name"
 for _module in _MODULES:
