@@ -33,7 +33,7 @@ from policies.schema import (
     RouteConfig,
     VllmModel,
 )
-from routers.serving.base import Router
+from routers.serving.base import Learner, Router
 from routers.serving.cost_aware import CostAwareRouter
 from routers.serving.fixed import FixedRouter
 
@@ -58,6 +58,8 @@ class Runtime:
     limits: dict[str, CallLimits] = field(default_factory=dict)
     # Routes whose answer may take several models (kind cascade or ead), by route name.
     cascades: dict[str, Cascade] = field(default_factory=dict)
+    # Routes with an online layer (`online:`), by route name: feedback goes to them.
+    learners: dict[str, Learner] = field(default_factory=dict)
     loaded_at: float = field(default_factory=time.time)
 
     def chain_for_model(self, name: str) -> list[str]:

@@ -145,24 +145,38 @@ class CacheConfig(_Strict):
     )
 
 
-class FixedRoute(_Strict):
+class _RouteBase(_Strict):
+    """What every route kind may set besides its models."""
+
+    description: str | None = None
+    pacing: PacingConfig | None = None
+    cache: CacheConfig | None = None
+    slo_latency_ms: float | None = Field(
+        default=None,
+        gt=0,
+        description="an answer slower than this is recorded as implicit feedback (source slo)",
+    )
+    log_prompts: bool = Field(
+        default=False,
+        description="keep the prompt text in the request log (redacted), for routers train "
+        "--from-log",
+    )
+
+
+class FixedRoute(_RouteBase):
     """The first model answers; the rest are fallbacks, tried in order."""
 
     kind: Literal["fixed"] = "fixed"
     models: list[Name] = Field(min_length=1)
-    description: str | None = None
-    pacing: PacingConfig | None = None
-    cache: CacheConfig | None = None
 
 
-class CostAwareRoute(_Strict):
+class CostAwareRoute(_RouteBase):
     """Pick the model with the best quality - lambda x cost (or the cheapest that reaches the
     quality floor), from each model's declared `quality` and its price. Budget pacing multiplies
     lambda: spend ahead of plan makes the choice cheaper."""
 
     kind: Literal["cost_aware"]
     models: list[Name] = Field(min_length=1)
-    description: str | None = None
     lambda_: float = Field(
         default=100.0,
         ge=0,
@@ -175,11 +189,35 @@ class CostAwareRoute(_Strict):
     expected_output_tokens: int = Field(
         default=256, gt=0, description="answer length assumed when the request sets no max_tokens"
     )
-    pacing: PacingConfig | None = None
-    cache: CacheConfig | None = None
 
 
-class LearnedRoute(_Strict):
+class OnlineConfig(_Strict):
+    """An online layer over a learned route (routers/serving/online.py): per query context and
+    model, a discounted mean of feedback minus the router's prediction corrects the prediction;
+    a share of requests explores by Thompson sampling. Its state lives in the state store."""
+
+    discount: float = Field(
+        default=0.98,
+        gt=0,
+        le=1,
+        description="each new observation of a (context, model) multiplies the older ones' "
+        "weight by this: 0.98 remembers about the last 50",
+    )
+    prior_weight: float = Field(
+        default=5.0, gt=0, description="observations the offline prediction is worth"
+    )
+    explore: float = Field(
+        default=0.1, ge=0, le=1, description="share of requests chosen by Thompson sampling"
+    )
+    noise: float = Field(
+        default=0.3, gt=0, le=1, description="spread of one feedback score around its mean"
+    )
+    refresh_s: float = Field(
+        default=1.0, gt=0, description="how often a replica reads what all replicas learned"
+    )
+
+
+class LearnedRoute(_RouteBase):
     """A trained router (`routegate routers train`) predicts each model's quality for the
     request; the choice maximises quality - lambda x cost (or takes the cheapest model reaching
     the quality floor), with cost from this policy's prices and lambda times pacing's
@@ -194,14 +232,14 @@ class LearnedRoute(_Strict):
         default_factory=dict,
         description="policy model -> the model's name in the router's training records",
     )
-    description: str | None = None
     lambda_: float = Field(
         default=100.0, ge=0, alias="lambda", description="quality points per USD"
     )
     quality_floor: float | None = Field(default=None, ge=0, le=1)
     expected_output_tokens: int = Field(default=256, gt=0)
-    pacing: PacingConfig | None = None
-    cache: CacheConfig | None = None
+    online: OnlineConfig | None = Field(
+        default=None, description="learn a correction of the router's predictions from feedback"
+    )
 
 
 class ConfidenceConfig(_Strict):
@@ -226,7 +264,7 @@ class ConfidenceConfig(_Strict):
         return self
 
 
-class CascadeRoute(_Strict):
+class CascadeRoute(_RouteBase):
     """Ask the models from cheap to strong: each answer's confidence decides whether the next
     model is asked. The client pays for every step."""
 
@@ -238,12 +276,9 @@ class CascadeRoute(_Strict):
         ge=1,
         description="streaming: tokens held back and scored before the rest is streamed",
     )
-    description: str | None = None
-    pacing: PacingConfig | None = None
-    cache: CacheConfig | None = None
 
 
-class EadRoute(_Strict):
+class EadRoute(_RouteBase):
     """Entropy Adaptive Decoding: the small model writes while the rolling entropy of its next-
     token distribution stays low; past the threshold the large model writes a span, then hands
     back. Both must be vLLM models (their completions API continues any text)."""
@@ -258,9 +293,6 @@ class EadRoute(_Strict):
     span: int = Field(default=16, ge=1, description="tokens the large model writes per switch")
     chunk: int = Field(default=16, ge=1, description="tokens the small model writes per call")
     top_k: int = Field(default=5, ge=1, le=20, description="top_logprobs used for entropy")
-    description: str | None = None
-    pacing: PacingConfig | None = None
-    cache: CacheConfig | None = None
 
     @property
     def models(self) -> list[str]:

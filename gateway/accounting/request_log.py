@@ -107,6 +107,9 @@ class RequestNotes:
     steps: list[ChargedStep] | None = None  # every call paid for, when there were several
     escalations: int | None = None  # a confidence cascade's
     switches: int | None = None  # an EAD cascade's
+    # A learned route's online layer: {"context": int, "explored": bool, "offline": {model: q}}
+    # (what feedback on this request teaches it; see routers/serving/online.py).
+    online: dict[str, Any] | None = None
 
     def json(self, extra: dict[str, Any]) -> dict[str, Any]:
         """The `extra` column: these notes, then the record's free-form `extra`."""
@@ -125,6 +128,8 @@ class RequestNotes:
             out["escalations"] = self.escalations
         if self.switches is not None:
             out["switches"] = self.switches
+        if self.online is not None:
+            out["online"] = self.online
         out.update(extra)
         return out
 

@@ -5,7 +5,7 @@ Fixed routes live here now; learned routers (complexity, graph) implement the sa
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -30,3 +30,10 @@ class Router(Protocol):
     ) -> RoutingDecision | Awaitable[RoutingDecision]:
         """Cheap routers answer directly; heavy ones (learned) return an awaitable and score
         off the event loop."""
+
+
+class Learner(Protocol):
+    """A route that learns from feedback (an online layer): `online` is what the route noted
+    on the request (the request log's extra["online"]), `model` the model the score is about."""
+
+    async def learn(self, model: str, online: Mapping[str, Any], score: float) -> None: ...
