@@ -96,6 +96,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             connect_timeout_s=config.connect_timeout_s,
             timeout_s=config.timeout_s,
         )
+        holder.state = state
+        runtime.bind_state(state)
         request_log = RequestLog(settings.log_path)
         app.state.holder = holder
         app.state.services = Services(request_log, metrics, Access(state), Pacers(state))

@@ -20,6 +20,7 @@ from watchfiles import awatch
 
 from gateway.metrics import Metrics
 from gateway.runtime import BackendFactory, Runtime, build_runtime, load_learned_routers
+from gateway.state import State
 from policies.loader import PolicyError, Problem, parse_policy, policy_warnings, read_policy_text
 
 log = logging.getLogger("routegate.policy")
@@ -40,6 +41,9 @@ class PolicyHolder:
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
         self.current: Runtime | None = None
+        # The shared store, once opened (after the first policy names it): each new runtime's
+        # online layers learn in it.
+        self.state: State | None = None
         self.last_error: PolicyError | None = None
 
     async def load(self) -> Runtime:
@@ -75,6 +79,8 @@ class PolicyHolder:
             runtime = build_runtime(
                 policy, text, str(self.path), self._client, learned, self._backend_factory
             )
+            if self.state is not None:
+                runtime.bind_state(self.state)
             await runtime.start()
             return runtime
         except PolicyError:

@@ -20,6 +20,7 @@ from cascades.base import Cascade
 from gateway.admission.guard import AccessRules, access_rules, master_key
 from gateway.backends.base import Backend, CallLimits
 from gateway.backends.vllm_pool import VllmPool
+from gateway.state import State
 from policies.learned_routes import router_dir
 from policies.loader import PolicyError, Problem
 from policies.pricing import CostFn, price_table
@@ -69,6 +70,13 @@ class Runtime:
     def healthy_models(self) -> list[str]:
         return [name for name, b in self.backends.items() if b.healthy()]
 
+    def bind_state(self, state: State) -> None:
+        """The shared store, for what learns from feedback (opened after the first policy)."""
+        for learner in self.learners.values():
+            bind = getattr(learner, "bind", None)
+            if bind is not None:
+                bind(state)
+
     async def start(self) -> None:
         await asyncio.gather(*(b.start() for b in self.backends.values()))
 
@@ -98,7 +106,9 @@ def _backend(name: str, policy: Policy, client: httpx.AsyncClient) -> Backend:
 def load_learned_routers(policy: Policy, source: str) -> dict[str, Router]:
     """The learned routes' routers, artifacts loaded and warmed up. Slow (model loading): run it
     in a thread. A broken artifact is a PolicyError, so the old policy keeps serving."""
+    from routers.predictors.contexts import load as load_contexts
     from routers.serving.learned import LearnedRouter, load_predictor
+    from routers.serving.online import OnlineLayer
 
     prices = price_table(policy)
     out: dict[str, Router] = {}
@@ -106,8 +116,15 @@ def load_learned_routers(policy: Policy, source: str) -> dict[str, Router]:
         if not isinstance(route, LearnedRoute):
             continue
         try:
+            directory = router_dir(source, route.router)
+            online = OnlineLayer(name, route.online) if route.online is not None else None
             router = LearnedRouter(
-                route, load_predictor(router_dir(source, route.router)), policy, prices
+                route,
+                load_predictor(directory),
+                policy,
+                prices,
+                online=online,
+                contexts=load_contexts(directory) if online is not None else None,
             )
             router.warm_up()
         except Exception as exc:
@@ -212,5 +229,10 @@ def build_runtime(
             name: cascade
             for name, route in policy.routes.items()
             if (cascade := _cascade(name, route, policy, prices, limits)) is not None
+        },
+        learners={
+            name: online
+            for name, router in learned.items()
+            if (online := getattr(router, "online", None)) is not None
         },
     )

@@ -127,6 +127,41 @@ def distill_encoder(
     out.print(f"static encoder ({dims} dimensions) -> {run(out_dir, dims)}")
 
 
+@routers_app.command("fit-contexts")
+def fit_contexts(
+    directory: Annotated[Path, typer.Argument(help="Router artifact directory.")],
+    data: Data,
+    k: Annotated[int, typer.Option("--k", help="Number of query contexts.")] = 32,
+    seed: Annotated[int, typer.Option(help="k-means seed.")] = 0,
+) -> None:
+    """Fit the query contexts an online layer learns in (k-means on the router's embedding of
+    its training queries) and write them into the artifact (`routers train` does it too)."""
+    import numpy as np
+
+    from policies.artifact_manifest import ArtifactError, read_manifest
+    from routers.predictors import artifact, contexts, embedding
+    from routers.predictors.base import Queries
+    from routers.records import RecordTable
+
+    if k < 1:
+        raise typer.BadParameter("must be at least 1", param_hint="--k")
+    try:
+        manifest = read_manifest(directory)
+    except ArtifactError as exc:
+        raise _fail(f"{directory}: {exc}") from None
+    table = RecordTable.load_many(list(data))
+    trained = artifact.train_query_ids(directory)
+    if trained:  # the queries the router was trained on, when it says which
+        rows = [i for i, q in enumerate(table.query_ids) if q in trained]
+        if not rows:
+            raise _fail(f"{directory}: none of its training queries is in --data")
+        table = table.subset(np.array(rows))
+    encoder = embedding.encoder_of(artifact.trained_params(manifest))
+    fitted = contexts.fit(Queries.from_table(table), encoder, k=k, seed=seed)
+    path = contexts.save(fitted, directory)
+    out.print(f"{fitted.count} contexts of {len(table)} queries ({encoder}) -> {path}")
+
+
 @routers_app.command("eval")
 def evaluate(
     data: Data,

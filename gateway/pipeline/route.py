@@ -54,4 +54,6 @@ async def route(ctx: RequestContext) -> Plan:
         ctx.notes.price_multiplier = multiplier
     if decision.predictions:
         ctx.notes.predictions = decision.predictions
+    if decision.online is not None:
+        ctx.notes.online = decision.online
     return Plan(decision.models, attempts, cascade, prompt_upper)

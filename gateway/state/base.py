@@ -227,9 +227,10 @@ class State(Protocol):
         idempotency mark, e.g. one learning update per request and feedback source)."""
 
     async def stats_update(
-        self, table: str, cell: str, value: float, discount: float, now: float
+        self, table: str, cells: list[str], value: float, discount: float, now: float
     ) -> None:
-        """Atomically apply `RunningStat.updated` to one cell of `table`."""
+        """Atomically apply `RunningStat.updated` to each of `cells` of `table` (one step,
+        one round trip)."""
 
     async def stats_read(self, table: str) -> dict[str, RunningStat]:
         """Every cell of `table` (empty when there is none), in one round trip."""

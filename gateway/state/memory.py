@@ -604,10 +604,11 @@ class MemoryState:
         return True
 
     async def stats_update(
-        self, table: str, cell: str, value: float, discount: float, now: float
+        self, table: str, cells: list[str], value: float, discount: float, now: float
     ) -> None:
-        cells = self._stats.setdefault(table, {})
-        cells[cell] = cells.get(cell, RunningStat()).updated(value, discount, now)
+        stats = self._stats.setdefault(table, {})
+        for cell in cells:
+            stats[cell] = stats.get(cell, RunningStat()).updated(value, discount, now)
 
     async def stats_read(self, table: str) -> dict[str, RunningStat]:
         return dict(self._stats.get(table, {}))

@@ -236,21 +236,23 @@ return 1
 """
 
 
-# KEYS[1] = the table hash; ARGV = cell, value, discount, now, keep s. The same order of
-# operations as RunningStat.updated, so both stores give the same doubles.
+# KEYS[1] = the table hash; ARGV = value, discount, now, keep s, then the cells. The same
+# order of operations as RunningStat.updated, so both stores give the same doubles.
 _STATS_UPDATE = """
-local cur = redis.call('HGET', KEYS[1], ARGV[1])
-local w, t, q = 0, 0, 0
-if cur then
-  local a, b, c = string.match(cur, '([^,]+),([^,]+),([^,]+)')
-  w, t, q = tonumber(a), tonumber(b), tonumber(c)
+local v, d = tonumber(ARGV[1]), tonumber(ARGV[2])
+for i = 5, #ARGV do
+  local cur = redis.call('HGET', KEYS[1], ARGV[i])
+  local w, t, q = 0, 0, 0
+  if cur then
+    local a, b, c = string.match(cur, '([^,]+),([^,]+),([^,]+)')
+    w, t, q = tonumber(a), tonumber(b), tonumber(c)
+  end
+  w = w * d + 1.0
+  t = t * d + v
+  q = q * d + v * v
+  redis.call('HSET', KEYS[1], ARGV[i], string.format('%.17g,%.17g,%.17g,%s', w, t, q, ARGV[3]))
 end
-local v, d = tonumber(ARGV[2]), tonumber(ARGV[3])
-w = w * d + 1.0
-t = t * d + v
-q = q * d + v * v
-redis.call('HSET', KEYS[1], ARGV[1], string.format('%.17g,%.17g,%.17g,%s', w, t, q, ARGV[4]))
-redis.call('EXPIRE', KEYS[1], ARGV[5])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
 return 1
 """
 
@@ -678,12 +680,10 @@ class RedisState:
 
     @_unavailable_on_outage
     async def stats_update(
-        self, table: str, cell: str, value: float, discount: float, now: float
+        self, table: str, cells: list[str], value: float, discount: float, now: float
     ) -> None:
-        await self._stats_update(
-            keys=[self._k("stats", table)],
-            args=[cell, repr(float(value)), repr(float(discount)), repr(float(now)), STATS_KEEP_S],
-        )
+        head = [repr(float(value)), repr(float(discount)), repr(float(now)), STATS_KEEP_S]
+        await self._stats_update(keys=[self._k("stats", table)], args=[*head, *cells])
 
     @_unavailable_on_outage
     async def stats_read(self, table: str) -> dict[str, RunningStat]:

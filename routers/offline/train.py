@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from routers.predictors import artifact
-from routers.predictors.base import Predictor
+from routers.predictors import artifact, contexts, embedding
+from routers.predictors.base import Predictor, Queries
 from routers.records import (
     RecordError,
     RecordTable,
@@ -88,4 +88,7 @@ def train_artifact(
         seed=seed,
         extra={"training": {"test_fraction": test_fraction, "split": split, "seconds": seconds}},
     )
+    # The query contexts an online layer learns in (routers/predictors/contexts.py).
+    encoder = embedding.encoder_of(predictor.params)
+    contexts.save(contexts.fit(Queries.from_table(table), encoder, seed=seed), out)
     return TrainingRun(predictor, len(table), held, seconds)

@@ -15,6 +15,8 @@ class RoutingDecision:
     models: list[str]  # first choice, then fallbacks in order
     # Per-model predictions behind the choice, e.g. {"m": {"quality": .8, "cost_usd": 1e-4}}.
     predictions: dict[str, dict[str, float]] = field(default_factory=dict)
+    # An online layer's notes: {"context", "explored", "offline": {model: quality}}.
+    online: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)

@@ -18,9 +18,11 @@ from policies.pricing import CostFn
 from policies.schema import LearnedRoute, Policy
 from routers.predictors import artifact
 from routers.predictors.base import Predictor, Queries
+from routers.predictors.contexts import Contexts
 from routers.serving.base import RouteContext, RoutingDecision
 from routers.serving.batcher import MicroBatcher
 from routers.serving.objective import rank_models
+from routers.serving.online import OnlineLayer
 
 _cache_lock = threading.Lock()
 _loaded: dict[tuple[str, float], Predictor] = {}
@@ -65,9 +67,18 @@ def request_text(body: dict[str, Any]) -> str:
 
 class LearnedRouter:
     def __init__(
-        self, config: LearnedRoute, predictor: Predictor, policy: Policy, prices: dict[str, CostFn]
+        self,
+        config: LearnedRoute,
+        predictor: Predictor,
+        policy: Policy,
+        prices: dict[str, CostFn],
+        online: OnlineLayer | None = None,
+        contexts: Contexts | None = None,
     ):
         self._config = config
+        self.online = online
+        # Without an online layer nobody reads the context: it is not computed.
+        self._contexts = contexts if online is not None else None
         self._predictor = predictor
         self._models = list(config.models)
         self._names = [config.model_map.get(m, m) for m in self._models]
@@ -77,22 +88,29 @@ class LearnedRouter:
                 # Inductive: a model known only by its description joins without retraining.
                 add_model(name, policy.models[model].description or model)
         self._prices = {m: prices.get(m) for m in self._models}
-        self._batcher: MicroBatcher[tuple[str, int], np.ndarray] = MicroBatcher(self._score)
+        self._batcher: MicroBatcher[tuple[str, int], tuple[np.ndarray, int]] = MicroBatcher(
+            self._score
+        )
 
-    def _score(self, items: list[tuple[str, int]]) -> list[np.ndarray]:
+    def _score(self, items: list[tuple[str, int]]) -> list[tuple[np.ndarray, int]]:
+        """Each item's predicted quality per model, and its context (0 without contexts)."""
         queries = Queries(
             [text for text, _ in items],
             [None] * len(items),
             np.array([tokens for _, tokens in items], dtype=float),
         )
-        return list(self._predictor.predict_quality(queries, self._names))
+        quality = self._predictor.predict_quality(queries, self._names)
+        if self._contexts is None:
+            return [(row, 0) for row in quality]
+        contexts = self._contexts.of_queries(queries)  # the predictor's embeddings, reused
+        return [(row, int(c)) for row, c in zip(quality, contexts, strict=True)]
 
     def warm_up(self) -> None:
         """Load the embedding model and run one prediction before the first request."""
         self._score([("warm up", 2)])
 
     async def route(self, body: dict[str, Any], ctx: RouteContext) -> RoutingDecision:
-        quality = await self._batcher.submit((request_text(body), ctx.prompt_tokens))
+        quality, context = await self._batcher.submit((request_text(body), ctx.prompt_tokens))
         completion = int(
             body.get("max_tokens")
             or body.get("max_completion_tokens")
@@ -104,6 +122,10 @@ class LearnedRouter:
             cost = price(ctx.prompt_tokens, completion, None) if price is not None else 0.0
             predictions[model] = {"quality": float(quality[j]), "cost_usd": cost}
         lam = self._config.lambda_ * ctx.price_multiplier
-        return RoutingDecision(
-            rank_models(predictions, lam, self._config.quality_floor), predictions
-        )
+        floor = self._config.quality_floor
+        if self.online is None:
+            return RoutingDecision(rank_models(predictions, lam, floor), predictions)
+        choice = self.online.choose(context, predictions, lam, floor)
+        offline = {m: p["quality"] for m, p in predictions.items()}
+        notes = {"context": context, "explored": choice.explored, "offline": offline}
+        return RoutingDecision(choice.models, choice.predictions, online=notes)

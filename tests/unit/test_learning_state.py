@@ -24,11 +24,11 @@ async def test_running_stats_discount_old_values_the_same_way_in_every_store(
     assert await state.stats_read("online:none") == {}
     expected = RunningStat()
     for i, value in enumerate([1.0, 0.0, 0.25, -0.5]):
-        await state.stats_update("online:r", "3|m", value, 0.9, T0 + i)
+        await state.stats_update("online:r", ["3|m"], value, 0.9, T0 + i)
         expected = expected.updated(value, 0.9, T0 + i)
-    await state.stats_update("online:r", "*|m", 2.0, 0.9, T0)
+    await state.stats_update("online:r", ["*|m", "other|m"], 2.0, 0.9, T0)
     cells = await state.stats_read("online:r")
-    assert set(cells) == {"3|m", "*|m"}
+    assert set(cells) == {"3|m", "*|m", "other|m"}
     got = cells["3|m"]
     assert got.weight == pytest.approx(expected.weight, rel=1e-12)
     assert got.total == pytest.approx(expected.total, rel=1e-12)
