@@ -63,10 +63,7 @@ def records_from_log(path: str | Path) -> LogRecords:
         columns = {row[1] for row in db.execute("PRAGMA table_info(requests)")}
         if not columns:
             raise ValueError(f"{path}: not a request log (no requests table)")
-        if "prompt" not in columns:  # a log from before the prompt column: nothing to train on
-            rows = [dict(r) | {"prompt": None} for r in db.execute("SELECT * FROM requests")]
-        else:
-            rows = [dict(r) for r in db.execute("SELECT * FROM requests ORDER BY ts")]
+        rows = [dict(r) for r in db.execute("SELECT * FROM requests ORDER BY ts")]
     finally:
         db.close()
     feedback: dict[str, list[dict[str, object]]] = defaultdict(list)
@@ -74,7 +71,8 @@ def records_from_log(path: str | Path) -> LogRecords:
         feedback[str(f["request_id"])].append(f)
     out = LogRecords([], rows=len(rows))
     for row in rows:
-        if not row["prompt"] or not row["model"]:
+        # A log from before the prompt column has none: nothing to train on.
+        if not row.get("prompt") or not row["model"]:
             out.no_prompt += 1
             continue
         scores: dict[str, list[float]] = defaultdict(list)

@@ -122,3 +122,13 @@ def test_from_log_without_usable_rows_fails_plainly(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert "nothing to use" in result.output
     assert not (tmp_path / "x").exists()
+
+
+def test_from_log_refuses_a_router_that_needs_every_model_per_query(tmp_path: Path) -> None:
+    log = tmp_path / "requests.sqlite"
+    build_log(log)
+    result = CliRunner().invoke(
+        app, ["routers", "train", "--from-log", str(log), "--router", "graph", "--out",
+              str(tmp_path / "g")],
+    )  # fmt: skip
+    assert result.exit_code == 2 and "knn, mf, complexity" in result.output
