@@ -161,6 +161,11 @@ class _RouteBase(_Strict):
         description="keep the prompt text in the request log (redacted), for routers train "
         "--from-log",
     )
+    prompt_redaction: Literal["default", "none"] = Field(
+        default="default",
+        description="what log_prompts keeps: default redacts e-mail addresses and runs of 4+ "
+        "digits; none keeps the text as sent",
+    )
 
 
 class FixedRoute(_RouteBase):
@@ -366,7 +371,10 @@ class StateConfig(_Strict):
     connect_timeout_s: float = Field(
         # 3 s: a burst of new connections can overflow the accept backlog, and a lost SYN is
         # only sent again after 1 s.
-        default=3.0, gt=0, le=60, description="Redis: opening a connection gives up after this"
+        default=3.0,
+        gt=0,
+        le=60,
+        description="Redis: opening a connection gives up after this",
     )
     timeout_s: float = Field(
         default=2.0,

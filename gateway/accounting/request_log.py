@@ -39,7 +39,8 @@ CREATE TABLE IF NOT EXISTS requests (
     error TEXT,
     fallbacks TEXT NOT NULL DEFAULT '[]',  -- JSON list of models that failed before the answer
     extra TEXT NOT NULL DEFAULT '{}',      -- JSON: per-step details for routers and cascades
-    team TEXT                        -- the API key's team
+    team TEXT,                       -- the API key's team
+    prompt TEXT                      -- the router's text, redacted (routes with log_prompts)
 );
 CREATE INDEX IF NOT EXISTS requests_ts ON requests(ts);
 -- Feedback on a request's answer: explicit (POST /v1/feedback, source "user" unless named)
@@ -180,6 +181,7 @@ class RequestRecord:
     fallbacks: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)  # free-form; see also RequestNotes
     team: str | None = None
+    prompt: str | None = None  # redacted, and only on routes with `log_prompts: true`
 
     def row(self, notes: RequestNotes | None = None) -> tuple[Any, ...]:
         # Runs in the writer thread. In field order (the columns'); asdict() would deep-copy.
@@ -189,13 +191,16 @@ class RequestRecord:
             self.route, self.model, self.endpoint, self.prompt_tokens, self.completion_tokens,
             int(self.usage_exact), self.cost_usd, self.latency_ms, self.ttft_ms, self.status,
             self.error, orjson.dumps(self.fallbacks).decode(), orjson.dumps(extra).decode(),
-            self.team,
+            self.team, self.prompt,
         )  # fmt: skip
 
 
 # The table's columns are the record's fields, in the order row() gives them.
 _COLUMNS = [f.name for f in fields(RequestRecord)]
-_COLUMN_TYPES = {"team": "TEXT"}  # columns added after the first release, and their types
+_COLUMN_TYPES = {
+    "team": "TEXT",
+    "prompt": "TEXT",
+}  # columns added after the first release, and their types
 _INSERT = (
     f"INSERT OR REPLACE INTO requests ({', '.join(_COLUMNS)}) "
     f"VALUES ({', '.join('?' * len(_COLUMNS))})"

@@ -4,6 +4,7 @@ in `routers.offline` (train, evaluate, report)."""
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -16,6 +17,10 @@ routers_app = typer.Typer(
     no_args_is_help=True,
 )
 out = Console(highlight=False)
+LOG_RECORDS = "log-records.jsonl"  # what `train --from-log` trained on, in the artifact
+# The kinds that train on observed (query, model) pairs only: a log has one model per query.
+# (The graph router fails on such a table.)
+PARTIAL_KINDS = ("knn", "mf", "complexity")
 err = Console(stderr=True, highlight=False)
 
 Data = Annotated[
@@ -29,6 +34,21 @@ Descriptions = Annotated[
     list[Path] | None,
     typer.Option(
         "--descriptions", help="Model descriptions (JSON object or JSONL); repeat for several."
+    ),
+]
+OptionalData = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--data",
+        help="Routing records (JSONL); repeat for several files (their models may differ).",
+    ),
+]
+FromLog = Annotated[
+    Path | None,
+    typer.Option(
+        "--from-log",
+        help="A request log (SQLite): its requests with a logged prompt and feedback become "
+        "the records (one model per query).",
     ),
 ]
 Split = Annotated[
@@ -69,11 +89,69 @@ def _check_split(split: str) -> None:
         raise typer.BadParameter(f"{split!r}: use query or task", param_hint="--split")
 
 
+def _recipe(directory: Path) -> tuple[str, dict[str, Any]]:
+    """An artifact's kind and training parameters (what `--recipe` reuses)."""
+    from routers.predictors import artifact
+
+    try:
+        manifest = artifact.read_manifest(directory)
+    except artifact.ArtifactError as exc:
+        raise _fail(str(exc)) from None
+    params = artifact.trained_params(manifest)
+    guard = manifest.get("guard", {}).get("params")
+    return manifest["kind"], {**params, **({"guard": guard} if guard else {})}
+
+
+def _log_records(log: Path) -> Any:
+    from gateway.accounting.log_records import records_from_log
+
+    if not log.is_file():
+        raise _fail(f"{log}: no such request log")
+    try:
+        found = records_from_log(log)
+    except (ValueError, sqlite3.Error) as exc:
+        raise _fail(f"{log}: {exc}") from None
+    sources = ", ".join(f"{k} {v}" for k, v in sorted(found.quality_from.items())) or "none"
+    typer.echo(  # plain, unwrapped (rich would wrap the path)
+        f"{log}: {found.rows} requests -> {len(found.records)} records (quality from: "
+        f"{sources}); skipped {found.no_prompt} without a prompt, {found.no_feedback} "
+        "without feedback"
+        + (
+            f"; {found.other_model_feedback} feedback rows on another model ignored"
+            if found.other_model_feedback
+            else ""
+        ),
+        err=True,
+    )
+    if not found.records:
+        raise _fail(f"{log}: no request has both a logged prompt and feedback: nothing to use")
+    return found
+
+
+def _records_from_log(log: Path, out_dir: Path) -> Path:
+    found = _log_records(log)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / LOG_RECORDS
+    path.write_bytes(found.jsonl())
+    return path
+
+
 @routers_app.command("train")
 def train(
-    router: Annotated[str, typer.Option("--router", help="complexity, graph, knn or mf.")],
-    data: Data,
     out_dir: Annotated[Path, typer.Option("--out", help="Artifact directory to write.")],
+    router: Annotated[
+        str | None, typer.Option("--router", help="complexity, graph, knn or mf.")
+    ] = None,
+    data: OptionalData = None,
+    from_log: FromLog = None,
+    recipe: Annotated[
+        Path | None,
+        typer.Option(
+            "--recipe",
+            help="An artifact directory whose kind and training parameters to reuse "
+            "(e.g. the shipped router); --router and --param override them.",
+        ),
+    ] = None,
     descriptions: Descriptions = None,
     seed: Annotated[int, typer.Option(help="Training seed (and the split's).")] = 0,
     test_fraction: Annotated[
@@ -84,13 +162,32 @@ def train(
         list[str] | None, typer.Option("--param", help="Training parameter KEY=VALUE (repeat).")
     ] = None,
 ) -> None:
-    """Train a router on routing records and save it as an artifact."""
+    """Train a router on routing records (or on the request log's prompts and feedback) and
+    save it as an artifact."""
     from routers.offline.train import TrainingError, train_artifact
 
     _check_split(split)
     params = _parse_params(param or [])
     if not 0 <= test_fraction < 1:
         raise typer.BadParameter("must be in [0, 1)", param_hint="--test-fraction")
+    if bool(data) == (from_log is not None):
+        raise typer.BadParameter("give --data or --from-log (one of them)", param_hint="--data")
+    if recipe is not None:
+        kind, recipe_params = _recipe(recipe)
+        router, params = router or kind, {**recipe_params, **params}
+    if router is None:
+        raise typer.BadParameter("name a router kind (or a --recipe)", param_hint="--router")
+    if from_log is not None and router not in PARTIAL_KINDS:
+        raise typer.BadParameter(
+            f"{router!r} needs every model's record per query; a log has one: use "
+            + ", ".join(PARTIAL_KINDS),
+            param_hint="--router",
+        )
+    if from_log is not None:
+        # The log's records are written next to the artifact: its manifest names and hashes
+        # them like any records file, and `routers eval` can read them again.
+        data = [_records_from_log(from_log, out_dir)]
+    assert data is not None
     try:
         run = train_artifact(
             router,
@@ -164,7 +261,6 @@ def fit_contexts(
 
 @routers_app.command("eval")
 def evaluate(
-    data: Data,
     routers: Annotated[
         list[str],
         typer.Option("--routers", help="Router artifact directories, comma-separated (repeat)."),
@@ -199,8 +295,19 @@ def evaluate(
         ),
     ] = False,
     lambdas: Annotated[int, typer.Option(help="Lambda grid size (x2, plus ends).")] = 100,
+    data: OptionalData = None,
+    from_log: FromLog = None,
+    lam: Annotated[
+        list[float] | None,
+        typer.Option(
+            "--lambda",
+            help="With --from-log: the lambdas (quality per USD) to judge at (repeat; default 0).",
+        ),
+    ] = None,
 ) -> None:
-    """Replay the records: train each router's kind afresh per seed, judge on held-out queries."""
+    """Replay the records: train each router's kind afresh per seed, judge on held-out queries.
+    With --from-log: judge the artifacts as they are on the log's records (one model per query:
+    only the queries where a router picks the logged model count)."""
     from routers.offline import evaluate as ev
     from routers.offline import new_models, report
     from routers.predictors import artifact
@@ -212,6 +319,12 @@ def evaluate(
     if not 0 < test_fraction < 1:
         raise typer.BadParameter("must be in (0, 1)", param_hint="--test-fraction")
     dirs = [d.strip() for item in routers for d in item.split(",") if d.strip()]
+    if bool(data) == (from_log is not None):
+        raise typer.BadParameter("give --data or --from-log (one of them)", param_hint="--data")
+    if from_log is not None:
+        _evaluate_log(from_log, dirs, lam or [0.0], json_out)
+        return
+    assert data is not None
     if leave_one_llm_out and as_is:
         raise typer.BadParameter("retrains per model: not with --as-is", param_hint="--as-is")
     try:
@@ -259,6 +372,53 @@ def evaluate(
     _write_json(results, json_out)
     if plot_out is not None:
         out.print(f"plot: {report.plot(results, plot_out)}")
+
+
+def _evaluate_log(log: Path, dirs: list[str], lambdas: list[float], json_out: Path | None) -> None:
+    from rich.table import Table
+
+    from routers.offline.logged_replay import evaluate_artifacts
+    from routers.predictors import artifact
+    from routers.records import RecordTable
+
+    if any(x < 0 for x in lambdas):
+        raise typer.BadParameter("must be 0 or more", param_hint="--lambda")
+    table = RecordTable.from_records(_log_records(log).records)
+    try:
+        results = evaluate_artifacts(table, dirs, lambdas)
+    except (ValueError, KeyError, TypeError, ImportError, artifact.ArtifactError) as exc:
+        raise _fail(f"error: {exc}") from None
+    out.print(
+        f"{results['judged']} of {results['queries']} logged queries judged "
+        f"({results['trained_on']} left out: a router trained on them)"
+    )
+    for model, seen in results["models"].items():
+        out.print(
+            f"  logged {model}: {seen['records']} records, quality {seen['quality']:.3f}, "
+            f"cost ${seen['cost']:.6f}"
+        )
+    grid = Table(title="routers on the log (matched: the router picked the logged model)")
+    for column in ("lambda", "router", "matched", "quality", "quality (ips)", "cost", "picks"):
+        grid.add_column(column, justify="left" if column in ("router", "picks") else "right")
+    for i, lam_value in enumerate(lambdas):
+        for name, entry in results["routers"].items():
+            points = entry.get("points")
+            if points is None:
+                grid.add_row(f"{lam_value:g}", name, "-", "knows none of the logged models")
+                continue
+            p = points[i]
+            picks = ", ".join(f"{m} {v:.0%}" for m, v in p["shares"].items() if v)
+            grid.add_row(
+                f"{lam_value:g}",
+                name,
+                f"{p['matched']}/{p['n']}",
+                "-" if p["quality"] is None else f"{p['quality']:.3f}",
+                "-" if p["quality_ips"] is None else f"{p['quality_ips']:.3f}",
+                "-" if p["cost"] is None else f"${p['cost']:.6f}",
+                picks,
+            )
+    (out if out.is_terminal else Console(highlight=False, width=220)).print(grid)
+    _write_json(results, json_out)
 
 
 def _write_json(results: dict[str, Any], path: Path | None) -> None:

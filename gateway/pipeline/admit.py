@@ -6,8 +6,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from starlette.requests import Request
 
+from gateway.accounting.redaction import redactor
 from gateway.admission.access import AdmissionRequest
 from gateway.admission.guard import client_address
 from gateway.errors import ApiError
@@ -49,6 +52,17 @@ async def identify(request: Request, ctx: RequestContext) -> None:
     rec.stream = bool(body.get("stream"))
     rec.route, ctx.config = resolve(ctx.runtime, body["model"])
     access.check_route(key, body["model"])
+    if ctx.config is not None and ctx.config.log_prompts:
+        rec.prompt = logged_prompt(body, ctx.config)
+
+
+def logged_prompt(body: dict[str, Any], config: RouteConfig) -> str:
+    """What a `log_prompts` route keeps in the request log: the router's text (what
+    `routegate routers train --from-log` trains on), redacted as the route says."""
+    # Imported here: the learned routers' module (numpy) loads only where a route needs it.
+    from routers.serving.learned import request_text
+
+    return redactor(config.prompt_redaction).redact(request_text(body))
 
 
 async def reserve(ctx: RequestContext, plan: Plan) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from dataclasses import asdict
 from pathlib import Path
@@ -42,3 +43,28 @@ def test_concurrent_writers_lose_nothing(tmp_path: Path) -> None:
     rows = read_records(tmp_path / "r.sqlite")
     assert len(rows) == 2000 == len({r["request_id"] for r in rows})
     assert round(sum(r["cost_usd"] for r in rows), 9) == 2.0
+
+
+def test_an_older_log_gains_the_new_columns(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as db:  # the first release's table: no team, no prompt
+        db.execute(
+            "CREATE TABLE requests (request_id TEXT PRIMARY KEY, ts REAL NOT NULL, api_key_id "
+            "TEXT, endpoint_kind TEXT NOT NULL, route TEXT, model TEXT, endpoint TEXT, stream "
+            "INTEGER NOT NULL, prompt_tokens INTEGER NOT NULL DEFAULT 0, completion_tokens "
+            "INTEGER NOT NULL DEFAULT 0, usage_exact INTEGER NOT NULL DEFAULT 1, cost_usd REAL "
+            "NOT NULL DEFAULT 0, latency_ms REAL, ttft_ms REAL, status INTEGER NOT NULL, error "
+            "TEXT, fallbacks TEXT NOT NULL DEFAULT '[]', extra TEXT NOT NULL DEFAULT '{}')"
+        )
+        db.execute(
+            "INSERT INTO requests (request_id, ts, endpoint_kind, stream, status) "
+            "VALUES ('old', 1, 'chat', 0, 200)"
+        )
+    db.close()
+    log = RequestLog(path)
+    log.write(RequestRecord("new", 2.0, "chat", False, team="red", prompt="what is [digits]?"))
+    assert log.flush()
+    log.close()
+    old, new = read_records(path)
+    assert (old["team"], old["prompt"]) == (None, None)
+    assert (new["team"], new["prompt"]) == ("red", "what is [digits]?")
