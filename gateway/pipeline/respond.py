@@ -29,6 +29,7 @@ H_MULTIPLIER = "x-routegate-price-multiplier"  # budget pacing's lambda factor, 
 H_QUALITY = "x-routegate-predicted-quality"  # the router's prediction for the chosen model
 H_CACHE = "x-routegate-cache"  # hit | miss, on routes with a response cache
 H_STEPS = "x-routegate-cascade-steps"  # models a cascade called, in order, each one paid for
+H_EXPERIMENT = "x-routegate-experiment"  # <experiment>=<arm>, on experiment routes
 
 # A stream's settlement, when it ends: (status, error) -> the cost charged.
 Settle = Callable[[int, str | None], Awaitable[float]]
@@ -51,6 +52,8 @@ def headers(ctx: RequestContext, model: str | None, cost: float | None) -> dict[
         h[H_CACHE] = "hit" if notes.cache.hit else "miss"
     if notes.steps is not None:
         h[H_STEPS] = ",".join(step.model for step in notes.steps)
+    if notes.experiment is not None:
+        h[H_EXPERIMENT] = f"{notes.experiment['name']}={notes.experiment['arm']}"
     return h
 
 
