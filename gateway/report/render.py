@@ -133,28 +133,44 @@ def _score(value: float) -> str:
     return f"{value:.3f}"
 
 
+EXPERIMENT_HEADERS = (
+    "arm", "requests", "spend", "mean cost", "p50/p95 ms", "feedback", "escalation", "errors"
+)  # fmt: skip
+EXPERIMENT_CAPTION = (
+    "[95 % CI]; p: vs the control (first arm): Welch's t-test on means (latency: the mean), "
+    "two-proportion z-test on rates; significant: p < 0.05"
+)
+
+
+def experiment_rows(experiment: dict[str, Any]) -> list[list[str]]:
+    """One row of cells an arm (a cell's second line: its test against the control)."""
+    rows = []
+    for arm, f in experiment["arms"].items():
+        vs = f["vs_control"] or {}
+        rows.append(
+            [
+                arm,
+                f"{f['requests']:,}",
+                usd(f["cost_usd"]),
+                _mean_cell(f["cost"], usd, vs.get("cost")),
+                f"{ms(f['latency_p50_ms'])}/{ms(f['latency_p95_ms'])}{_vs(vs.get('latency'))}",
+                _mean_cell(f["feedback"], _score, vs.get("feedback")),
+                _rate_cell(f["escalation"], vs.get("escalation")),
+                _rate_cell(f["error"], vs.get("error")),
+            ]
+        )
+    return rows
+
+
 def experiment_table(name: str, experiment: dict[str, Any]) -> Table:
     """An experiment's arms: figures with 95 % intervals, each arm tested against the first."""
     table = Table(
-        title=f"Experiment {name} (control: {experiment['control']})",
-        caption="[95 % CI]; p: vs control (Welch t / two-proportion z), significant: p < 0.05",
+        title=f"Experiment {name} (control: {experiment['control']})", caption=EXPERIMENT_CAPTION
     )
-    for header in (
-        "arm", "requests", "spend", "mean cost", "p50/p95 ms", "feedback", "escalation", "errors"
-    ):  # fmt: skip
+    for header in EXPERIMENT_HEADERS:
         table.add_column(header, justify="left" if header == "arm" else "right", overflow="fold")
-    for arm, f in experiment["arms"].items():
-        vs = f["vs_control"] or {}
-        table.add_row(
-            arm,
-            f"{f['requests']:,}",
-            usd(f["cost_usd"]),
-            _mean_cell(f["cost"], usd, vs.get("cost")),
-            f"{ms(f['latency_p50_ms'])}/{ms(f['latency_p95_ms'])}{_vs(vs.get('latency'))}",
-            _mean_cell(f["feedback"], _score, vs.get("feedback")),
-            _rate_cell(f["escalation"], vs.get("escalation")),
-            _rate_cell(f["error"], vs.get("error")),
-        )
+    for row in experiment_rows(experiment):
+        table.add_row(*row)
     return table
 
 
@@ -192,6 +208,12 @@ def to_html(report: Report) -> str:
         last=when(report.last_ts),
         baseline=report.baseline_model or "each route's dearest model",
         quality_pair=quality_pair,
+        experiments={
+            name: experiment_rows(experiment)
+            for name, experiment in (report.experiments or {}).items()
+        },
+        experiment_headers=EXPERIMENT_HEADERS,
+        experiment_caption=EXPERIMENT_CAPTION,
         chart_js=Markup(chart_js.replace("</script", "<\\/script")),
         report_json=_script_json(report.as_dict()),
         charts_json=_script_json(report.charts),

@@ -115,3 +115,17 @@ def test_the_table_shows_each_arm_and_what_is_significant(log_and_policy) -> Non
     same, dear = experiment.split("│ same ")[1].split("│ dear ")
     assert "n=300" in same and "p=" in same and "significant" not in same
     assert dear.split("[95 % CI]")[0].count(" significant") == 4  # cost, latency, feedback, errors
+
+
+def test_html_and_csv_carry_the_arms(log_and_policy, tmp_path: Path) -> None:
+    log, policy = log_and_policy
+    page = tmp_path / "report.html"
+    result = run("--log", log, "--policy", policy, "--by", "arm", "--format", "html", "--out", page)
+    assert result.exit_code == 0, result.output
+    html = page.read_text()
+    assert "<h2>Experiment ab (control: ctl)</h2>" in html
+    dear = html.split('<tr data-arm="dear">')[1].split("</tr>")[0]
+    same = html.split('<tr data-arm="same">')[1].split("</tr>")[0]
+    assert " significant" in dear and " significant" not in same
+    csv_out = run("--log", log, "--policy", policy, "--by", "arm", "--format", "csv")
+    assert csv_out.exit_code == 0 and "\nab=dear," in csv_out.stdout
