@@ -109,3 +109,16 @@ async def test_models_lists_the_experiment_with_its_arms_models(gw: InProcessGat
     data = {m["id"]: m for m in (await gw.client.get("/v1/models")).json()["data"]}
     assert data["ab"]["routegate"]["strategy"] == "experiment"
     assert data["ab"]["routegate"]["models"] == ["fast", "strong"]
+
+
+async def test_a_stream_is_served_by_the_arm_too(gw: InProcessGateway) -> None:
+    first = await gw.chat("ab", user="dora")
+    body = {"model": "ab", "user": "dora", "stream": True,
+            "messages": [{"role": "user", "content": "hi"}]}  # fmt: skip
+    async with gw.client.stream("POST", "/v1/chat/completions", json=body) as resp:
+        assert resp.status_code == 200
+        assert resp.headers["x-routegate-experiment"] == first.headers["x-routegate-experiment"]
+        rid = resp.headers["x-routegate-request-id"]
+        await resp.aread()
+    row = await gw.record(rid)
+    assert row["stream"] == 1 and row["extra"]["experiment"]["name"] == "ab"

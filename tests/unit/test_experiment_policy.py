@@ -87,3 +87,14 @@ def test_settings_the_arms_use_are_refused_on_the_experiment(tmp_path: Path) -> 
     assert lines == [
         "F:9:48 routes.ab.slo_latency_ms: set slo_latency_ms on the arms, not the experiment"
     ]
+
+
+def test_policy_diff_describes_arms_and_weights(tmp_path: Path) -> None:
+    old, new = tmp_path / "old.yaml", tmp_path / "new.yaml"
+    old.write_text(HEAD)
+    new.write_text(HEAD + "  ab: {kind: experiment, arms: {ra: 1, rb: 3}}\n")
+    added = runner.invoke(app, ["policy", "diff", str(old), str(new)])
+    assert "Route ab added (experiment: ra 1, rb 3)." in added.output, added.output
+    old.write_text(HEAD + "  ab: {kind: experiment, arms: {ra: 1, rb: 1}}\n")
+    changed = runner.invoke(app, ["policy", "diff", str(old), str(new)])
+    assert "Route ab: arms {ra: 1, rb: 1} → {ra: 1, rb: 3}." in changed.output, changed.output
