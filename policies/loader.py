@@ -235,8 +235,8 @@ def _experiment_route_problems(
         elif isinstance(target, ExperimentRoute):
             found.append((loc, f"route '{arm}' is an experiment; an arm cannot be one"))
     # Requests are served by the arm's settings; the experiment's own would be ignored.
-    for field in ("pacing", "cache", "slo_latency_ms"):
-        if getattr(route, field) is not None:
+    for field in ("pacing", "cache", "slo_latency_ms", "log_prompts"):
+        if getattr(route, field) not in (None, False):
             found.append(
                 (("routes", route_name, field), f"set {field} on the arms, not the experiment")
             )

@@ -79,6 +79,13 @@ def test_the_kind_error_names_experiment(tmp_path: Path) -> None:
     assert code == 1 and "'experiment'" in lines[0] and lines[0].startswith("F:9:")
 
 
+def test_log_prompts_is_refused_on_the_experiment(tmp_path: Path) -> None:
+    code, lines = validate(
+        tmp_path, "  ab: {kind: experiment, arms: {ra: 1, rb: 1}, log_prompts: true}\n"
+    )
+    assert code == 1 and "routes.ab.log_prompts: set log_prompts on the arms" in lines[0]
+
+
 def test_settings_the_arms_use_are_refused_on_the_experiment(tmp_path: Path) -> None:
     code, lines = validate(
         tmp_path, "  ab: {kind: experiment, arms: {ra: 1, rb: 1}, slo_latency_ms: 100}\n"
