@@ -28,6 +28,7 @@ from policies.schema import (
     CascadeRoute,
     CostAwareRoute,
     EadRoute,
+    ExperimentRoute,
     LearnedRoute,
     LitellmModel,
     Policy,
@@ -224,6 +225,8 @@ def build_runtime(
         routers={
             name: learned[name] if name in learned else simple_router(route, policy, prices)
             for name, route in policy.routes.items()
+            # An experiment routes nothing itself: admit hands the request to an arm.
+            if not isinstance(route, ExperimentRoute)
         },
         cascades={
             name: cascade

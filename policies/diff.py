@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from policies.pricing import token_pricing
-from policies.schema import ModelConfig, Policy, RouteConfig
+from policies.schema import ExperimentRoute, ModelConfig, Policy, RouteConfig
 
 Section = Literal[
     "model", "price", "endpoint", "route", "pacing", "cache", "defaults", "state", "access"
@@ -204,6 +204,9 @@ def _describe_route(route: RouteConfig) -> str:
     )
     extras += ["cache"] if route.cache else []
     tail = f"; {', '.join(extras)}" if extras else ""
+    if isinstance(route, ExperimentRoute):
+        arms = ", ".join(f"{arm} {weight:g}" for arm, weight in route.arms.items())
+        return f"experiment: {arms}{tail}"
     return f"{route.kind}: {' > '.join(route.models)}{tail}"
 
 

@@ -15,7 +15,14 @@ from ruamel.yaml.error import MarkedYAMLError
 from ruamel.yaml.reader import ReaderError
 
 from policies.learned_routes import Loc, learned_route_findings
-from policies.schema import CascadeRoute, EadRoute, LearnedRoute, Policy, VllmModel
+from policies.schema import (
+    CascadeRoute,
+    EadRoute,
+    ExperimentRoute,
+    LearnedRoute,
+    Policy,
+    VllmModel,
+)
 
 # Caps checked before the YAML tree is built: policy text comes from the dashboard too, and
 # ruamel's scanner is quadratic in flow nesting, its composer recursive. Real policies are a
@@ -192,6 +199,9 @@ def _reference_problems(policy: Policy, policy_file: str) -> list[tuple[Loc, str
         if isinstance(route, EadRoute):
             found += _ead_route_problems(route_name, route, policy)
             continue
+        if isinstance(route, ExperimentRoute):
+            found += _experiment_route_problems(route_name, route, policy)
+            continue
         for i, name in enumerate(route.models):
             if name not in policy.models:
                 found.append((("routes", route_name, "models", i), f"unknown model '{name}'"))
@@ -209,6 +219,27 @@ def _reference_problems(policy: Policy, policy_file: str) -> list[tuple[Loc, str
             if judge is not None and judge not in policy.models:
                 loc = ("routes", route_name, "confidence", "judge_model")
                 found.append((loc, f"unknown model '{judge}'"))
+    return found
+
+
+def _experiment_route_problems(
+    route_name: str, route: ExperimentRoute, policy: Policy
+) -> list[tuple[Loc, str]]:
+    """Every arm is a route of this policy that serves by itself (no experiment in one)."""
+    found: list[tuple[Loc, str]] = []
+    for arm in route.arms:
+        loc: Loc = ("routes", route_name, "arms", arm)
+        target = policy.routes.get(arm)
+        if target is None:
+            found.append((loc, f"unknown route '{arm}' (an arm must be a route of this policy)"))
+        elif isinstance(target, ExperimentRoute):
+            found.append((loc, f"route '{arm}' is an experiment; an arm cannot be one"))
+    # Requests are served by the arm's settings; the experiment's own would be ignored.
+    for field in ("pacing", "cache", "slo_latency_ms", "log_prompts"):
+        if getattr(route, field) not in (None, False):
+            found.append(
+                (("routes", route_name, field), f"set {field} on the arms, not the experiment")
+            )
     return found
 
 

@@ -8,7 +8,16 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, HttpUrl, Tag, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    HttpUrl,
+    PrivateAttr,
+    Tag,
+    model_validator,
+)
 
 Name = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:/@-]+$")]
 
@@ -304,6 +313,31 @@ class EadRoute(_RouteBase):
         return [self.small, self.large]
 
 
+class ExperimentRoute(_RouteBase):
+    """An A/B test between routes of this policy: each request is given one arm by a stable
+    hash of the salt and the caller (its key, or its `user`), weighted, then served exactly as
+    if it had named that arm (gateway/pipeline/experiment.py)."""
+
+    kind: Literal["experiment"]
+    arms: dict[Name, Annotated[float, Field(gt=0)]] = Field(
+        min_length=2, description="route name -> relative weight (> 0); at least two arms"
+    )
+    sticky: Literal["key", "user"] = Field(
+        default="key",
+        description="who always gets the same arm: the API key, or the request's `user` "
+        "(falling back to the key); an anonymous request with neither is not sticky",
+    )
+    salt: str | None = Field(
+        default=None, description="hashed with the caller; unset: the route's name"
+    )
+    # The arms' models, first arm first; set by Policy once the arms are known.
+    _models: list[str] = PrivateAttr(default_factory=list)
+
+    @property
+    def models(self) -> list[str]:
+        return self._models
+
+
 def _route_kind(value: object) -> object:
     return value.get("kind", "fixed") if isinstance(value, dict) else getattr(value, "kind", None)
 
@@ -313,11 +347,13 @@ RouteConfig = Annotated[
     | Annotated[CostAwareRoute, Tag("cost_aware")]
     | Annotated[LearnedRoute, Tag("learned")]
     | Annotated[CascadeRoute, Tag("cascade")]
-    | Annotated[EadRoute, Tag("ead")],
+    | Annotated[EadRoute, Tag("ead")]
+    | Annotated[ExperimentRoute, Tag("experiment")],
     Discriminator(
         _route_kind,
         custom_error_type="invalid_route_kind",
-        custom_error_message="kind must be 'fixed', 'cost_aware', 'learned', 'cascade' or 'ead'",
+        custom_error_message="kind must be 'fixed', 'cost_aware', 'learned', 'cascade', 'ead' "
+        "or 'experiment'",
     ),
 ]
 
@@ -435,4 +471,17 @@ class Policy(_Strict):
         clash = sorted(set(self.models) & set(self.routes))
         if clash:
             raise ValueError(f"names used for both a model and a route: {', '.join(clash)}")
+        return self
+
+    @model_validator(mode="after")
+    def _experiment_models(self) -> Policy:
+        # The loader reports bad arms with their lines; here only what exists is collected.
+        for route in self.routes.values():
+            if isinstance(route, ExperimentRoute):
+                models: dict[str, None] = {}
+                for arm in route.arms:
+                    target = self.routes.get(arm)
+                    if target is not None and not isinstance(target, ExperimentRoute):
+                        models.update(dict.fromkeys(target.models))
+                route._models = list(models)
         return self

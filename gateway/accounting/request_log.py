@@ -111,6 +111,8 @@ class RequestNotes:
     # A learned route's online layer: {"context": int, "explored": bool, "offline": {model: q}}
     # (what feedback on this request teaches it; see routers/serving/online.py).
     online: dict[str, Any] | None = None
+    # An experiment route's assignment: {"name": the experiment, "arm": the route that served}.
+    experiment: dict[str, str] | None = None
 
     def json(self, extra: dict[str, Any]) -> dict[str, Any]:
         """The `extra` column: these notes, then the record's free-form `extra`."""
@@ -131,6 +133,8 @@ class RequestNotes:
             out["switches"] = self.switches
         if self.online is not None:
             out["online"] = self.online
+        if self.experiment is not None:
+            out["experiment"] = self.experiment
         out.update(extra)
         return out
 

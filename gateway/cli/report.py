@@ -59,7 +59,12 @@ def report(
     log: Annotated[Path, typer.Option("--log", help="SQLite request log.")] = Path(
         "routegate-requests.sqlite"
     ),
-    by: Annotated[str, typer.Option("--by", help="key, team, route, model, day, hour.")] = "route",
+    by: Annotated[
+        str,
+        typer.Option(
+            "--by", help="key, team, route, model, day, hour, arm (experiments, with tests)."
+        ),
+    ] = "route",
     since: Annotated[
         str | None, typer.Option(help="From: ISO date/time (UTC) or a span back, e.g. 24h, 7d.")
     ] = None,

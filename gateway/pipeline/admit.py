@@ -15,10 +15,11 @@ from gateway.admission.access import AdmissionRequest
 from gateway.admission.guard import client_address
 from gateway.errors import ApiError
 from gateway.pipeline.context import RequestContext
+from gateway.pipeline.experiment import choose_arm, sticky_id
 from gateway.pipeline.route import Plan
 from gateway.request_schema import parse_request
 from gateway.runtime import Runtime
-from policies.schema import RouteConfig
+from policies.schema import ExperimentRoute, RouteConfig
 
 
 def resolve(runtime: Runtime, name: str) -> tuple[str | None, RouteConfig | None]:
@@ -51,9 +52,21 @@ async def identify(request: Request, ctx: RequestContext) -> None:
     ctx.body = body = parse_request(raw, ctx.kind)
     rec.stream = bool(body.get("stream"))
     rec.route, ctx.config = resolve(ctx.runtime, body["model"])
+    # The key's permission is for what it asked: the experiment, not the arm it is given.
     access.check_route(key, body["model"])
+    if isinstance(ctx.config, ExperimentRoute):
+        _enter_arm(ctx, body["model"], ctx.config)
     if ctx.config is not None and ctx.config.log_prompts:
         rec.prompt = logged_prompt(body, ctx.config)
+
+
+def _enter_arm(ctx: RequestContext, name: str, config: ExperimentRoute) -> None:
+    """From here on the request is the arm's: its router, cache, pacing and log row."""
+    rec = ctx.record
+    who = sticky_id(config, rec.api_key_id, ctx.body, rec.request_id)
+    arm = choose_arm(name, config, who)
+    rec.route, ctx.config = arm, ctx.runtime.policy.routes[arm]
+    ctx.notes.experiment = {"name": name, "arm": arm}
 
 
 def logged_prompt(body: dict[str, Any], config: RouteConfig) -> str:

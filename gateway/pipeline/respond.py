@@ -30,6 +30,7 @@ H_QUALITY = "x-routegate-predicted-quality"  # the router's prediction for the c
 H_CACHE = "x-routegate-cache"  # hit | miss, on routes with a response cache
 H_STEPS = "x-routegate-cascade-steps"  # models a cascade called, in order, each one paid for
 H_EXPLORED = "x-routegate-explored"  # "true": an online layer's exploration chose the model
+H_EXPERIMENT = "x-routegate-experiment"  # <experiment>=<arm>, on experiment routes
 
 # A stream's settlement, when it ends: (status, error) -> the cost charged.
 Settle = Callable[[int, str | None], Awaitable[float]]
@@ -54,6 +55,8 @@ def headers(ctx: RequestContext, model: str | None, cost: float | None) -> dict[
         h[H_STEPS] = ",".join(step.model for step in notes.steps)
     if notes.online is not None and notes.online.get("explored"):
         h[H_EXPLORED] = "true"
+    if notes.experiment is not None:
+        h[H_EXPERIMENT] = f"{notes.experiment['name']}={notes.experiment['arm']}"
     return h
 
 

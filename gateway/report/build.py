@@ -9,13 +9,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from gateway.accounting.request_log import read_feedback
 from gateway.report.baseline import Baselines
 from gateway.report.charts import ChartData
+from gateway.report.experiments import Experiments, feedback_scores
 from gateway.report.load import iter_batches
-from gateway.report.stats import GroupStats
-from policies.schema import Policy
+from gateway.report.stats import GroupStats, escalated
+from policies.schema import ExperimentRoute, Policy
 
-GROUPINGS = ("key", "team", "route", "model", "day", "hour")
+GROUPINGS = ("key", "team", "route", "model", "day", "hour", "arm")
 
 
 def _group_key(by: str, row: dict[str, Any]) -> str:
@@ -27,6 +29,9 @@ def _group_key(by: str, row: dict[str, Any]) -> str:
         return row["route"] or "(model by name)"
     if by == "model":
         return row["model"] or "(none)"
+    if by == "arm":
+        note = row["extra"].get("experiment")
+        return f"{note.get('name')}={note.get('arm')}" if isinstance(note, dict) else "(none)"
     moment = datetime.fromtimestamp(row["ts"], UTC)
     return moment.strftime("%Y-%m-%d" if by == "day" else "%Y-%m-%d %H:00")
 
@@ -45,8 +50,11 @@ class Report:
     first_ts: float | None = None
     last_ts: float | None = None
     charts: dict[str, Any] = field(default_factory=dict)
+    # --by arm: per experiment, its arms' figures and tests (gateway/report/experiments.py)
+    experiments: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
+        extra = {} if self.experiments is None else {"experiments": self.experiments}
         return {
             "log": self.log,
             "policy": self.policy,
@@ -59,6 +67,7 @@ class Report:
             "baselines": self.baselines,
             "total": self.total,
             "groups": [{self.by: key, **figures} for key, figures in self.groups.items()],
+            **extra,
         }
 
 
@@ -81,6 +90,7 @@ def build_report(
     total = GroupStats()
     charts = ChartData(policy)
     first_ts = last_ts = None
+    experiments = _experiments(log, policy) if by == "arm" else None
     for batch in iter_batches(log, since, until):
         for row in batch:
             base_cost = baselines.cost(row)
@@ -88,6 +98,8 @@ def build_report(
             groups[_group_key(by, row)].add(row, base_cost, quality)
             total.add(row, base_cost, quality)
             charts.add(row, base_cost)
+            if experiments is not None:
+                experiments.add(row, escalated(row["extra"]))
         first_ts = batch[0]["ts"] if first_ts is None else first_ts
         last_ts = batch[-1]["ts"]
         if on_batch is not None:
@@ -105,4 +117,16 @@ def build_report(
         first_ts=first_ts,
         last_ts=last_ts,
         charts=charts.series(),
+        experiments=experiments.summary() if experiments is not None else None,
     )
+
+
+def _experiments(log: Path, policy: Policy) -> Experiments:
+    """Feedback read up front (one score per request); the policy's arm order, where the
+    experiment is still in it, makes its first arm the control."""
+    order = {
+        name: list(route.arms)
+        for name, route in policy.routes.items()
+        if isinstance(route, ExperimentRoute)
+    }
+    return Experiments(feedback_scores(read_feedback(log)), order)

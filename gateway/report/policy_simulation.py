@@ -31,6 +31,7 @@ from policies.schema import (
     CascadeRoute,
     CostAwareRoute,
     EadRoute,
+    ExperimentRoute,
     LearnedRoute,
     Policy,
     RouteConfig,
@@ -168,6 +169,11 @@ def simulate_records(
         known = ", ".join(policy.routes) or "none"
         raise SimulationError(f"{source}: no route {name!r} to simulate (routes: {known})")
     config = policy.routes[name]
+    if isinstance(config, ExperimentRoute):
+        arms = ", ".join(config.arms)
+        raise SimulationError(
+            f"{source}: {name} is an experiment; simulate one of its arms ({arms})"
+        )
     try:
         records = load_records(records_path)
     except RecordError as exc:

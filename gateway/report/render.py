@@ -90,16 +90,90 @@ def _table(report: Report, title: str, columns: list[tuple[str, Any]], caption: 
 
 
 def to_tables(report: Report, width: int = 200) -> list[Table]:
-    """One table when `width` holds it; otherwise spend and routing figures apart."""
+    """One table when `width` holds it; otherwise spend and routing figures apart; then, for
+    --by arm, one table an experiment."""
     baseline = report.baseline_model or "each route's dearest model"
     title = f"Requests {when(report.first_ts)} to {when(report.last_ts)}, by {report.by}"
     caption = f"baseline: {baseline}; quality: predicted, chosen vs baseline"
     if width >= WIDE_TABLE_COLUMNS:
-        return [_table(report, title, _SPEND_COLUMNS + _ROUTING_COLUMNS, caption)]
-    return [
-        _table(report, title, _SPEND_COLUMNS, ""),
-        _table(report, "Cache, cascades and savings", _ROUTING_COLUMNS, caption),
-    ]
+        tables = [_table(report, title, _SPEND_COLUMNS + _ROUTING_COLUMNS, caption)]
+    else:
+        tables = [
+            _table(report, title, _SPEND_COLUMNS, ""),
+            _table(report, "Cache, cascades and savings", _ROUTING_COLUMNS, caption),
+        ]
+    for name, experiment in (report.experiments or {}).items():
+        tables.append(experiment_table(name, experiment))
+    return tables
+
+
+def _interval(ci: list[float] | None, show: Any) -> str:
+    return "" if ci is None else f" [{show(ci[0])}, {show(ci[1])}]"
+
+
+def _vs(test: dict[str, Any] | None) -> str:
+    if test is None or test["p_value"] is None:
+        return ""
+    return f"\np={test['p_value']:.3g}" + (" significant" if test["significant"] else "")
+
+
+def _mean_cell(figure: dict[str, Any], show: Any, test: dict[str, Any] | None) -> str:
+    if figure["mean"] is None:
+        return "-"
+    return f"{show(figure['mean'])}{_interval(figure['ci95'], show)} n={figure['n']:,}{_vs(test)}"
+
+
+def _rate_cell(figure: dict[str, Any], test: dict[str, Any] | None) -> str:
+    if figure["rate"] is None:
+        return "-"
+    return f"{pct(figure['rate'])}{_interval(figure['ci95'], pct)} n={figure['n']:,}{_vs(test)}"
+
+
+def _score(value: float) -> str:
+    return f"{value:.3f}"
+
+
+EXPERIMENT_HEADERS = (
+    "arm", "requests", "spend", "mean cost", "p50/p95 ms", "mean ms", "feedback", "escalation",
+    "errors",
+)  # fmt: skip
+EXPERIMENT_CAPTION = (
+    "[95 % CI]; p: vs the control (first arm): Welch's t-test on means, two-proportion z-test "
+    "on rates; significant: p < 0.05"
+)
+
+
+def experiment_rows(experiment: dict[str, Any]) -> list[list[str]]:
+    """One row of cells an arm (a cell's second line: its test against the control)."""
+    rows = []
+    for arm, f in experiment["arms"].items():
+        vs = f["vs_control"] or {}
+        rows.append(
+            [
+                arm,
+                f"{f['requests']:,}",
+                usd(f["cost_usd"]),
+                _mean_cell(f["cost"], usd, vs.get("cost")),
+                f"{ms(f['latency_p50_ms'])}/{ms(f['latency_p95_ms'])}",
+                _mean_cell(f["latency"], ms, vs.get("latency")),
+                _mean_cell(f["feedback"], _score, vs.get("feedback")),
+                _rate_cell(f["escalation"], vs.get("escalation")),
+                _rate_cell(f["error"], vs.get("error")),
+            ]
+        )
+    return rows
+
+
+def experiment_table(name: str, experiment: dict[str, Any]) -> Table:
+    """An experiment's arms: figures with 95 % intervals, each arm tested against the first."""
+    table = Table(
+        title=f"Experiment {name} (control: {experiment['control']})", caption=EXPERIMENT_CAPTION
+    )
+    for header in EXPERIMENT_HEADERS:
+        table.add_column(header, justify="left" if header == "arm" else "right", overflow="fold")
+    for row in experiment_rows(experiment):
+        table.add_row(*row)
+    return table
 
 
 def to_csv(report: Report) -> str:
@@ -136,6 +210,12 @@ def to_html(report: Report) -> str:
         last=when(report.last_ts),
         baseline=report.baseline_model or "each route's dearest model",
         quality_pair=quality_pair,
+        experiments={
+            name: experiment_rows(experiment)
+            for name, experiment in (report.experiments or {}).items()
+        },
+        experiment_headers=EXPERIMENT_HEADERS,
+        experiment_caption=EXPERIMENT_CAPTION,
         chart_js=Markup(chart_js.replace("</script", "<\\/script")),
         report_json=_script_json(report.as_dict()),
         charts_json=_script_json(report.charts),

@@ -54,6 +54,13 @@ def _escalations(extra: dict[str, Any]) -> int:
     return max(len(steps) - 1, 0) if isinstance(steps, list) else 0
 
 
+def escalated(extra: dict[str, Any]) -> bool | None:
+    """Whether a cascade escalated; None for a row that went through no cascade."""
+    if "escalations" in extra or "steps" in extra:
+        return _escalations(extra) > 0
+    return None
+
+
 def _rate(part: int, whole: int) -> float | None:
     return part / whole if whole else None
 
@@ -99,9 +106,10 @@ class GroupStats:
             if cache.get("hit"):
                 self.cache_hits += 1
                 self.cache_saved.add(float(cache.get("saved_usd") or 0.0))
-        if "escalations" in extra or "steps" in extra:
+        went_up = escalated(extra)
+        if went_up is not None:
             self.cascade_rows += 1
-            self.escalated_rows += _escalations(extra) > 0
+            self.escalated_rows += went_up
         if "switches" in extra:
             self.ead_rows += 1
             self.switched_rows += (extra["switches"] or 0) > 0

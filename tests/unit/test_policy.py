@@ -129,7 +129,8 @@ def test_route_kind_and_pacing_errors_name_the_field(tmp_path: Path) -> None:
     code, lines = validate(tmp_path, ROUTE_KINDS)
     assert code == 1
     assert lines == [
-        "F:10:8 routes.r1.kind: kind must be 'fixed', 'cost_aware', 'learned', 'cascade' or 'ead'",
+        "F:10:8 routes.r1.kind: kind must be 'fixed', 'cost_aware', 'learned', 'cascade', 'ead' "
+        "or 'experiment'",
         "F:11:63 routes.r2.pacing.period: Input should be 'day', 'week' or 'month'",
     ]
 
