@@ -100,7 +100,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         runtime.bind_state(state)
         request_log = RequestLog(settings.log_path)
         app.state.holder = holder
-        app.state.services = Services(request_log, metrics, Access(state), Pacers(state))
+        pacers = Pacers(state, request_log.path)
+        app.state.services = Services(request_log, metrics, Access(state), pacers)
         app.state.started = time.time()
         if settings.watch_policy:
             holder.watch()

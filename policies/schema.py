@@ -111,9 +111,10 @@ class PacingConfig(_Strict):
 
     budget_usd: float = Field(gt=0, description="spend planned over one period; also a hard cap")
     period: Literal["day", "week", "month"] = "day"
-    plan: Literal["uniform", "weekday"] | list[Annotated[float, Field(ge=0)]] = Field(
+    plan: Literal["uniform", "weekday", "learned"] | list[Annotated[float, Field(ge=0)]] = Field(
         default="uniform",
-        description="uniform, weekday (weekends get a fifth of a weekday's share), or a custom "
+        description="uniform, weekday (weekends get a fifth of a weekday's share), learned (the "
+        "previous period's traffic shape in the request log; uniform without one), or a custom "
         "curve: relative weights of equal slices of the period",
     )
     update_interval_s: float = Field(

@@ -64,7 +64,9 @@ def _knots(period: str, plan: str | tuple[float, ...], start_ts: float) -> tuple
     """Cumulative planned fraction at the boundaries of the plan's equal slices of the window
     starting at `start_ts` (first 0.0, last 1.0). Cached: a window's knots never change."""
     start, end = period_bounds(period, start_ts)
-    if plan == "uniform" or (plan == "weekday" and period == "day"):
+    # `learned` reaches here only without its weights (gateway/admission/learned_plan.py gives
+    # them as a custom curve): its fallback is uniform.
+    if plan in ("uniform", "learned") or (plan == "weekday" and period == "day"):
         weights: list[float] = [1.0]  # a day's own weight does not shape the day
     elif plan == "weekday":
         days = (end - start).days

@@ -8,17 +8,21 @@ hard cap can never disagree about what was spent.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from gateway.admission.access import Budget, key_budget, route_budget
+from gateway.admission.learned_plan import LearnedPlans
 from gateway.admission.pacing_controller import PacingController
 from gateway.state import State, VirtualKey
 from policies.schema import PacingConfig, RouteConfig
 
 
 class Pacers:
-    def __init__(self, state: State):
+    def __init__(self, state: State, log_path: Path | None = None):
         self._state = state
         self._controllers: dict[str, PacingController] = {}
+        # `plan: learned` reads the previous period's shape from the request log.
+        self._plans = LearnedPlans(log_path)
 
     def budgets(
         self, key: VirtualKey | None, route: str | None, config: RouteConfig | None, now: float
@@ -39,13 +43,25 @@ class Pacers:
         factors = []
         if route is not None and config is not None and config.pacing is not None:
             budget = route_budget(route, config.pacing, now)
-            factors.append(await self._factor(f"route:{route}", config.pacing, budget))
+            pacing = await self._planned(config.pacing, "route", route, now)
+            factors.append(await self._factor(f"route:{route}", pacing, budget))
         if key is not None and key.pacing is not None:
-            pacing = PacingConfig.model_validate(key.pacing)
+            pacing = await self._planned(
+                PacingConfig.model_validate(key.pacing), "key", key.id, now
+            )
             budget = key_budget(key, now)
             if budget is not None:
                 factors.append(await self._factor(f"key:{key.id}", pacing, budget))
         return max(factors, default=1.0)
+
+    async def _planned(
+        self, pacing: PacingConfig, kind: str, owner: str, now: float
+    ) -> PacingConfig:
+        """A learned plan as the custom curve it is this window (uniform without history)."""
+        if pacing.plan != "learned":
+            return pacing
+        weights = await self._plans.weights(kind, owner, pacing.period, now)
+        return pacing.model_copy(update={"plan": weights if weights is not None else "uniform"})
 
     async def _factor(self, name: str, pacing: PacingConfig, budget: Budget) -> float:
         controller = self._controllers.get(name)

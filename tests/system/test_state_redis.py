@@ -11,6 +11,7 @@ import redis.asyncio as aioredis
 from gateway.state import open_state
 from tests.support.contract import state_tests
 from tests.unit import test_cache_store as cache_store_tests
+from tests.unit import test_learned_plan as learned_plan_tests
 from tests.unit import test_learning_state as learning_state_tests
 from tests.unit import test_pacing as pacing_tests
 from tests.unit import test_response_cache as response_cache_tests
@@ -23,6 +24,7 @@ _MODULES = (
     pacing_tests,
     response_cache_tests,
     learning_state_tests,
+    learned_plan_tests,
 )
 _names = [name for module in _MODULES for name in state_tests(module)]
 assert len(_names) == len(set(_names)), "two contract tests share a name"
