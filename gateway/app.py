@@ -34,6 +34,8 @@ from gateway.admission.price_multiplier import Pacers
 from gateway.backends.http_client import new_upstream_client
 from gateway.dashboard import mount_dashboard
 from gateway.errors import ApiError
+from gateway.feedback.endpoint import feedback
+from gateway.feedback.service import FeedbackService
 from gateway.hot_routes import HotRoutes
 from gateway.http_limits import RequestLimits
 from gateway.metrics import Metrics
@@ -101,7 +103,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         request_log = RequestLog(settings.log_path)
         app.state.holder = holder
         pacers = Pacers(state, request_log.path)
-        app.state.services = Services(request_log, metrics, Access(state), pacers)
+        app.state.feedback = feedback_service = FeedbackService(request_log, state)
+        app.state.services = Services(
+            request_log, metrics, Access(state), pacers, feedback=feedback_service
+        )
         app.state.started = time.time()
         if settings.watch_policy:
             holder.watch()
@@ -141,6 +146,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # own (a regex match each), and no other route matches these paths, so no answer changes.
     app.router.add_route(hot_paths[0], chat_completions, methods=["POST"])
     app.router.add_route(hot_paths[1], completions, methods=["POST"])
+    app.router.add_route("/v1/feedback", feedback, methods=["POST"])
 
     app.include_router(admin_router)
     mount_dashboard(app, settings)

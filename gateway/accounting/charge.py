@@ -6,15 +6,23 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from cascades.base import Step
-from gateway.accounting.request_log import ChargedStep, RequestLog, RequestNotes, RequestRecord
+from gateway.accounting.feedback_signals import implicit_feedback
+from gateway.accounting.request_log import (
+    ChargedStep,
+    FeedbackRecord,
+    RequestLog,
+    RequestNotes,
+    RequestRecord,
+)
 from gateway.backends.base import Usage
 from gateway.metrics import Metrics
 from policies.pricing import CostFn
+from policies.schema import RouteConfig
 
 log = logging.getLogger("routegate.pipeline")
 
@@ -66,6 +74,10 @@ class Accounting:
         self._t0 = t0
         self._done = False
         self.admission: Settlement | None = None
+        # Set once the route is known: its policy (for implicit feedback) and, on a route
+        # that learns, what hands that feedback to its online layer (off the request path).
+        self.route_config: RouteConfig | None = None
+        self.learn: Callable[[FeedbackRecord], None] | None = None
 
     def cost(self, model: str, usage: Usage, provider_cost: float | None) -> float:
         price = self._prices.get(model)
@@ -118,6 +130,10 @@ class Accounting:
                 log.exception("settling %s failed", rec.request_id)
                 rec.error = f"{rec.error or ''}; budget settlement failed: {exc!r}".lstrip("; ")
         self._request_log.write(rec, self.notes)
+        for feedback in implicit_feedback(rec, self.notes, self.route_config, time.time()):
+            self._request_log.write_feedback(feedback)
+            if self.learn is not None:
+                self.learn(feedback)
         self._count(step_costs, anomalies)
         return rec.cost_usd
 

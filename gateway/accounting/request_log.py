@@ -328,3 +328,19 @@ def read_feedback(path: str | Path) -> list[dict[str, Any]]:
         return []
     finally:
         db.close()
+
+
+def find_record(path: str | Path, request_id: str) -> dict[str, Any] | None:
+    """One row by request id, JSON columns decoded (blocking: call it off the event loop)."""
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    db.row_factory = sqlite3.Row
+    try:
+        row = db.execute("SELECT * FROM requests WHERE request_id = ?", (request_id,)).fetchone()
+    finally:
+        db.close()
+    if row is None:
+        return None
+    out = dict(row)
+    out["fallbacks"] = orjson.loads(out["fallbacks"])
+    out["extra"] = orjson.loads(out["extra"])
+    return out

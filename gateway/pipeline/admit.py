@@ -58,6 +58,18 @@ async def identify(request: Request, ctx: RequestContext) -> None:
         _enter_arm(ctx, body["model"], ctx.config)
     if ctx.config is not None and ctx.config.log_prompts:
         rec.prompt = logged_prompt(body, ctx.config)
+    _feedback_from(ctx)
+
+
+def _feedback_from(ctx: RequestContext) -> None:
+    """Implicit feedback (gateway/accounting/feedback_signals.py) needs the route's policy;
+    on a route that learns it also goes to the online layer, off the request path."""
+    ctx.account.route_config = ctx.config
+    service, route, runtime = ctx.services.feedback, ctx.record.route, ctx.runtime
+    if service is None or route is None or route not in runtime.learners:
+        return
+    notes = ctx.notes
+    ctx.account.learn = lambda fb: service.learn_later(runtime, route, notes.online, fb)
 
 
 def _enter_arm(ctx: RequestContext, name: str, config: ExperimentRoute) -> None:

@@ -14,6 +14,7 @@ from gateway.admission.access import Access
 from gateway.admission.price_multiplier import Pacers
 from gateway.backends.base import Kind
 from gateway.cache.response_cache import CachedAnswer, ResponseCache
+from gateway.feedback.service import FeedbackService
 from gateway.metrics import Metrics
 from gateway.runtime import Runtime
 from gateway.state import VirtualKey
@@ -52,6 +53,7 @@ class Services:
     metrics: Metrics
     access: Access
     pacers: Pacers
+    feedback: FeedbackService | None = None  # explicit and implicit feedback, learning
     ids: RequestIds = field(default_factory=RequestIds)
 
 
