@@ -103,10 +103,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         request_log = RequestLog(settings.log_path)
         app.state.holder = holder
         pacers = Pacers(state, request_log.path)
-        app.state.feedback = feedback_service = FeedbackService(request_log, state)
-        app.state.services = Services(
-            request_log, metrics, Access(state), pacers, feedback=feedback_service
-        )
+        feedback_service = FeedbackService(request_log, state)
+        app.state.services = Services(request_log, metrics, Access(state), pacers, feedback_service)
         app.state.started = time.time()
         if settings.watch_policy:
             holder.watch()

@@ -9,7 +9,7 @@ know pass through untouched (vLLM's own sampling parameters, newer OpenAI fields
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -128,6 +128,7 @@ class CompletionRequest(_Common):
     best_of: int | None = Field(default=None, ge=1, le=20)
 
 
+M = TypeVar("M", bound=BaseModel)
 _SCHEMAS: dict[str, type[_Common]] = {"chat": ChatRequest, "completions": CompletionRequest}
 _MODEL_TAGS = frozenset(
     cls.__name__ for cls in (NamedToolChoice, FunctionName, ResponseFormat, StreamOptions)
@@ -147,21 +148,37 @@ def _param(loc: tuple[Any, ...]) -> str:
 
 def parse_request(raw: bytes, kind: str) -> dict[str, Any]:
     """The body as a dict, or ApiError 400 naming the first bad field."""
+    body = _json_object(raw)
+    _validated(body, _SCHEMAS[kind])
+    return body
+
+
+def parse_body(raw: bytes, schema: type[M]) -> M:
+    """Another endpoint's body as its `schema`, with the same 400s as the OpenAI endpoints."""
+    return _validated(_json_object(raw), schema)
+
+
+def _json_object(raw: bytes) -> dict[str, Any]:
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise ApiError(400, f"Request body is not valid JSON: {exc}", code="invalid_json") from None
     if not isinstance(body, dict):
         raise ApiError(400, "Request body must be a JSON object", code="invalid_json")
+    return body
+
+
+def _validated(body: dict[str, Any], schema: type[M]) -> M:
     try:
-        _SCHEMAS[kind].model_validate(body)
+        return schema.model_validate(body)
     except ValidationError as exc:
         loc, msg = _most_telling(exc)
         param = _param(loc)
+        if not param:  # a rule across fields (a model validator) names none
+            raise ApiError(400, msg, code="invalid_value") from None
         raise ApiError(
             400, f"Invalid field '{param}': {msg}", code="invalid_value", param=param
         ) from None
-    return body
 
 
 def _most_telling(exc: ValidationError) -> tuple[tuple[Any, ...], str]:

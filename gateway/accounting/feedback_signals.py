@@ -13,6 +13,9 @@ from __future__ import annotations
 from gateway.accounting.request_log import FeedbackRecord, RequestNotes, RequestRecord
 from policies.schema import CascadeRoute, RouteConfig
 
+# Errors of the gateway's own making (handler.py): they say nothing about the model.
+_GATEWAY_ERRORS = ("internal error", "state store")
+
 
 def implicit_feedback(
     rec: RequestRecord, notes: RequestNotes, config: RouteConfig | None, now: float
@@ -25,8 +28,7 @@ def implicit_feedback(
 
     for model in rec.fallbacks:
         add("upstream_error", model, 0.0)
-    own = (rec.error or "").startswith(("internal error", "state store"))  # not the model's
-    if rec.status >= 500 and not own:
+    if rec.status >= 500 and not (rec.error or "").startswith(_GATEWAY_ERRORS):
         add("upstream_error", rec.model, 0.0)
     slo = config.slo_latency_ms if config is not None else None
     if slo is not None and rec.status == 200 and (rec.latency_ms or 0.0) > slo:

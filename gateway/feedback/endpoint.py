@@ -5,13 +5,14 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.admission.guard import client_address
 from gateway.errors import ApiError
 from gateway.feedback.service import FeedbackService
+from gateway.request_schema import parse_body
 from gateway.runtime import Runtime
 
 
@@ -35,22 +36,6 @@ class FeedbackBody(BaseModel):
         return self.score if self.score is not None else (1.0 if self.thumbs == "up" else 0.0)
 
 
-def parse(raw: bytes) -> FeedbackBody:
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise ApiError(400, f"The body is not JSON: {exc}", code="invalid_json") from None
-    if not isinstance(data, dict):
-        raise ApiError(400, "The body must be a JSON object", code="invalid_value")
-    try:
-        return FeedbackBody.model_validate(data)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        param = ".".join(str(p) for p in err.get("loc", ())) or None
-        where = f"Invalid field '{param}': " if param else ""
-        raise ApiError(400, where + err["msg"], code="invalid_value", param=param) from None
-
-
 async def feedback(request: Request) -> Response:
     runtime: Runtime | None = request.app.state.holder.current
     if runtime is None:
@@ -59,8 +44,8 @@ async def feedback(request: Request) -> Response:
     key = await services.access.authenticate(
         request.headers.get("authorization"), runtime.access, client_address(request)
     )
-    body = parse(await request.body())
-    service: FeedbackService = request.app.state.feedback
+    body = parse_body(await request.body(), FeedbackBody)
+    service: FeedbackService = services.feedback
     learned = await service.record(
         runtime, key, body.request_id, body.value, body.source, body.comment
     )

@@ -66,7 +66,7 @@ def _feedback_from(ctx: RequestContext) -> None:
     on a route that learns it also goes to the online layer, off the request path."""
     ctx.account.route_config = ctx.config
     service, route, runtime = ctx.services.feedback, ctx.record.route, ctx.runtime
-    if service is None or route is None or route not in runtime.learners:
+    if route is None or route not in runtime.learners:
         return
     notes = ctx.notes
     ctx.account.learn = lambda fb: service.learn_later(runtime, route, notes.online, fb)

@@ -53,7 +53,7 @@ class Services:
     metrics: Metrics
     access: Access
     pacers: Pacers
-    feedback: FeedbackService | None = None  # explicit and implicit feedback, learning
+    feedback: FeedbackService  # explicit and implicit feedback, and learning from it
     ids: RequestIds = field(default_factory=RequestIds)
 
 
