@@ -40,7 +40,8 @@ CREATE TABLE IF NOT EXISTS requests (
     fallbacks TEXT NOT NULL DEFAULT '[]',  -- JSON list of models that failed before the answer
     extra TEXT NOT NULL DEFAULT '{}',      -- JSON: per-step details for routers and cascades
     team TEXT,                       -- the API key's team
-    prompt TEXT                      -- the router's text, redacted (routes with log_prompts)
+    prompt TEXT,                     -- the router's text, redacted (routes with log_prompts)
+    api TEXT                         -- chat | completions | messages | responses | embeddings
 );
 CREATE INDEX IF NOT EXISTS requests_ts ON requests(ts);
 -- Feedback on a request's answer: explicit (POST /v1/feedback, source "user" unless named)
@@ -186,6 +187,7 @@ class RequestRecord:
     extra: dict[str, Any] = field(default_factory=dict)  # free-form; see also RequestNotes
     team: str | None = None
     prompt: str | None = None  # redacted, and only on routes with `log_prompts: true`
+    api: str | None = None  # the API the client called (endpoint_kind: what the backend got)
 
     def row(self, notes: RequestNotes | None = None) -> tuple[Any, ...]:
         # Runs in the writer thread. In field order (the columns'); asdict() would deep-copy.
@@ -195,7 +197,7 @@ class RequestRecord:
             self.route, self.model, self.endpoint, self.prompt_tokens, self.completion_tokens,
             int(self.usage_exact), self.cost_usd, self.latency_ms, self.ttft_ms, self.status,
             self.error, orjson.dumps(self.fallbacks).decode(), orjson.dumps(extra).decode(),
-            self.team, self.prompt,
+            self.team, self.prompt, self.api,
         )  # fmt: skip
 
 
@@ -204,6 +206,7 @@ _COLUMNS = [f.name for f in fields(RequestRecord)]
 _COLUMN_TYPES = {
     "team": "TEXT",
     "prompt": "TEXT",
+    "api": "TEXT",
 }  # columns added after the first release, and their types
 _INSERT = (
     f"INSERT OR REPLACE INTO requests ({', '.join(_COLUMNS)}) "

@@ -132,7 +132,7 @@ class Access:
                 return None
             raise ApiError(
                 401,
-                "Missing API key: send 'Authorization: Bearer <key>'",
+                "Missing API key: send 'Authorization: Bearer <key>' (or 'x-api-key: <key>')",
                 code="missing_api_key",
             )
         key = await self.state.key_by_hash(hash_secret(token))

@@ -62,7 +62,7 @@ def report(
     by: Annotated[
         str,
         typer.Option(
-            "--by", help="key, team, route, model, day, hour, arm (experiments, with tests)."
+            "--by", help="key, team, route, model, api, day, hour, arm (experiments, with tests)."
         ),
     ] = "route",
     since: Annotated[

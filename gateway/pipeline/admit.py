@@ -38,12 +38,19 @@ def resolve(runtime: Runtime, name: str) -> tuple[str | None, RouteConfig | None
     return name, config
 
 
+def _authorization(request: Request) -> str | None:
+    """`authorization: Bearer <key>`, or Anthropic's `x-api-key: <key>` (its SDK sends that)."""
+    headers = request.headers
+    authorization = headers.get("authorization")
+    if authorization is None and (key := headers.get("x-api-key")):
+        return f"Bearer {key}"
+    return authorization
+
+
 async def identify(request: Request, ctx: RequestContext) -> None:
     """The caller's key, the parsed body and the route; ApiError when any is refused."""
     rec, access = ctx.record, ctx.services.access
-    key = await access.authenticate(
-        request.headers.get("authorization"), ctx.runtime.access, client_address(request)
-    )
+    key = await access.authenticate(_authorization(request), ctx.runtime.access, client_address(request))
     ctx.key = key
     if key is not None:
         rec.api_key_id, rec.team = key.id, key.team

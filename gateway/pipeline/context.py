@@ -92,10 +92,13 @@ class RequestContext:
     cache: CacheUse | None = None  # cache: the route's cache entry for this request
 
 
-def start(kind: Kind, runtime: Runtime, services: Services) -> RequestContext:
-    """A request that has just arrived: its id, its clock and its (not yet written) row."""
+def start(
+    kind: Kind, runtime: Runtime, services: Services, api: str | None = None
+) -> RequestContext:
+    """A request that has just arrived: its id, its clock and its (not yet written) row.
+    `api`: the API the client called, where it is not the backend call's `kind`."""
     t0 = time.perf_counter()
-    record = RequestRecord(services.ids.next(), time.time(), kind, stream=False)
+    record = RequestRecord(services.ids.next(), time.time(), kind, stream=False, api=api or kind)
     notes = RequestNotes()
     account = Accounting(services.request_log, services.metrics, runtime.prices, record, notes, t0)
     return RequestContext(kind, runtime, services, record, notes, account, t0)

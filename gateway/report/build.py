@@ -17,7 +17,7 @@ from gateway.report.load import iter_batches
 from gateway.report.stats import GroupStats, escalated
 from policies.schema import ExperimentRoute, Policy
 
-GROUPINGS = ("key", "team", "route", "model", "day", "hour", "arm")
+GROUPINGS = ("key", "team", "route", "model", "api", "day", "hour", "arm")
 
 
 def _group_key(by: str, row: dict[str, Any]) -> str:
@@ -29,6 +29,8 @@ def _group_key(by: str, row: dict[str, Any]) -> str:
         return row["route"] or "(model by name)"
     if by == "model":
         return row["model"] or "(none)"
+    if by == "api":  # rows written before the column existed: the endpoint kind was the API
+        return row.get("api") or row["endpoint_kind"]
     if by == "arm":
         note = row["extra"].get("experiment")
         return f"{note.get('name')}={note.get('arm')}" if isinstance(note, dict) else "(none)"
