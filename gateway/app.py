@@ -140,10 +140,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def completions(request: Request) -> Response:
         return await handle(request, "completions", runtime_of(request), request.app.state.services)
 
+    async def embeddings(request: Request) -> Response:
+        return await handle(request, "embeddings", runtime_of(request), request.app.state.services)
+
     # Added first, so the router tries them first: a request passes every route before its
     # own (a regex match each), and no other route matches these paths, so no answer changes.
     app.router.add_route(hot_paths[0], chat_completions, methods=["POST"])
     app.router.add_route(hot_paths[1], completions, methods=["POST"])
+    app.router.add_route("/v1/embeddings", embeddings, methods=["POST"])
     app.router.add_route("/v1/feedback", feedback, methods=["POST"])
 
     app.include_router(admin_router)

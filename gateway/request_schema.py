@@ -128,15 +128,57 @@ class CompletionRequest(_Common):
     best_of: int | None = Field(default=None, ge=1, le=20)
 
 
+# OpenAI's limits on one embeddings request: inputs per call, and each one non-empty.
+MAX_EMBEDDING_INPUTS = 2048
+TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], NonEmpty]
+
+
+class EmbeddingRequest(_Open):
+    model: str = Field(min_length=1)
+    input: (
+        Annotated[str, Field(min_length=1)]
+        | Annotated[list[Annotated[str, Field(min_length=1)]], NonEmpty]
+        | TokenIds
+        | Annotated[list[TokenIds], NonEmpty]
+    )
+    encoding_format: Literal["float", "base64"] | None = None
+    dimensions: int | None = Field(default=None, gt=0)
+    user: str | None = None
+    # Embeddings are one whole answer: a client asking for a stream is told so, not ignored.
+    stream: Literal[False] | None = None
+
+    @model_validator(mode="after")
+    def _not_too_many_inputs(self) -> EmbeddingRequest:
+        # Checked here, not per union member: a member that fails on an item would be the
+        # error reported, not the length.
+        inputs = self.input
+        several = isinstance(inputs, list) and not isinstance(inputs[0], int)
+        if several and len(inputs) > MAX_EMBEDDING_INPUTS:
+            limits = {"field_type": "List", "max_length": MAX_EMBEDDING_INPUTS}
+            error = InitErrorDetails(
+                type="too_long",
+                loc=("input",),
+                input=inputs,
+                ctx={**limits, "actual_length": len(inputs)},
+            )
+            raise ValidationError.from_exception_data("EmbeddingRequest", [error])
+        return self
+
+
 M = TypeVar("M", bound=BaseModel)
-_SCHEMAS: dict[str, type[_Common]] = {"chat": ChatRequest, "completions": CompletionRequest}
+_SCHEMAS: dict[str, type[_Open]] = {
+    "chat": ChatRequest,
+    "completions": CompletionRequest,
+    "embeddings": EmbeddingRequest,
+}
 _MODEL_TAGS = frozenset(
     cls.__name__ for cls in (NamedToolChoice, FunctionName, ResponseFormat, StreamOptions)
 )
 
 
 def _is_tag(part: str) -> bool:
-    return "[" in part or part in {"str", "int", "float", "bool"} or part in _MODEL_TAGS
+    plain = {"str", "int", "float", "bool"}
+    return "[" in part or part in plain or part.startswith("constrained-") or part in _MODEL_TAGS
 
 
 def _param(loc: tuple[Any, ...]) -> str:

@@ -31,7 +31,8 @@ def prompt_tokens_upper(body: dict[str, Any]) -> int:
             total += len(text.encode()) + len(str(message.get("role", ""))) + 16
             total += NON_TEXT_PART_TOKENS * _non_text_parts(content)
         return total + len(_tools_text(body)) + 16
-    prompt = body.get("prompt", "")
+    # A text completion's prompt, or an embeddings request's input: the same four shapes.
+    prompt = body["prompt"] if "prompt" in body else body.get("input", "")
     if isinstance(prompt, str):
         return len(prompt.encode()) + SPECIAL_TOKENS
     if prompt and isinstance(prompt[0], list):  # several token-id prompts
@@ -114,3 +115,13 @@ def call_bound(body: dict[str, Any], context_length: int | None = None) -> CallB
     return CallBound(
         min(prompt_tokens_upper(body), ceiling), ceiling if cap is None else min(cap, ceiling)
     )
+
+
+def embedding_bound(body: dict[str, Any], context_length: int | None = None) -> CallBound:
+    """The most tokens an embeddings call can report: its inputs (each at most the model's
+    context), and nothing generated."""
+    inputs = body.get("input")
+    several = isinstance(inputs, list) and inputs and not isinstance(inputs[0], int)
+    count = len(inputs) if several else 1
+    ceiling = (context_length or MAX_TOKENS_PER_CALL) * count
+    return CallBound(min(prompt_tokens_upper(body), ceiling), 0)

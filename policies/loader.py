@@ -19,9 +19,12 @@ from policies.schema import (
     CascadeRoute,
     EadRoute,
     ExperimentRoute,
+    FixedRoute,
     LearnedRoute,
     Policy,
+    RouteConfig,
     VllmModel,
+    serves_embeddings,
 )
 
 # Caps checked before the YAML tree is built: policy text comes from the dashboard too, and
@@ -195,6 +198,14 @@ def _reference_problems(policy: Policy, policy_file: str) -> list[tuple[Loc, str
                 found.append(
                     (("models", model_name, "fallbacks", i), "a model cannot fall back to itself")
                 )
+            elif policy.models[fallback].kind != model.kind:
+                found.append(
+                    (
+                        ("models", model_name, "fallbacks", i),
+                        f"'{fallback}' is a {policy.models[fallback].kind} model and "
+                        f"'{model_name}' a {model.kind} model: a fallback must be of the same kind",
+                    )
+                )
     for route_name, route in policy.routes.items():
         if isinstance(route, EadRoute):
             found += _ead_route_problems(route_name, route, policy)
@@ -202,6 +213,7 @@ def _reference_problems(policy: Policy, policy_file: str) -> list[tuple[Loc, str
         if isinstance(route, ExperimentRoute):
             found += _experiment_route_problems(route_name, route, policy)
             continue
+        found += _embedding_route_problems(route_name, route, policy)
         for i, name in enumerate(route.models):
             if name not in policy.models:
                 found.append((("routes", route_name, "models", i), f"unknown model '{name}'"))
@@ -219,7 +231,40 @@ def _reference_problems(policy: Policy, policy_file: str) -> list[tuple[Loc, str
             if judge is not None and judge not in policy.models:
                 loc = ("routes", route_name, "confidence", "judge_model")
                 found.append((loc, f"unknown model '{judge}'"))
+            elif judge is not None and policy.models[judge].kind == "embedding":
+                loc = ("routes", route_name, "confidence", "judge_model")
+                found.append((loc, f"model '{judge}' is an embedding model: it cannot judge"))
     return found
+
+
+def _embedding_route_problems(
+    route_name: str, route: RouteConfig, policy: Policy
+) -> list[tuple[Loc, str]]:
+    """Embedding models serve only through fixed routes (a first model, then fallbacks), and a
+    route serves one kind of model: its requests are either embeddings or chat."""
+    known = policy.models
+    models = [(i, n, known[n].kind) for i, n in enumerate(route.models) if n in known]
+    embedding = [n for _, n, kind in models if kind == "embedding"]
+    if not embedding:
+        return []
+    if not isinstance(route, FixedRoute):
+        return [
+            (
+                ("routes", route_name, "kind"),
+                f"a {route.kind} route cannot serve the embedding model(s) "
+                f"{', '.join(embedding)}: only routes of kind fixed (with fallbacks) serve "
+                "embeddings",
+            )
+        ]
+    return [
+        (
+            ("routes", route_name, "models", i),
+            f"'{name}' is a chat model and '{embedding[0]}' an embedding model: a route "
+            "serves one kind of model",
+        )
+        for i, name, kind in models
+        if kind != "embedding"
+    ]
 
 
 def _experiment_route_problems(
@@ -234,6 +279,10 @@ def _experiment_route_problems(
             found.append((loc, f"unknown route '{arm}' (an arm must be a route of this policy)"))
         elif isinstance(target, ExperimentRoute):
             found.append((loc, f"route '{arm}' is an experiment; an arm cannot be one"))
+        elif serves_embeddings(target, policy):
+            found.append(
+                (loc, f"route '{arm}' serves embeddings: only fixed routes serve embeddings")
+            )
     # Requests are served by the arm's settings; the experiment's own would be ignored.
     for field in ("pacing", "cache", "slo_latency_ms", "log_prompts"):
         if getattr(route, field) not in (None, False):
@@ -254,6 +303,13 @@ def _ead_route_problems(route_name: str, route: EadRoute, policy: Policy) -> lis
         elif not isinstance(model, VllmModel):
             found.append(
                 (("routes", route_name, field), f"model '{name}' must be a vLLM model for ead")
+            )
+        elif model.kind == "embedding":
+            found.append(
+                (
+                    ("routes", route_name, field),
+                    f"model '{name}' is an embedding model: only fixed routes serve embeddings",
+                )
             )
     if route.small == route.large:
         found.append((("routes", route_name, "large"), "small and large are the same model"))

@@ -62,6 +62,10 @@ Pricing = Annotated[
 
 
 class _ModelBase(_Strict):
+    kind: Literal["chat", "embedding"] = Field(
+        default="chat",
+        description="chat: chat and text completions; embedding: POST /v1/embeddings only",
+    )
     context_length: int | None = Field(default=None, gt=0)
     # Each of these overrides the policy default of the same name (see `Defaults`).
     timeout_s: float | None = Field(default=None, gt=0)
@@ -486,3 +490,9 @@ class Policy(_Strict):
                         models.update(dict.fromkeys(target.models))
                 route._models = list(models)
         return self
+
+
+def serves_embeddings(route: RouteConfig, policy: Policy) -> bool:
+    """Whether a route's requests are embeddings: its models are embedding models (in a valid
+    policy a route serves one kind of model; an experiment, its arms')."""
+    return any(m in policy.models and policy.models[m].kind == "embedding" for m in route.models)

@@ -110,6 +110,8 @@ class AdmissionRequest:
     prices: Mapping[str, CostFn]
     defaults: Defaults
     cascade: Cascade | None = None  # the route's cascade, when it has one
+    # False: the call writes no tokens (embeddings), so no answer length is assumed or set.
+    generates: bool = True
 
 
 class Access:
@@ -187,10 +189,10 @@ class Access:
 
     async def _reserve(self, ask: AdmissionRequest, admission: Admission, now: float) -> None:
         body, defaults, prompt = ask.body, ask.defaults, ask.prompt_upper
-        if completion_limit(body) is None:
+        if ask.generates and completion_limit(body) is None:
             body["max_tokens"] = defaults.max_tokens
         # The largest limit the upstream may honour, times the answers it may generate.
-        completion = completion_cap(body) or defaults.max_tokens
+        completion = (completion_cap(body) or defaults.max_tokens) if ask.generates else 0
         admission.reservation_id = ask.request_id
         if ask.cascade is not None:
             worst = ask.cascade.worst_case_usd(prompt, completion, ask.prices)

@@ -12,7 +12,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
-Kind = Literal["chat", "completions"]
+# The upstream call: chat or text completions, or embeddings (no tokens generated, no stream).
+Kind = Literal["chat", "completions", "embeddings"]
 
 
 @dataclass(slots=True)

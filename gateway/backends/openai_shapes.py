@@ -1,12 +1,16 @@
 """The one place that builds OpenAI's response and chunk objects.
 
 `chat.completion`, `chat.completion.chunk` and `text_completion` objects, their choices and the
-`usage` object, as the backends, the EAD cascade and the response cache send them. Key order is
-part of the shape: clients and tests compare the JSON as sent.
+`usage` object, as the backends, the EAD cascade and the response cache send them, and the
+vectors of an embeddings answer in the encoding asked for. Key order is part of the shape:
+clients and tests compare the JSON as sent.
 """
 
 from __future__ import annotations
 
+import array
+import base64
+import sys
 import uuid
 from typing import Any
 
@@ -87,3 +91,35 @@ def usage_dict(prompt_tokens: int, completion_tokens: int, **extra: Any) -> dict
 def usage_object(usage: Usage) -> dict[str, Any]:
     """OpenAI's `usage` for what is charged: it replaces an anomalous report in the answer."""
     return usage_dict(usage.prompt_tokens, usage.completion_tokens)
+
+
+def embedding_usage(prompt_tokens: int) -> dict[str, Any]:
+    """OpenAI's `usage` of an embeddings answer (it has no completion tokens)."""
+    return {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}
+
+
+def _to_base64(vector: list[float]) -> str:
+    floats = array.array("f", vector)  # OpenAI's base64: float32, little-endian
+    if sys.byteorder == "big":
+        floats.byteswap()
+    return base64.b64encode(floats.tobytes()).decode("ascii")
+
+
+def _from_base64(text: str) -> list[float]:
+    floats = array.array("f", base64.b64decode(text))
+    if sys.byteorder == "big":
+        floats.byteswap()
+    return floats.tolist()
+
+
+def embeddings_as(body: dict[str, Any], encoding_format: Any) -> dict[str, Any]:
+    """An embeddings answer with each vector as the client asked: a list of floats (the
+    default) or base64 of float32s, whichever the upstream sent (in place, and returned)."""
+    want_base64 = encoding_format == "base64"
+    for item in body.get("data") or []:
+        vector = item.get("embedding")
+        if want_base64 and isinstance(vector, list):
+            item["embedding"] = _to_base64(vector)
+        elif not want_base64 and isinstance(vector, str):
+            item["embedding"] = _from_base64(vector)
+    return body

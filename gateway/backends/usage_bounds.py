@@ -96,10 +96,38 @@ def answer_bytes(kind: str, body: dict[str, Any]) -> int:
     return total
 
 
+def read_embedding_usage(raw: Any, bound: CallBound) -> Usage:
+    """`read_usage` for an embeddings call: its prompt tokens only (OpenAI's embeddings usage
+    has no completion_tokens, and nothing is generated)."""
+    fields = raw if isinstance(raw, dict) else {}
+    kinds: list[str] = []
+    prompt, ok = _field(fields.get("prompt_tokens"), bound.prompt, bound.prompt, kinds)
+    usage = Usage(prompt, 0, ok)
+    if kinds:
+        usage.anomaly = {
+            "kinds": ["missing_usage"] if not fields else kinds,
+            "reported": {"prompt_tokens": _json_safe(fields.get("prompt_tokens"))},
+            "bound": {"prompt_tokens": bound.prompt, "completion_tokens": 0},
+        }
+    return usage
+
+
+def _malformed_embeddings(body: dict[str, Any]) -> str | None:
+    data = body.get("data")
+    if not isinstance(data, list) or not data:
+        return "the answer has no data"
+    for item in data:
+        if not isinstance(item, dict) or not isinstance(item.get("embedding"), list | str):
+            return "an item of data has no embedding"
+    return None
+
+
 def malformed_choices(kind: str, body: Any) -> str | None:
     """Why a 200 answer cannot be passed on as an OpenAI answer, or None when it can."""
     if not isinstance(body, dict):
         return "the answer is not a JSON object"
+    if kind == "embeddings":
+        return _malformed_embeddings(body)
     choices = body.get("choices")
     if not isinstance(choices, list) or not choices:
         return "the answer has no choices"

@@ -22,7 +22,7 @@ from gateway.backends import openai_shapes as shapes
 from gateway.state.base import State
 from policies.schema import CacheConfig
 
-Kind = Literal["chat", "completions"]
+Kind = Literal["chat", "completions", "embeddings"]
 
 # Transport and attribution only: they never change the answer.
 IGNORED_FIELDS = frozenset({"stream", "stream_options", "user", "model"})
@@ -82,11 +82,16 @@ class ResponseCache:
     def key_for(self, kind: Kind, body: dict[str, Any], scope_id: str) -> str | None:
         """The cache key of a request, or None when it must not be cached: n > 1, or sampled
         (temperature > 0, and a missing temperature is OpenAI's 1) unless `cache_sampled`."""
-        fields = _normalised(body)
-        if fields is None:
-            return None
-        if fields["temperature"] > 0 and not self.config.cache_sampled:
-            return None
+        if kind == "embeddings":
+            # Not sampled: the same input, format and size always give the same vectors.
+            fields = {k: v for k, v in body.items() if k not in IGNORED_FIELDS}
+            fields["encoding_format"] = fields.get("encoding_format") or "float"
+        else:
+            fields = _normalised(body)
+            if fields is None:
+                return None
+            if fields["temperature"] > 0 and not self.config.cache_sampled:
+                return None
         identity = {
             "route": self.route,
             "kind": kind,

@@ -13,13 +13,14 @@ from starlette.requests import Request
 from gateway.accounting.redaction import redactor
 from gateway.admission.access import AdmissionRequest
 from gateway.admission.guard import client_address
+from gateway.backends.base import Kind
 from gateway.errors import ApiError
 from gateway.pipeline.context import RequestContext
 from gateway.pipeline.experiment import choose_arm, sticky_id
 from gateway.pipeline.route import Plan
 from gateway.request_schema import parse_request
 from gateway.runtime import Runtime
-from policies.schema import ExperimentRoute, RouteConfig
+from policies.schema import ExperimentRoute, FixedRoute, RouteConfig, serves_embeddings
 
 
 def resolve(runtime: Runtime, name: str) -> tuple[str | None, RouteConfig | None]:
@@ -38,6 +39,40 @@ def resolve(runtime: Runtime, name: str) -> tuple[str | None, RouteConfig | None
     return name, config
 
 
+def check_api(runtime: Runtime, kind: Kind, name: str, config: RouteConfig | None) -> None:
+    """An embeddings request names an embedding model or a fixed route of them; a chat or
+    text completion names neither: 400 naming `model` otherwise."""
+    policy = runtime.policy
+    if config is None:
+        embedding = policy.models[name].kind == "embedding"
+        what = f"'{name}' is an embedding model" if embedding else f"'{name}' is a chat model"
+    else:
+        embedding = serves_embeddings(config, policy)
+        what = f"route '{name}' serves {'embedding' if embedding else 'chat'} models"
+    if kind == "embeddings" and not embedding:
+        raise ApiError(
+            400,
+            f"{what}: POST /v1/embeddings needs an embedding model (`kind: embedding` in the "
+            "policy) or a fixed route of them",
+            code="model_not_embedding",
+            param="model",
+        )
+    if kind == "embeddings" and config is not None and not isinstance(config, FixedRoute):
+        raise ApiError(
+            400,
+            f"route '{name}' is of kind {config.kind}: only fixed routes serve embeddings",
+            code="invalid_route_kind",
+            param="model",
+        )
+    if kind != "embeddings" and embedding:
+        raise ApiError(
+            400,
+            f"{what}: it answers POST /v1/embeddings only, not {kind} requests",
+            code="model_is_embedding",
+            param="model",
+        )
+
+
 def _authorization(request: Request) -> str | None:
     """`authorization: Bearer <key>`, or Anthropic's `x-api-key: <key>` (its SDK sends that)."""
     headers = request.headers
@@ -50,7 +85,9 @@ def _authorization(request: Request) -> str | None:
 async def identify(request: Request, ctx: RequestContext) -> None:
     """The caller's key, the parsed body and the route; ApiError when any is refused."""
     rec, access = ctx.record, ctx.services.access
-    key = await access.authenticate(_authorization(request), ctx.runtime.access, client_address(request))
+    key = await access.authenticate(
+        _authorization(request), ctx.runtime.access, client_address(request)
+    )
     ctx.key = key
     if key is not None:
         rec.api_key_id, rec.team = key.id, key.team
@@ -63,6 +100,7 @@ async def identify(request: Request, ctx: RequestContext) -> None:
     access.check_route(key, body["model"])
     if isinstance(ctx.config, ExperimentRoute):
         _enter_arm(ctx, body["model"], ctx.config)
+    check_api(ctx.runtime, ctx.kind, body["model"], ctx.config)
     if ctx.config is not None and ctx.config.log_prompts:
         rec.prompt = logged_prompt(body, ctx.config)
     _feedback_from(ctx)
@@ -113,6 +151,7 @@ async def reserve(ctx: RequestContext, plan: Plan) -> None:
             prices=runtime.prices,
             defaults=runtime.policy.defaults,
             cascade=plan.cascade,
+            generates=ctx.kind != "embeddings",
         )
     )
     ctx.account.admission = admission

@@ -24,6 +24,7 @@ from gateway.backends.base import (
     Usage,
     http_error,
 )
+from gateway.backends.openai_shapes import embeddings_as
 
 
 @dataclass(slots=True)
@@ -77,8 +78,36 @@ def _wants_logprobs(call: UpstreamCall) -> bool:
     return bool(call.body.get("logprobs"))
 
 
+def fake_vector(item: Any) -> list[float]:
+    """The fake's embedding of one input (a string or a token array): its length, then its
+    first character or token, so equal inputs give equal vectors and a test can tell them."""
+    first = (ord(item[0]) if isinstance(item, str) else item[0]) if item else 0
+    return [float(len(item)), float(first), 0.5]
+
+
+def embeddings_body(name: str, call: UpstreamCall, reply: Reply) -> dict[str, Any]:
+    """An embeddings answer as vLLM gives it: one vector per input, base64 when asked."""
+    inputs = call.body["input"]
+    items = inputs if isinstance(inputs, list) and not isinstance(inputs[0], int) else [inputs]
+    data = [
+        {"object": "embedding", "index": i, "embedding": fake_vector(item)}
+        for i, item in enumerate(items)
+    ]
+    body = {
+        "id": f"embd-{uuid.uuid4().hex[:12]}",
+        "object": "list",
+        "created": 1_800_000_000,
+        "model": name,
+        "data": data,
+        "usage": {"prompt_tokens": reply.prompt_tokens, "total_tokens": reply.prompt_tokens},
+    }
+    return embeddings_as(body, call.body.get("encoding_format"))
+
+
 def response_body(name: str, call: UpstreamCall, reply: Reply) -> dict[str, Any]:
     """The whole OpenAI response for `reply`, `model` set to the policy model name."""
+    if call.kind == "embeddings":
+        return embeddings_body(name, call, reply)
     lp = _logprobs(call.kind, reply.pieces(), reply.logprobs) if reply.logprobs else None
     lp = lp if _wants_logprobs(call) else None
     if call.kind == "chat":
@@ -183,7 +212,8 @@ class FakeBackend:
 
     async def complete(self, call: UpstreamCall) -> Completion:
         reply = await self._reply(call)
-        usage = Usage(reply.prompt_tokens, reply.completion_tokens, exact=True)
+        completion = 0 if call.kind == "embeddings" else reply.completion_tokens
+        usage = Usage(reply.prompt_tokens, completion, exact=True)
         body = response_body(self.name, call, reply)
         return Completion(body, usage, self.endpoint, reply.provider_cost_usd)
 

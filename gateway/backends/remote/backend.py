@@ -13,14 +13,19 @@ from typing import Any, TypeVar
 import orjson
 
 from gateway.backends.base import Completion, Kind, UpstreamCall, UpstreamError
-from gateway.backends.openai_shapes import usage_object
+from gateway.backends.openai_shapes import embedding_usage, embeddings_as, usage_object
 from gateway.backends.remote.clients import openai_client, timeouts
 from gateway.backends.remote.errors import answered_unreadable, to_upstream_error
 from gateway.backends.remote.shaping import dump, shape_body, usage_of
 from gateway.backends.remote.stream import LitellmStream
-from gateway.backends.usage_bounds import estimated_usage, malformed_choices, read_usage
+from gateway.backends.usage_bounds import (
+    estimated_usage,
+    malformed_choices,
+    read_embedding_usage,
+    read_usage,
+)
 from gateway.provider_prices import litellm_cost_usd, load_litellm
-from gateway.tokens import CallBound, call_bound
+from gateway.tokens import CallBound, call_bound, embedding_bound
 from policies.schema import LitellmModel
 
 log = logging.getLogger("routegate.remote")
@@ -44,6 +49,14 @@ _COMPLETION_PARAMS = frozenset(
         "n", "presence_penalty", "seed", "stop", "suffix", "temperature", "top_p", "user",
     }
 )  # fmt: skip
+# Embeddings: litellm is always asked for floats (providers differ on base64); the gateway
+# encodes them as the client asked.
+_EMBEDDING_PARAMS = frozenset({"input", "dimensions", "user"})
+_PARAMS: dict[Kind, frozenset[str]] = {
+    "chat": _CHAT_PARAMS,
+    "completions": _COMPLETION_PARAMS,
+    "embeddings": _EMBEDDING_PARAMS,
+}
 # Set by the backend itself, never taken from the client.
 _OWN_KEYS = frozenset({"model", "stream", "stream_options"})
 
@@ -125,13 +138,13 @@ class LitellmBackend:
         return None  # litellm reads the provider's usual variable (ANTHROPIC_API_KEY...)
 
     def _kwargs(self, call: UpstreamCall, stream: bool) -> dict[str, Any]:
-        known = _CHAT_PARAMS if call.kind == "chat" else _COMPLETION_PARAMS
+        known = _PARAMS[call.kind]
         kwargs: dict[str, Any] = {}
         extra: dict[str, Any] = {}
         for k, v in call.body.items():
             if k in known:
                 kwargs[k] = v
-            elif k not in _OWN_KEYS:
+            elif k not in _OWN_KEYS and not (call.kind == "embeddings" and k == "encoding_format"):
                 extra[k] = v
         if extra:
             kwargs["extra_body"] = extra
@@ -158,6 +171,8 @@ class LitellmBackend:
         litellm = load_litellm()  # already loaded by _kwargs: the import is not timed
         if kind == "chat":
             return await litellm.acompletion(**kwargs)
+        if kind == "embeddings":
+            return await litellm.aembedding(**kwargs)
         return await litellm.atext_completion(**kwargs)
 
     def _retry_delay(self, err: UpstreamError, attempt: int, call: UpstreamCall) -> float | None:
@@ -179,7 +194,7 @@ class LitellmBackend:
                         tools=body.get("tools"),
                     )
                 )
-            prompt = body.get("prompt") or ""
+            prompt = body.get("prompt") or body.get("input") or ""
             items = prompt if isinstance(prompt, list) else [prompt]
             total = 0
             for item in items:
@@ -228,9 +243,33 @@ class LitellmBackend:
         return self._completion(call, response)
 
     def bound_of(self, call: UpstreamCall) -> CallBound:
+        if call.kind == "embeddings":
+            return embedding_bound(call.body, self.config.context_length)
         return call_bound(call.body, self.config.context_length)
 
+    def _embeddings(self, call: UpstreamCall, response: Any) -> Completion:
+        body = dump(response)
+        bound = self.bound_of(call)
+        problem = malformed_choices(call.kind, body)
+        raw = body.get("usage")
+        usage = read_embedding_usage(raw, bound)
+        if problem is not None:
+            message = f"{self.name} answered 200 but {problem}"
+            raise UpstreamError(502, message, attempts=[self.endpoint], usage=usage)
+        body["model"] = self.name
+        if not isinstance(raw, dict) or not raw.get("prompt_tokens"):
+            # litellm fills in zeros for a provider that sent no usage: estimate, and say so.
+            estimate = self.prompt_tokens_estimate(call.body, call.kind)
+            usage = estimated_usage(estimate, 0, bound)
+        # OpenAI's shape (litellm adds completion_tokens), with what is charged.
+        body["usage"] = embedding_usage(usage.prompt_tokens)
+        embeddings_as(body, call.body.get("encoding_format"))
+        cost = litellm_cost_usd(self.config.model, usage.prompt_tokens, 0)
+        return Completion(body=body, usage=usage, endpoint=self.endpoint, provider_cost_usd=cost)
+
     def _completion(self, call: UpstreamCall, response: Any) -> Completion:
+        if call.kind == "embeddings":
+            return self._embeddings(call, response)
         body = shape_body(call.kind, dump(response))
         bound = self.bound_of(call)
         problem = malformed_choices(call.kind, body)

@@ -9,8 +9,13 @@ import orjson
 
 from gateway.backends.base import Completion, UpstreamCall, UpstreamError
 from gateway.backends.http_client import JsonPost
-from gateway.backends.openai_shapes import usage_object
-from gateway.backends.usage_bounds import answer_bytes, malformed_choices, read_usage
+from gateway.backends.openai_shapes import embedding_usage, embeddings_as, usage_object
+from gateway.backends.usage_bounds import (
+    answer_bytes,
+    malformed_choices,
+    read_embedding_usage,
+    read_usage,
+)
 from gateway.backends.vllm_pool.endpoints import Endpoint, EndpointHealth
 from gateway.backends.vllm_pool.stream import (
     PATHS,
@@ -18,7 +23,7 @@ from gateway.backends.vllm_pool.stream import (
     error_from_response,
     transport_error,
 )
-from gateway.tokens import call_bound
+from gateway.tokens import call_bound, embedding_bound
 from policies.schema import VllmModel
 
 _NO_TEMPLATE = {400, 404, 422}  # /tokenize refused the messages: the model has no chat template
@@ -176,7 +181,8 @@ class VllmPool:
     ) -> Completion:
         """A 200's body, its usage clamped to what the call can produce; a 502 that is still
         charged when it is no OpenAI answer."""
-        bound = call_bound(call.body, self.context_length)
+        embeddings = call.kind == "embeddings"
+        bound = (embedding_bound if embeddings else call_bound)(call.body, self.context_length)
         problem = malformed_choices(call.kind, body)
         raw = body.get("usage") if isinstance(body, dict) else None
         if problem is not None:
@@ -184,12 +190,19 @@ class VllmPool:
                 502,
                 f"{self.name} answered 200 but {problem}",
                 attempts=[endpoint.base_url],
-                usage=read_usage(raw, bound),
+                usage=read_embedding_usage(raw, bound) if embeddings else read_usage(raw, bound),
             )
             self.health.note(endpoint, err)
             raise err
         self.health.note(endpoint, None)
         body["model"] = self.name
+        if embeddings:
+            usage = read_embedding_usage(raw, bound)
+            # vLLM encodes base64 itself; the check costs nothing when it did as asked.
+            embeddings_as(body, call.body.get("encoding_format"))
+            if usage.anomaly is not None:
+                body["usage"] = embedding_usage(usage.prompt_tokens)
+            return Completion(body, usage, endpoint.base_url, failed=failed)
         usage = read_usage(raw, bound, answer_bytes(call.kind, body))
         if usage.anomaly is not None:
             body["usage"] = usage_object(usage)  # the client sees what it is charged for

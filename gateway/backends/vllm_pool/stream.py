@@ -16,7 +16,7 @@ from gateway.backends.usage_bounds import read_usage
 from gateway.backends.vllm_pool.endpoints import Endpoint, EndpointHealth
 from gateway.tokens import SPECIAL_TOKENS, CallBound
 
-PATHS = {"chat": "/chat/completions", "completions": "/completions"}
+PATHS = {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings"}
 
 
 def upstream_timeouts(call: UpstreamCall) -> httpx.Timeout:
