@@ -202,8 +202,8 @@ def _reference_problems(policy: Policy, policy_file: str) -> list[tuple[Loc, str
                 found.append(
                     (
                         ("models", model_name, "fallbacks", i),
-                        f"'{fallback}' is a {policy.models[fallback].kind} model and "
-                        f"'{model_name}' a {model.kind} model: a fallback must be of the same kind",
+                        f"'{fallback}' is of kind {policy.models[fallback].kind} and "
+                        f"'{model_name}' of kind {model.kind}: a fallback must be of the same kind",
                     )
                 )
     for route_name, route in policy.routes.items():
@@ -217,7 +217,11 @@ def _reference_problems(policy: Policy, policy_file: str) -> list[tuple[Loc, str
         for i, name in enumerate(route.models):
             if name not in policy.models:
                 found.append((("routes", route_name, "models", i), f"unknown model '{name}'"))
-            elif route.kind == "cost_aware" and policy.models[name].quality is None:
+            elif (
+                route.kind == "cost_aware"
+                and policy.models[name].quality is None
+                and policy.models[name].kind == "chat"  # embeddings: refused for the route
+            ):
                 found.append(
                     (
                         ("routes", route_name, "models", i),

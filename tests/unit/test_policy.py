@@ -42,7 +42,7 @@ def validate(tmp_path: Path, text: str) -> tuple[int, list[str]]:
 def test_example_policy_is_valid() -> None:
     result = runner.invoke(app, ["policy", "validate", str(example_policy_path())])
     assert result.exit_code == 0, result.output
-    assert "ok (3 models, 5 routes)" in result.output
+    assert "ok (4 models, 6 routes)" in result.output
 
 
 def test_every_problem_is_reported_with_line_and_column(tmp_path: Path) -> None:
