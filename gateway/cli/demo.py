@@ -40,7 +40,8 @@ def demo_up(
         "routegate-requests.sqlite"
     ),
 ) -> None:
-    """Build the demo models, serve them on vLLM (ports 8101, 8102), then run the gateway."""
+    """Build the demo models, serve them on vLLM (ports 8101, 8102; the embedding model minilm
+    on 8103), then run the gateway."""
     from gateway.demo.vllm_servers import run_demo_servers
 
     servers = run_demo_servers(models_dir, log_dir)

