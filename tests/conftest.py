@@ -81,6 +81,29 @@ def vllm_servers(request: pytest.FixtureRequest) -> dict[str, str]:
     return {s.name: s.base_url for s in handles}
 
 
+@pytest.fixture(scope="session")
+def vllm_embedding_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Base URL of a real vLLM pooling server serving all-MiniLM-L6-v2 as `minilm`, started
+    once per session (only when a test asks for it). ROUTEGATE_TEST_VLLM_EMBED=URL reuses one
+    already running."""
+    given = os.environ.get("ROUTEGATE_TEST_VLLM_EMBED")
+    if given:
+        yield given
+        return
+    from gateway.demo.vllm_servers import embedding_server, launch
+
+    server = embedding_server(free_port(), tmp_path_factory.mktemp("vllm-embed-logs"))
+    timeout = float(os.environ.get("ROUTEGATE_VLLM_TIMEOUT", "240"))
+    try:
+        launch([server], timeout=timeout)
+    except VllmServerError as exc:
+        pytest.fail(f"could not start the vLLM embedding server:\n{exc}", pytrace=False)
+    try:
+        yield server.base_url
+    finally:
+        stop_servers([server])
+
+
 # -- a real redis-server, for the system tier ----------------------------------------------------
 # Imported here rather than at the top so this section stays one appended block. The `state`
 # fixture lives per tier: tests/unit/conftest.py (MemoryState), tests/system/conftest.py (redis).
