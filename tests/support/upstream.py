@@ -78,7 +78,17 @@ class Upstream:
         p = self.prompt_tokens
         return {"prompt_tokens": p, "completion_tokens": completion, "total_tokens": p + completion}
 
+    def _embeddings_answer(self, body: dict[str, Any]) -> dict[str, Any]:
+        inputs = body.get("input")
+        count = len(inputs) if isinstance(inputs, list) and not isinstance(inputs[0], int) else 1
+        usage = self._usage(0)
+        usage.pop("completion_tokens", None)  # OpenAI's embeddings usage has none
+        data = [{"object": "embedding", "index": i, "embedding": [0.5, 0.25]} for i in range(count)]
+        return {"object": "list", "model": body.get("model"), "data": data, "usage": usage}
+
     def _answer(self, body: dict[str, Any], kind: str) -> dict[str, Any]:
+        if kind == "embeddings":
+            return self._embeddings_answer(body)
         usage = self._usage(5)
         if kind == "chat":
             choice = {
@@ -113,7 +123,9 @@ class Upstream:
         return answer
 
     async def _completion(self, request: Request) -> Response:
-        kind = "chat" if request.url.path.endswith("chat/completions") else "completions"
+        path = request.url.path
+        kind = "chat" if path.endswith("chat/completions") else "completions"
+        kind = "embeddings" if path.endswith("/embeddings") else kind
         self.arrivals += 1
         body = orjson.loads(await request.body())
         self.hits += 1
@@ -201,6 +213,7 @@ class Upstream:
             routes=[
                 Route("/v1/chat/completions", self._completion, methods=["POST"]),
                 Route("/v1/completions", self._completion, methods=["POST"]),
+                Route("/v1/embeddings", self._completion, methods=["POST"]),
                 Route("/health", self._health),
                 Route("/stats", self._stats),
             ]

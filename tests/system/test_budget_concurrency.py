@@ -1,5 +1,6 @@
 """A hard budget holds across two gateway processes sharing one real Redis: 200 concurrent
-requests against a budget for about 50, and a reservation left by a killed process expires."""
+requests against a budget for about 50 (chat completions, and embeddings), and a reservation
+left by a killed process expires."""
 
 from __future__ import annotations
 
@@ -26,6 +27,16 @@ COST = 7 * 1e-6 + 5 * 2e-6  # the test upstream answers 7 prompt + 5 completion 
 WORST_PROMPT_TOKENS = 41
 WORST = WORST_PROMPT_TOKENS * 1e-6 + 5 * 2e-6
 BODY = {"model": "cheap", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 5}
+# Embeddings: the worst case is the input's bound (one token per byte, plus 4) at the input
+# price, nothing generated; the upstream reports exactly that bound too.
+EMBED_BODY = {"model": "vectors", "input": "hello"}
+EMBED_WORST_PROMPT_TOKENS = len("hello") + 4
+EMBED_WORST = EMBED_WORST_PROMPT_TOKENS * 1e-6
+# path, body, what the upstream reports as prompt tokens, the cost of one answer
+CASES = {
+    "chat": ("/v1/chat/completions", BODY, WORST_PROMPT_TOKENS, WORST),
+    "embeddings": ("/v1/embeddings", EMBED_BODY, EMBED_WORST_PROMPT_TOKENS, EMBED_WORST),
+}
 
 POLICY = """
 version: 1
@@ -36,8 +47,14 @@ models:
     provider: vllm
     endpoints: [{up}]
     pricing: {{input_per_1m: 1.0, output_per_1m: 2.0}}
+  embed:
+    provider: vllm
+    kind: embedding
+    endpoints: [{up}]
+    pricing: {{input_per_1m: 1.0, output_per_1m: 0}}
 routes:
   cheap: {{models: [fast]}}
+  vectors: {{models: [embed]}}
 """
 
 
@@ -68,14 +85,16 @@ def admin(gw: GatewayProcess, method: str, path: str, json: dict | None = None) 
     return resp.json()
 
 
+@pytest.mark.parametrize("api", list(CASES))
 def test_two_replicas_never_overrun_one_budget(
-    tmp_path: Path, redis_url: str, upstream: Upstream
+    tmp_path: Path, redis_url: str, upstream: Upstream, api: str
 ) -> None:
+    path, body, prompt_tokens, worst = CASES[api]
     upstream.mode, upstream.delay_s = "slow", 0.02  # keep many requests in flight at once
-    upstream.prompt_tokens = WORST_PROMPT_TOKENS
+    upstream.prompt_tokens = prompt_tokens
     a, b = start_pair(tmp_path, redis_url, upstream, ttl=60)
     try:
-        budget = 50.5 * WORST
+        budget = 50.5 * worst
         key = admin(a, "POST", "/admin/keys", {"team": "t", "budget_usd": budget, "period": "day"})
         headers = {"authorization": f"Bearer {key['secret']}"}
 
@@ -83,7 +102,7 @@ def test_two_replicas_never_overrun_one_budget(
             limits = httpx.Limits(max_connections=200)
             async with httpx.AsyncClient(timeout=60, limits=limits) as c:
                 return await asyncio.gather(*(
-                    c.post((a if i % 2 else b).url + "/v1/chat/completions", json=BODY, headers=headers)
+                    c.post((a if i % 2 else b).url + path, json=body, headers=headers)
                     for i in range(200)
                 ))  # fmt: skip
 
@@ -102,7 +121,7 @@ def test_two_replicas_never_overrun_one_budget(
         assert answered == 50
 
         spent = admin(b, "GET", f"/admin/keys/{key['id']}")
-        assert spent["spent_usd"] == pytest.approx(answered * WORST, abs=1e-9)
+        assert spent["spent_usd"] == pytest.approx(answered * worst, abs=1e-9)
         assert spent["spent_usd"] <= budget
         assert spent["reserved_usd"] == 0
 
@@ -114,8 +133,10 @@ def test_two_replicas_never_overrun_one_budget(
         assert sorted(r["request_id"] for r in rows) == sorted(
             r.headers["x-routegate-request-id"] for r in responses
         )
-        assert sum(r["cost_usd"] for r in rows) == pytest.approx(answered * WORST, abs=1e-9)
+        assert sum(r["cost_usd"] for r in rows) == pytest.approx(answered * worst, abs=1e-9)
         assert all(r["cost_usd"] == 0 for r in rows if r["status"] == 429)
+        assert {r["api"] for r in rows} == {api}
+        assert upstream.hits == answered  # refused requests never reached the model
     finally:
         a.stop()
         b.stop()
