@@ -27,6 +27,8 @@ from gateway.errors import ApiError
 POLL_INTERVAL_MS = 3000
 
 router = APIRouter(prefix="/dashboard")
+
+
 @router.get("/login")
 async def login_form(request: Request) -> Response:
     return login_page(request, 200)
