@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 # Written last into a model folder: its presence means the folder is complete.
 MARKER = ".routegate-tiny-model.json"
 # Bump when the way models are built changes, so that cached folders are rebuilt.
-BUILD_VERSION = 3
+BUILD_VERSION = 4
 
 BOS, EOS, PAD, UNK = "<|bos|>", "<|eos|>", "<|pad|>", "<|unk|>"
 ROLE_TOKENS = ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
@@ -36,16 +36,37 @@ VOCAB_SIZE = 3072
 
 # Every turn is "<|role|>\n{content}<|end|>\n"; a generation prompt opens an assistant turn.
 # Content may arrive as a list of OpenAI content parts; only the text parts are kept.
+# Tools follow the Hermes convention, so vLLM's `hermes` tool-call parser reads the calls
+# (gateway/demo/vllm_servers.py starts the servers with it): the tools are listed as JSON in
+# <tools></tools> in a first system turn, a call is <tool_call>{"name": ..., "arguments": ...}
+# </tool_call>, and a tool's result comes back in a user turn as <tool_response>.
 CHAT_TEMPLATE = (
     "{{ bos_token }}"
+    "{% if tools %}"
+    "{{ '<|system|>\\nYou may call functions. Their signatures are within <tools></tools>:\\n"
+    "<tools>' }}"
+    "{% for tool in tools %}{{ '\\n' + (tool | tojson) }}{% endfor %}"
+    "{{ '\\n</tools>\\nFor each call, answer a JSON object with the function name and its "
+    "arguments within <tool_call></tool_call> tags:\\n<tool_call>\\n"
+    "{\"name\": <function-name>, \"arguments\": <args-json-object>}\\n</tool_call><|end|>\\n' }}"
+    "{% endif %}"
     "{% for message in messages %}"
-    "{{ '<|' + message['role'] + '|>\\n' }}"
+    "{% if message['role'] == 'tool' %}{{ '<|user|>\\n<tool_response>\\n' }}"
+    "{% else %}{{ '<|' + message['role'] + '|>\\n' }}{% endif %}"
     "{% if message['content'] is string %}{{ message['content'] }}"
     "{% elif message['content'] %}"
     "{% for part in message['content'] %}"
     "{% if part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
     "{% endfor %}"
     "{% endif %}"
+    "{% for call in message['tool_calls'] or [] %}"
+    "{% set function = call['function'] if call['function'] is defined else call %}"
+    "{{ '<tool_call>\\n{\"name\": \"' + function['name'] + '\", \"arguments\": ' }}"
+    "{% if function['arguments'] is string %}{{ function['arguments'] }}"
+    "{% else %}{{ function['arguments'] | tojson }}{% endif %}"
+    "{{ '}\\n</tool_call>' }}"
+    "{% endfor %}"
+    "{% if message['role'] == 'tool' %}{{ '\\n</tool_response>' }}{% endif %}"
     "{{ '<|end|>\\n' }}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"

@@ -92,6 +92,9 @@ class VllmServer:
     host: str = "127.0.0.1"
     lean: bool = True  # the fast/light flags above; False runs vLLM's stock layout
     dtype: str = "float32"
+    # The tiny models' chat template writes tool calls the Hermes way (gateway/demo/
+    # tiny_models.py); without a parser vLLM answers 400 to any request with `tools`.
+    tool_parser: str | None = "hermes"
     extra_args: list[str] = field(default_factory=list)
     extra_env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
@@ -124,6 +127,11 @@ class VllmServer:
         ]  # fmt: skip
         if self.lean:
             cmd += LEAN_ARGS
+        if self.tool_parser is not None:
+            cmd += ["--enable-auto-tool-choice", "--tool-call-parser", self.tool_parser]
+            # Forced JSON (a named tool_choice, response_format) from random weights is
+            # whitespace to the token limit unless the grammar leaves none out of strings.
+            cmd += ["--structured-outputs-config", '{"disable_any_whitespace": true}']
         return cmd + list(self.extra_args)
 
     def environment(self) -> dict[str, str]:
