@@ -36,19 +36,16 @@ VOCAB_SIZE = 3072
 
 # Every turn is "<|role|>\n{content}<|end|>\n"; a generation prompt opens an assistant turn.
 # Content may arrive as a list of OpenAI content parts; only the text parts are kept.
-# Tools follow the Hermes convention, so vLLM's `hermes` tool-call parser reads the calls
-# (gateway/demo/vllm_servers.py starts the servers with it): the tools are listed as JSON in
-# <tools></tools> in a first system turn, a call is <tool_call>{"name": ..., "arguments": ...}
-# </tool_call>, and a tool's result comes back in a user turn as <tool_response>.
+# Tools follow the "pythonic" convention, so vLLM's `pythonic` tool-call parser reads the calls
+# (gateway/demo/vllm_servers.py starts the servers with it): the tools are listed as JSON in a
+# first system turn, the calls of an assistant turn are a Python list `[name(arg=value, ...)]`,
+# and a tool's result comes back in a user turn as <tool_response>.
 CHAT_TEMPLATE = (
     "{{ bos_token }}"
     "{% if tools %}"
-    "{{ '<|system|>\\nYou may call functions. Their signatures are within <tools></tools>:\\n"
-    "<tools>' }}"
+    "{{ '<|system|>\\nYou may call these functions:' }}"
     "{% for tool in tools %}{{ '\\n' + (tool | tojson) }}{% endfor %}"
-    "{{ '\\n</tools>\\nFor each call, answer a JSON object with the function name and its "
-    "arguments within <tool_call></tool_call> tags:\\n<tool_call>\\n"
-    "{\"name\": <function-name>, \"arguments\": <args-json-object>}\\n</tool_call><|end|>\\n' }}"
+    "{{ '\\nTo call them, answer a Python list of calls: [name(arg=value, ...)]<|end|>\\n' }}"
     "{% endif %}"
     "{% for message in messages %}"
     "{% if message['role'] == 'tool' %}{{ '<|user|>\\n<tool_response>\\n' }}"
@@ -59,13 +56,17 @@ CHAT_TEMPLATE = (
     "{% if part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
     "{% endfor %}"
     "{% endif %}"
-    "{% for call in message['tool_calls'] or [] %}"
+    "{% if message['tool_calls'] %}{{ '[' }}"
+    "{% for call in message['tool_calls'] %}"
     "{% set function = call['function'] if call['function'] is defined else call %}"
-    "{{ '<tool_call>\\n{\"name\": \"' + function['name'] + '\", \"arguments\": ' }}"
-    "{% if function['arguments'] is string %}{{ function['arguments'] }}"
-    "{% else %}{{ function['arguments'] | tojson }}{% endif %}"
-    "{{ '}\\n</tool_call>' }}"
+    "{% if not loop.first %}{{ ', ' }}{% endif %}{{ function['name'] + '(' }}"
+    "{% if function['arguments'] is mapping %}"
+    "{% for name, value in function['arguments'].items() %}"
+    "{% if not loop.first %}{{ ', ' }}{% endif %}{{ name + '=' + (value | tojson) }}"
     "{% endfor %}"
+    "{% else %}{{ '**' + function['arguments'] }}{% endif %}"
+    "{{ ')' }}"
+    "{% endfor %}{{ ']' }}{% endif %}"
     "{% if message['role'] == 'tool' %}{{ '\\n</tool_response>' }}{% endif %}"
     "{{ '<|end|>\\n' }}"
     "{% endfor %}"

@@ -92,9 +92,11 @@ class VllmServer:
     host: str = "127.0.0.1"
     lean: bool = True  # the fast/light flags above; False runs vLLM's stock layout
     dtype: str = "float32"
-    # The tiny models' chat template writes tool calls the Hermes way (gateway/demo/
+    # The tiny models' chat template writes tool calls as a Python list (gateway/demo/
     # tiny_models.py); without a parser vLLM answers 400 to any request with `tools`.
-    tool_parser: str | None = "hermes"
+    # (`hermes` constrains a forced call through a structural tag, whose JSON vLLM 0.32 lets
+    # a random model fill with whitespace; `pythonic` constrains it by the JSON schema alone.)
+    tool_parser: str | None = "pythonic"
     extra_args: list[str] = field(default_factory=list)
     extra_env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
@@ -131,7 +133,8 @@ class VllmServer:
             cmd += ["--enable-auto-tool-choice", "--tool-call-parser", self.tool_parser]
             # Forced JSON (a named tool_choice, response_format) from random weights is
             # whitespace to the token limit unless the grammar leaves none out of strings.
-            cmd += ["--structured-outputs-config", '{"disable_any_whitespace": true}']
+            no_whitespace = '{"backend": "xgrammar", "disable_any_whitespace": true}'
+            cmd += ["--structured-outputs-config", no_whitespace]
         return cmd + list(self.extra_args)
 
     def environment(self) -> dict[str, str]:
