@@ -96,7 +96,9 @@ def gateway(
     policy = work / "policy.yaml"
     router = example_policy_path().parent.parent / "routers/artifacts/complexity-default"
     policy.write_text(
-        POLICY.format(small=vllm_servers["tiny-small"], large=vllm_servers["tiny-large"], router=router)
+        POLICY.format(
+            small=vllm_servers["tiny-small"], large=vllm_servers["tiny-large"], router=router
+        )
     )
     gw = GatewayProcess(policy, work).start(timeout=120)
     try:
@@ -145,9 +147,7 @@ def test_a_tool_round_trip_through_every_route_kind(
         assert row["extra"]["steps"][1]["role"] == "judge"
 
     # Streamed: the SDK's deltas add up to the same kind of call (a cached route replays it).
-    streamed, finish, usage = streamed_call(
-        client, **asked, stream_options={"include_usage": True}
-    )
+    streamed, finish, usage = streamed_call(client, **asked, stream_options={"include_usage": True})
     assert streamed["name"] == "get_weather" and streamed["id"]
     assert json.loads(streamed["arguments"])["city"] in {"Paris", "Rome"}
     assert finish in {"stop", "tool_calls"} and usage is not None
@@ -181,7 +181,9 @@ def test_response_format_json_schema_through_every_route_kind(
     whole = json.loads(out.choices[0].message.content)
     assert whole["answer"] in {"yes", "no"} and whole["n"] == 3
     text = "".join(
-        c.choices[0].delta.content or "" for c in client.chat.completions.create(stream=True, **asked) if c.choices
+        c.choices[0].delta.content or ""
+        for c in client.chat.completions.create(stream=True, **asked)
+        if c.choices
     )
     assert json.loads(text)["n"] == 3
 

@@ -36,6 +36,9 @@ class Reply:
     completion_tokens: int = 5
     finish_reason: str = "stop"
     provider_cost_usd: float | None = None
+    # An assistant's tool calls, OpenAI-shaped ({"id", "type", "function": {...}}): the
+    # message then has them and `text` as its content (streamed: one delta with all of them).
+    tool_calls: list[dict[str, Any]] | None = None
 
     def pieces(self) -> list[str]:
         words = self.text.split(" ")
@@ -82,7 +85,9 @@ def response_body(name: str, call: UpstreamCall, reply: Reply) -> dict[str, Any]
     lp = _logprobs(call.kind, reply.pieces(), reply.logprobs) if reply.logprobs else None
     lp = lp if _wants_logprobs(call) else None
     if call.kind == "chat":
-        message = {"role": "assistant", "content": reply.text}
+        message: dict[str, Any] = {"role": "assistant", "content": reply.text}
+        if reply.tool_calls:
+            message["tool_calls"] = reply.tool_calls
         choice: dict[str, Any] = {"index": 0, "message": message, "logprobs": lp}
         obj = "chat.completion"
     else:
@@ -116,6 +121,10 @@ def stream_chunks(name: str, call: UpstreamCall, reply: Reply) -> list[dict[str,
             choice = {"index": 0, "text": piece}
         choice.update(logprobs=lp, finish_reason=finish)
         out.append({**base, "object": obj, "choices": [choice]})
+    if reply.tool_calls and call.kind == "chat":
+        calls = [{"index": i, **c} for i, c in enumerate(reply.tool_calls)]
+        delta = {"index": 0, "delta": {"tool_calls": calls}, "logprobs": None}
+        out.insert(len(out) - 1, {**base, "object": obj, "choices": [delta]})
     out.append({**base, "object": obj, "choices": [], "usage": _usage(reply)})
     return out
 

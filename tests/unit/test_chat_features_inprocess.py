@@ -172,3 +172,37 @@ async def test_n_above_one_is_never_cached(tmp_path: Path) -> None:
             resp = await gw.chat("cached", temperature=0, n=2)
             assert resp.status_code == 200 and "x-routegate-cache" not in resp.headers
         assert len(gw.fakes["fast"].calls) == 2
+
+
+JUDGED = (
+    POLICY
+    + """
+  judged:
+    kind: cascade
+    models: [fast, other]
+    confidence: {method: judge, threshold: 0.5, judge_model: other}
+    stream_hold_tokens: 1
+"""
+)
+CALL = {"id": "call_1", "type": "function",
+        "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}  # fmt: skip
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_cascade_judges_a_tool_call_as_an_answer(tmp_path: Path, stream: bool) -> None:
+    def other(call: UpstreamCall) -> Reply:
+        return Reply("yes" if call.body.get("max_tokens") == 1 else "strong answer")
+
+    backends = FakeBackends({"fast": lambda call: Reply("", tool_calls=[CALL]), "other": other})
+    async with in_process_gateway(JUDGED, tmp_path, backends) as gw:
+        resp = await gw.chat("judged", stream=stream, tools=[{"type": "function",
+                             "function": {"name": "get_weather"}}])  # fmt: skip
+        assert resp.status_code == 200, resp.text
+        (judge_call,) = gw.fakes["other"].calls
+    judged = judge_call.body["messages"][-1]["content"]
+    assert 'call get_weather {"city": "Paris"}' in judged  # the call, not an empty answer
+    assert resp.headers["x-routegate-model"] == "fast"  # the judge said yes: the call stands
+    if not stream:
+        assert resp.json()["choices"][0]["message"]["tool_calls"] == [CALL]
+    else:
+        assert '"get_weather"' in resp.text
