@@ -206,3 +206,16 @@ async def test_a_cascade_judges_a_tool_call_as_an_answer(tmp_path: Path, stream:
         assert resp.json()["choices"][0]["message"]["tool_calls"] == [CALL]
     else:
         assert '"get_weather"' in resp.text
+
+
+def test_a_cost_aware_route_costs_every_answer() -> None:
+    from policies.schema import CostAwareRoute
+    from routers.serving.base import RouteContext
+    from routers.serving.cost_aware import CostAwareRouter
+
+    config = CostAwareRoute.model_validate({"kind": "cost_aware", "models": ["a"], "lambda": 1})
+    router = CostAwareRouter(config, {"a": 0.5}, {"a": lambda p, c, _: c * 1e-6})
+    ctx = RouteContext("r", 1.0, 10)
+    one = router.route({"max_tokens": 10}, ctx).predictions["a"]["cost_usd"]
+    three = router.route({"max_tokens": 10, "n": 3}, ctx).predictions["a"]["cost_usd"]
+    assert one == pytest.approx(10e-6) and three == pytest.approx(3 * one)
