@@ -34,8 +34,15 @@ models:
     endpoints: [{large}]
     quality: 0.8
     pricing: {{input_per_1m: 10.0, output_per_1m: 30.0}}
+  tiny-large-remote:   # the same server through litellm, as a remote model is reached
+    provider: litellm
+    model: openai/tiny-large
+    api_base: {large}
+    api_key_env: ROUTEGATE_TEST_REMOTE_KEY
+    pricing: {{input_per_1m: 2.50, output_per_1m: 10.00}}
 routes:
   fixed: {{models: [tiny-small, tiny-large]}}
+  remote: {{models: [tiny-large-remote]}}
   cost-aware: {{kind: cost_aware, models: [tiny-small, tiny-large], lambda: 1}}
   learned:
     kind: learned
@@ -57,7 +64,7 @@ routes:
     cache: {{eviction: lru, ttl_s: 600, scope: global}}
   ead: {{kind: ead, small: tiny-small, large: tiny-large, threshold: 1.58, chunk: 4, span: 4}}
 """
-ROUTES = ["fixed", "cost-aware", "learned", "cascade", "judged", "cached"]
+ROUTES = ["fixed", "remote", "cost-aware", "learned", "cascade", "judged", "cached"]
 WEATHER = {
     "type": "function",
     "function": {
@@ -100,7 +107,8 @@ def gateway(
             small=vllm_servers["tiny-small"], large=vllm_servers["tiny-large"], router=router
         )
     )
-    gw = GatewayProcess(policy, work).start(timeout=120)
+    env = {"ROUTEGATE_TEST_REMOTE_KEY": "sk-test"}
+    gw = GatewayProcess(policy, work, env=env).start(timeout=120)
     try:
         yield gw
     finally:
