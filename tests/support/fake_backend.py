@@ -36,8 +36,9 @@ class Reply:
     completion_tokens: int = 5
     finish_reason: str = "stop"
     provider_cost_usd: float | None = None
-    # Chat only: (name, arguments JSON) calls after the text; finish_reason is then tool_calls.
-    tool_calls: list[tuple[str, str]] | None = None
+    # Chat only: an assistant's tool calls, as (name, arguments JSON) or OpenAI-shaped dicts
+    # ({"id", "type", "function": {...}}); the message has them beside `text` (None if empty).
+    tool_calls: list[tuple[str, str] | dict[str, Any]] | None = None
 
     def pieces(self) -> list[str]:
         words = self.text.split(" ")
@@ -79,6 +80,15 @@ def _wants_logprobs(call: UpstreamCall) -> bool:
     return bool(call.body.get("logprobs"))
 
 
+def _calls(reply: Reply) -> list[dict[str, Any]]:
+    return [
+        c
+        if isinstance(c, dict)
+        else {"id": f"call-{i}", "type": "function", "function": {"name": c[0], "arguments": c[1]}}
+        for i, c in enumerate(reply.tool_calls or [])
+    ]
+
+
 def response_body(name: str, call: UpstreamCall, reply: Reply) -> dict[str, Any]:
     """The whole OpenAI response for `reply`, `model` set to the policy model name."""
     lp = _logprobs(call.kind, reply.pieces(), reply.logprobs) if reply.logprobs else None
@@ -86,10 +96,7 @@ def response_body(name: str, call: UpstreamCall, reply: Reply) -> dict[str, Any]
     if call.kind == "chat":
         message: dict[str, Any] = {"role": "assistant", "content": reply.text or None}
         if reply.tool_calls:
-            message["tool_calls"] = [
-                {"id": f"call-{i}", "type": "function", "function": {"name": n, "arguments": a}}
-                for i, (n, a) in enumerate(reply.tool_calls)
-            ]
+            message["tool_calls"] = _calls(reply)
         choice: dict[str, Any] = {"index": 0, "message": message, "logprobs": lp}
         obj = "chat.completion"
     else:
@@ -123,19 +130,20 @@ def stream_chunks(name: str, call: UpstreamCall, reply: Reply) -> list[dict[str,
             choice = {"index": 0, "text": piece}
         choice.update(logprobs=lp, finish_reason=finish)
         out.append({**base, "object": obj, "choices": [choice]})
-    for i, (tool, arguments) in enumerate(reply.tool_calls or []):
-        # The name first, then the arguments in two pieces, as OpenAI streams them.
+    for i, call_ in enumerate(_calls(reply) if call.kind == "chat" else []):
+        # The id and name first, then the arguments in two pieces, as OpenAI streams them.
+        arguments = call_["function"]["arguments"]
         half = len(arguments) // 2
+        first = {**call_, "function": {**call_["function"], "arguments": ""}}
         deltas = [
-            {"index": i, "id": f"call-{i}", "type": "function",
-             "function": {"name": tool, "arguments": ""}},
+            {"index": i, **first},
             {"index": i, "function": {"arguments": arguments[:half]}},
             {"index": i, "function": {"arguments": arguments[half:]}},
-        ]  # fmt: skip
+        ]
         for delta in deltas:
             choice = {"index": 0, "delta": {"tool_calls": [delta]}, "finish_reason": None}
             out.append({**base, "object": obj, "choices": [choice]})
-    if reply.tool_calls:
+    if reply.tool_calls and call.kind == "chat":
         end = {"index": 0, "delta": {}, "finish_reason": "tool_calls"}
         out.append({**base, "object": obj, "choices": [end]})
     out.append({**base, "object": obj, "choices": [], "usage": _usage(reply)})
