@@ -26,6 +26,20 @@ COST = 7 * 1e-6 + 5 * 2e-6  # the test upstream answers 7 prompt + 5 completion 
 WORST_PROMPT_TOKENS = 41
 WORST = WORST_PROMPT_TOKENS * 1e-6 + 5 * 2e-6
 BODY = {"model": "cheap", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 5}
+# Each API's request for the same prompt (so the same worst case): path, body, and how its
+# budget refusal reads.
+APIS = {
+    "chat": ("/v1/chat/completions", BODY),
+    "messages-stream": ("/v1/messages", {**BODY, "stream": True}),
+}
+
+
+def refused_for_budget(api: str, resp: httpx.Response) -> bool:
+    error = resp.json()["error"]
+    if api.startswith("messages"):  # Anthropic's shape: a type, no code
+        return error["type"] == "rate_limit_error" and "budget" in error["message"]
+    return error["code"] == "budget_exceeded"
+
 
 POLICY = """
 version: 1
@@ -68,9 +82,11 @@ def admin(gw: GatewayProcess, method: str, path: str, json: dict | None = None) 
     return resp.json()
 
 
+@pytest.mark.parametrize("api", APIS)
 def test_two_replicas_never_overrun_one_budget(
-    tmp_path: Path, redis_url: str, upstream: Upstream
+    tmp_path: Path, redis_url: str, upstream: Upstream, api: str
 ) -> None:
+    path, body = APIS[api]
     upstream.mode, upstream.delay_s = "slow", 0.02  # keep many requests in flight at once
     upstream.prompt_tokens = WORST_PROMPT_TOKENS
     a, b = start_pair(tmp_path, redis_url, upstream, ttl=60)
@@ -83,7 +99,7 @@ def test_two_replicas_never_overrun_one_budget(
             limits = httpx.Limits(max_connections=200)
             async with httpx.AsyncClient(timeout=60, limits=limits) as c:
                 return await asyncio.gather(*(
-                    c.post((a if i % 2 else b).url + "/v1/chat/completions", json=BODY, headers=headers)
+                    c.post((a if i % 2 else b).url + path, json=body, headers=headers)
                     for i in range(200)
                 ))  # fmt: skip
 
@@ -92,11 +108,10 @@ def test_two_replicas_never_overrun_one_budget(
         answered = statuses.count(200)
         refused = statuses.count(429)
         assert answered + refused == 200, f"unexpected statuses: {set(statuses)}"
-        assert all(
-            r.json()["error"]["code"] == "budget_exceeded"
-            for r in responses
-            if r.status_code == 429
-        )
+        assert all(refused_for_budget(api, r) for r in responses if r.status_code == 429)
+        if body.get("stream"):  # every answer is a whole stream, ended as its API ends one
+            end = b"message_stop" if api.startswith("messages") else b"[DONE]"
+            assert all(end in r.content for r in responses if r.status_code == 200)
         # Each answer costs its reservation, so exactly 50 fit: one more would overrun the
         # budget, one fewer would mean a reservation was lost or counted twice.
         assert answered == 50
@@ -116,6 +131,7 @@ def test_two_replicas_never_overrun_one_budget(
         )
         assert sum(r["cost_usd"] for r in rows) == pytest.approx(answered * WORST, abs=1e-9)
         assert all(r["cost_usd"] == 0 for r in rows if r["status"] == 429)
+        assert {r["api"] for r in rows} == {api.split("-")[0]}
     finally:
         a.stop()
         b.stop()
