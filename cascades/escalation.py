@@ -36,11 +36,37 @@ from policies.pricing import CostFn
 from policies.schema import CascadeRoute
 
 
+def _calls_text(calls: Any) -> str:
+    """Tool calls (whole or stream deltas) as text: a call is an answer, never empty text."""
+    out = []
+    for call in calls or []:
+        function = (call.get("function") if isinstance(call, dict) else None) or {}
+        name, args = function.get("name"), function.get("arguments")
+        out.append((f"call {name} " if name else "") + str(args or ""))
+    return "".join(out)
+
+
 def _answer_text(kind: Kind, body: dict[str, Any]) -> str:
     choice = (body.get("choices") or [{}])[0]
     if kind == "chat":
-        return str((choice.get("message") or {}).get("content") or "")
+        message = choice.get("message") or {}
+        return str(message.get("content") or "") + _calls_text(message.get("tool_calls"))
     return str(choice.get("text") or "")
+
+
+def _delta_text(choice: dict[str, Any]) -> str:
+    delta = choice.get("delta") or {}
+    text = delta.get("content") or choice.get("text") or ""
+    return str(text) + _calls_text(delta.get("tool_calls"))
+
+
+def _check(body: dict[str, Any], model: str) -> None:
+    """A cascade judges one answer: n > 1 is the client's 400, naming `n`."""
+    n = body.get("n")
+    if n is not None and n != 1:
+        message = "cascade routes judge one answer: n must be 1 (use a fixed route for n > 1)"
+        err = UpstreamError(400, message, "invalid_request_error", False, "n")
+        raise CascadeFailed(err, model, [])
 
 
 def _client_wants_logprobs(kind: Kind, body: dict[str, Any]) -> bool:
@@ -131,6 +157,7 @@ class EscalationCascade:
     async def complete(
         self, kind: Kind, body: dict[str, Any], backends: Mapping[str, Backend]
     ) -> CascadeResult:
+        _check(body, self.config.models[0])
         models = self.config.models
         steps: list[Step] = []
         escalations = 0
@@ -177,6 +204,7 @@ class EscalationCascade:
     async def open_stream(
         self, kind: Kind, body: dict[str, Any], backends: Mapping[str, Backend]
     ) -> EscalationStream:
+        _check(body, self.config.models[0])
         stream = EscalationStream(self, kind, body, backends)
         await stream.start()
         return stream
@@ -261,7 +289,7 @@ class EscalationStream:
             held.append(chunk)
             for choice in chunk.get("choices") or []:
                 tokens.extend(read_logprobs(self._kind, choice))
-                piece = (choice.get("delta") or {}).get("content") or choice.get("text") or ""
+                piece = _delta_text(choice)
                 if piece:
                     text.append(piece)
                     chunks_with_text += 1

@@ -33,6 +33,8 @@ from gateway.admission.guard import (
 from gateway.admission.price_multiplier import Pacers
 from gateway.backends.http_client import new_upstream_client
 from gateway.dashboard import mount_dashboard
+from gateway.dialects.messages import MessagesApi
+from gateway.dialects.messages.errors import error_response as anthropic_error
 from gateway.errors import ApiError
 from gateway.feedback.endpoint import feedback
 from gateway.feedback.service import FeedbackService
@@ -40,6 +42,7 @@ from gateway.hot_routes import HotRoutes
 from gateway.http_limits import RequestLimits
 from gateway.metrics import Metrics
 from gateway.pipeline import Services, handle
+from gateway.pipeline.count_tokens import count_tokens
 from gateway.reloader import PolicyHolder
 from gateway.runtime import BackendFactory, Runtime
 from gateway.state import StateUnavailable, open_state
@@ -150,6 +153,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.router.add_route("/v1/embeddings", embeddings, methods=["POST"])
     app.router.add_route("/v1/feedback", feedback, methods=["POST"])
 
+    # Other APIs, translated to chat and back over the same pipeline (gateway/dialects/).
+    messages_api = MessagesApi()
+
+    async def messages(request: Request) -> Response:
+        services = request.app.state.services
+        return await handle(request, "chat", runtime_of(request), services, messages_api)
+
+    async def messages_count_tokens(request: Request) -> Response:
+        return await count_tokens(request, runtime_of(request), request.app.state.services)
+
+    app.router.add_route("/v1/messages", messages, methods=["POST"])
+    app.router.add_route("/v1/messages/count_tokens", messages_count_tokens, methods=["POST"])
+
     app.include_router(admin_router)
     mount_dashboard(app, settings)
 
@@ -165,20 +181,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         RequestLimits, api_limit=api_body_limit, body_timeout_s=settings.body_timeout_s
     )
 
+    def shaped(request: Request, err: ApiError) -> Response:
+        """The error in the shape of the API the path belongs to."""
+        if request.url.path.startswith("/v1/messages"):
+            return anthropic_error(err)
+        return err.response()
+
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> Response:
-        return exc.response()
+        return shaped(request, exc)
 
     @app.exception_handler(StateUnavailable)
     async def _state_down(request: Request, exc: StateUnavailable) -> Response:
         log.warning("%s %s refused: %s", request.method, request.url.path, exc)
-        return state_unavailable(exc).response()
+        return shaped(request, state_unavailable(exc))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        return ApiError(
-            exc.status_code, str(exc.detail), code="not_found" if exc.status_code == 404 else None
-        ).response()
+        code = "not_found" if exc.status_code == 404 else None
+        return shaped(request, ApiError(exc.status_code, str(exc.detail), code=code))
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
@@ -187,14 +208,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         loc = [str(p) for p in err.get("loc", ())][1:]
         param = ".".join(loc) or None
         where = f"Invalid field '{param}': " if param else ""
-        return ApiError(
-            400, where + str(err.get("msg")), code="invalid_value", param=param
-        ).response()
+        return shaped(
+            request, ApiError(400, where + str(err.get("msg")), code="invalid_value", param=param)
+        )
 
     @app.exception_handler(Exception)
     async def _internal_error(request: Request, exc: Exception) -> Response:
         # The last resort (Starlette logs the traceback after it): JSON, never plain text.
-        return ApiError(500, "Internal error in the gateway", code="internal_error").response()
+        return shaped(
+            request, ApiError(500, "Internal error in the gateway", code="internal_error")
+        )
 
     @app.get("/v1/models")
     async def models(request: Request) -> Response:

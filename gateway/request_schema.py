@@ -85,7 +85,9 @@ class _Common(_Open):
     max_tokens: int | None = Field(default=None, gt=0)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
-    n: Literal[1] | None = None
+    # Several answers to one prompt: vLLM generates them in one call and its usage counts them
+    # all; routes that judge one answer (cascades, EAD) refuse n > 1 with a 400 naming `n`.
+    n: int | None = Field(default=None, ge=1, le=128)
     stop: str | list[str] | None = None
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None

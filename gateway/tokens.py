@@ -17,6 +17,8 @@ MAX_TOKENS_PER_CALL = 10_000_000
 SPECIAL_TOKENS = 4
 # The most tokens one non-text content part (an image, audio) may take; its bytes say nothing.
 NON_TEXT_PART_TOKENS = 16_384
+# What a chat template adds around a request's tools (the instructions that list them).
+TOOLS_TEMPLATE_TOKENS = 512
 
 
 def prompt_tokens_upper(body: dict[str, Any]) -> int:
@@ -29,8 +31,10 @@ def prompt_tokens_upper(body: dict[str, Any]) -> int:
             content = message.get("content")
             text = content if isinstance(content, str) else _parts_text(content)
             total += len(text.encode()) + len(str(message.get("role", ""))) + 16
+            # An assistant turn's calls are rendered into the prompt too, as JSON.
+            total += len(str(message.get("tool_calls") or "").encode())
             total += NON_TEXT_PART_TOKENS * _non_text_parts(content)
-        return total + len(_tools_text(body)) + 16
+        return total + _tools_upper(body) + 16
     # A text completion's prompt, or an embeddings request's input: the same four shapes.
     prompt = body["prompt"] if "prompt" in body else body.get("input", "")
     if isinstance(prompt, str):
@@ -54,9 +58,9 @@ def _non_text_parts(content: Any) -> int:
     return sum(1 for p in content if isinstance(p, dict) and p.get("type", "text") != "text")
 
 
-def _tools_text(body: dict[str, Any]) -> str:
+def _tools_upper(body: dict[str, Any]) -> int:
     tools = body.get("tools")
-    return str(tools) if tools else ""
+    return len(str(tools).encode()) + TOOLS_TEMPLATE_TOKENS if tools else 0
 
 
 def count_param(value: Any) -> int | None:

@@ -13,6 +13,7 @@ from policies.pricing import CostFn
 from policies.schema import EadRoute
 
 DEFAULT_MAX_TOKENS = 512  # the policy's `defaults.max_tokens` default
+_STRUCTURED = frozenset({"json_schema", "json_object", "structural_tag"})
 
 
 class EadCascade:
@@ -76,6 +77,7 @@ class EadCascade:
     def _check(self, kind: Kind, body: dict[str, Any]) -> None:
         """Refuse what the loop cannot give, naming the parameter (a client error: 400)."""
         prompt, seed = body.get("prompt"), body.get("seed")
+        fmt = body.get("response_format")
         problems = [
             ("n", (body.get("n") or 1) != 1, "EAD answers one choice (n=1)"),
             (
@@ -85,6 +87,12 @@ class EadCascade:
             ),
             ("logprobs", bool(body.get("logprobs")), "EAD routes return no logprobs"),
             ("tools", bool(body.get("tools")), "EAD routes do not call tools"),
+            (
+                "response_format",  # the loop continues free text: no grammar can hold it
+                isinstance(fmt, dict) and fmt.get("type") in _STRUCTURED,
+                "EAD routes write free text: response_format json_schema / json_object is not "
+                "supported (use a fixed or cascade route)",
+            ),
             (
                 "prompt",
                 kind == "completions" and not isinstance(prompt, str),

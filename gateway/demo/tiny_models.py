@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 # Written last into a model folder: its presence means the folder is complete.
 MARKER = ".routegate-tiny-model.json"
 # Bump when the way models are built changes, so that cached folders are rebuilt.
-BUILD_VERSION = 3
+BUILD_VERSION = 4
 
 BOS, EOS, PAD, UNK = "<|bos|>", "<|eos|>", "<|pad|>", "<|unk|>"
 ROLE_TOKENS = ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
@@ -36,16 +36,38 @@ VOCAB_SIZE = 3072
 
 # Every turn is "<|role|>\n{content}<|end|>\n"; a generation prompt opens an assistant turn.
 # Content may arrive as a list of OpenAI content parts; only the text parts are kept.
+# Tools follow the "pythonic" convention, so vLLM's `pythonic` tool-call parser reads the calls
+# (gateway/demo/vllm_servers.py starts the servers with it): the tools are listed as JSON in a
+# first system turn, the calls of an assistant turn are a Python list `[name(arg=value, ...)]`,
+# and a tool's result comes back in a user turn as <tool_response>.
 CHAT_TEMPLATE = (
     "{{ bos_token }}"
+    "{% if tools %}"
+    "{{ '<|system|>\\nYou may call these functions:' }}"
+    "{% for tool in tools %}{{ '\\n' + (tool | tojson) }}{% endfor %}"
+    "{{ '\\nTo call them, answer a Python list of calls: [name(arg=value, ...)]<|end|>\\n' }}"
+    "{% endif %}"
     "{% for message in messages %}"
-    "{{ '<|' + message['role'] + '|>\\n' }}"
+    "{% if message['role'] == 'tool' %}{{ '<|user|>\\n<tool_response>\\n' }}"
+    "{% else %}{{ '<|' + message['role'] + '|>\\n' }}{% endif %}"
     "{% if message['content'] is string %}{{ message['content'] }}"
     "{% elif message['content'] %}"
     "{% for part in message['content'] %}"
     "{% if part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
     "{% endfor %}"
     "{% endif %}"
+    "{% if message['tool_calls'] %}{{ '[' }}"
+    "{% for call in message['tool_calls'] %}"
+    "{% set function = call['function'] if call['function'] is defined else call %}"
+    "{% if not loop.first %}{{ ', ' }}{% endif %}{{ function['name'] + '(' }}"
+    "{% if function['arguments'] is mapping %}"
+    "{% for name, value in function['arguments'].items() %}"
+    "{% if not loop.first %}{{ ', ' }}{% endif %}{{ name + '=' + (value | tojson) }}"
+    "{% endfor %}"
+    "{% else %}{{ '**' + function['arguments'] }}{% endif %}"
+    "{{ ')' }}"
+    "{% endfor %}{{ ']' }}{% endif %}"
+    "{% if message['role'] == 'tool' %}{{ '\\n</tool_response>' }}{% endif %}"
     "{{ '<|end|>\\n' }}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"

@@ -120,6 +120,11 @@ class VllmServer:
     host: str = "127.0.0.1"
     lean: bool = True  # the fast/light flags above; False runs vLLM's stock layout
     dtype: str = "float32"
+    # The tiny models' chat template writes tool calls as a Python list (gateway/demo/
+    # tiny_models.py); without a parser vLLM answers 400 to any request with `tools`.
+    # (`hermes` constrains a forced call through a structural tag, whose JSON vLLM 0.32 lets
+    # a random model fill with whitespace; `pythonic` constrains it by the JSON schema alone.)
+    tool_parser: str | None = "pythonic"
     extra_args: list[str] = field(default_factory=list)
     extra_env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
@@ -153,6 +158,12 @@ class VllmServer:
         ]  # fmt: skip
         if self.lean:
             cmd += LEAN_ARGS
+        if self.tool_parser is not None:
+            cmd += ["--enable-auto-tool-choice", "--tool-call-parser", self.tool_parser]
+            # Forced JSON (a named tool_choice, response_format) from random weights is
+            # whitespace to the token limit unless the grammar leaves none out of strings.
+            no_whitespace = '{"backend": "xgrammar", "disable_any_whitespace": true}'
+            cmd += ["--structured-outputs-config", no_whitespace]
         return cmd + list(self.extra_args)
 
     def environment(self) -> dict[str, str]:

@@ -73,7 +73,7 @@ def check_api(runtime: Runtime, kind: Kind, name: str, config: RouteConfig | Non
         )
 
 
-def _authorization(request: Request) -> str | None:
+def authorization(request: Request) -> str | None:
     """`authorization: Bearer <key>`, or Anthropic's `x-api-key: <key>` (its SDK sends that)."""
     headers = request.headers
     authorization = headers.get("authorization")
@@ -86,14 +86,15 @@ async def identify(request: Request, ctx: RequestContext) -> None:
     """The caller's key, the parsed body and the route; ApiError when any is refused."""
     rec, access = ctx.record, ctx.services.access
     key = await access.authenticate(
-        _authorization(request), ctx.runtime.access, client_address(request)
+        authorization(request), ctx.runtime.access, client_address(request)
     )
     ctx.key = key
     if key is not None:
         rec.api_key_id, rec.team = key.id, key.team
     # Size and time limits are enforced while the body is read (gateway/http_limits.py).
     raw = await request.body()
-    ctx.body = body = parse_request(raw, ctx.kind)
+    dialect = ctx.dialect
+    ctx.body = body = parse_request(raw, ctx.kind) if dialect is None else dialect.parse(raw)
     rec.stream = bool(body.get("stream"))
     rec.route, ctx.config = resolve(ctx.runtime, body["model"])
     # The key's permission is for what it asked: the experiment, not the arm it is given.

@@ -14,6 +14,7 @@ from gateway.admission.access import Access
 from gateway.admission.price_multiplier import Pacers
 from gateway.backends.base import Kind
 from gateway.cache.response_cache import CachedAnswer, ResponseCache
+from gateway.dialects import Dialect
 from gateway.feedback.service import FeedbackService
 from gateway.metrics import Metrics
 from gateway.runtime import Runtime
@@ -86,6 +87,7 @@ class RequestContext:
     notes: RequestNotes
     account: Accounting
     t0: float  # time.perf_counter() at arrival: latency and time to first token
+    dialect: Dialect | None = None  # the client's API, translated to and from chat (None: OpenAI)
     key: VirtualKey | None = None  # admit: the caller's key (None: anonymous)
     body: dict[str, Any] = field(default_factory=dict)  # admit: the parsed request
     config: RouteConfig | None = None  # admit: the route's policy (None: a model by name)
@@ -93,12 +95,13 @@ class RequestContext:
 
 
 def start(
-    kind: Kind, runtime: Runtime, services: Services, api: str | None = None
+    kind: Kind, runtime: Runtime, services: Services, dialect: Dialect | None = None
 ) -> RequestContext:
     """A request that has just arrived: its id, its clock and its (not yet written) row.
-    `api`: the API the client called, where it is not the backend call's `kind`."""
+    `dialect`: the API the client speaks, where it is not OpenAI's (whose `kind` names it)."""
     t0 = time.perf_counter()
-    record = RequestRecord(services.ids.next(), time.time(), kind, stream=False, api=api or kind)
+    api = dialect.api if dialect is not None else kind
+    record = RequestRecord(services.ids.next(), time.time(), kind, stream=False, api=api)
     notes = RequestNotes()
     account = Accounting(services.request_log, services.metrics, runtime.prices, record, notes, t0)
-    return RequestContext(kind, runtime, services, record, notes, account, t0)
+    return RequestContext(kind, runtime, services, record, notes, account, t0, dialect)

@@ -11,6 +11,7 @@ from starlette.responses import Response
 from gateway.accounting.charge import Bill
 from gateway.admission.guard import state_unavailable
 from gateway.backends.base import Kind
+from gateway.dialects import Dialect
 from gateway.errors import ApiError
 from gateway.pipeline import admit, cache, respond
 from gateway.pipeline.context import RequestContext, Services, start
@@ -22,8 +23,16 @@ from gateway.state import StateUnavailable
 log = logging.getLogger("routegate.pipeline")
 
 
-async def handle(request: Request, kind: Kind, runtime: Runtime, services: Services) -> Response:
-    ctx = start(kind, runtime, services)
+async def handle(
+    request: Request,
+    kind: Kind,
+    runtime: Runtime,
+    services: Services,
+    dialect: Dialect | None = None,
+) -> Response:
+    """`dialect`: the API the client speaks where it is not OpenAI's (Anthropic Messages,
+    OpenAI Responses), translated to a `kind` "chat" request and back."""
+    ctx = start(kind, runtime, services, dialect)
     rec = ctx.record
     try:
         return await _handle(request, ctx)
@@ -32,13 +41,13 @@ async def handle(request: Request, kind: Kind, runtime: Runtime, services: Servi
         log.warning("request %s refused: %s", rec.request_id, exc)
         bill = Bill(503, rec.model, error=f"state store unavailable: {exc}")
         await ctx.account.finish(bill)
-        return state_unavailable(exc).response(respond.headers(ctx, rec.model, None))
+        return respond.error(ctx, state_unavailable(exc), respond.headers(ctx, rec.model, None))
     except Exception as exc:
         # A bug must still give the client an OpenAI error and leave a request log row.
         log.exception("request %s failed inside the gateway", rec.request_id)
         await ctx.account.finish(Bill(500, rec.model, error=f"internal error: {exc!r}"))
         err = ApiError(500, "Internal error in the gateway", code="internal_error")
-        return err.response(respond.headers(ctx, rec.model, None))
+        return respond.error(ctx, err, respond.headers(ctx, rec.model, None))
 
 
 async def _handle(request: Request, ctx: RequestContext) -> Response:
@@ -51,5 +60,5 @@ async def _handle(request: Request, ctx: RequestContext) -> Response:
         await admit.reserve(ctx, plan)
     except ApiError as err:
         await ctx.account.finish(Bill(err.status, None, error=err.message))
-        return err.response(respond.headers(ctx, None, None))
+        return respond.error(ctx, err, respond.headers(ctx, None, None))
     return await run(ctx, plan)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import anyio
@@ -17,6 +17,7 @@ from gateway.accounting.charge import Bill
 from gateway.accounting.request_log import CacheOutcome
 from gateway.backends.base import CallLimits, UpstreamError, UpstreamStream
 from gateway.cache.response_cache import body_from_chunks, chunks_from_body
+from gateway.dialects import StreamEncoder
 from gateway.errors import ApiError
 from gateway.pipeline.context import RequestContext
 
@@ -74,7 +75,42 @@ async def failed(
     bill.steps = steps
     await ctx.account.finish(bill)
     api = ApiError(err.status, err.message, code=err.code, param=err.param)
-    return api.response(headers(ctx, model, ctx.record.cost_usd))
+    return error(ctx, api, headers(ctx, model, ctx.record.cost_usd))
+
+
+def error(ctx: RequestContext, err: ApiError, h: Mapping[str, str]) -> Response:
+    """The error in the shape of the API the client called."""
+    if ctx.dialect is not None:
+        return ctx.dialect.error(err, h)
+    return err.response(h)
+
+
+class _OpenAIStream:
+    """OpenAI's server-sent events: each chunk as it is, the usage chunk only when asked."""
+
+    __slots__ = ("_wants_usage",)
+
+    def __init__(self, body: dict[str, Any]) -> None:
+        self._wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+
+    def chunk(self, chunk: dict[str, Any]) -> bytes:
+        if not chunk.get("choices") and chunk.get("usage") and not self._wants_usage:
+            return b""  # the client did not ask for the usage chunk
+        return b"data: " + orjson.dumps(chunk) + b"\n\n"
+
+    def error(self, err: ApiError) -> bytes:
+        return b"data: " + err.body() + b"\n\n"
+
+    def end(self, cost: float) -> bytes:
+        # Streams cannot carry the final cost in a header: it comes as an SSE comment, which
+        # OpenAI clients ignore, and in the request log.
+        return f": {H_COST}={cost:.10f}\n\ndata: [DONE]\n\n".encode()
+
+
+def _encoder(ctx: RequestContext) -> StreamEncoder:
+    if ctx.dialect is not None:
+        return ctx.dialect.encoder(ctx.body, ctx.record.request_id)
+    return _OpenAIStream(ctx.body)
 
 
 async def answered(ctx: RequestContext, body: dict[str, Any], bill: Bill) -> Response:
@@ -83,6 +119,8 @@ async def answered(ctx: RequestContext, body: dict[str, Any], bill: Bill) -> Res
     assert bill.model is not None  # an answer has a model
     if ctx.cache is not None:
         await ctx.cache.store(body, bill.model, cost)
+    if ctx.dialect is not None:
+        body = ctx.dialect.answer(body, ctx.record.request_id)
     return Response(
         orjson.dumps(body),
         media_type="application/json",
@@ -98,21 +136,20 @@ async def cached(ctx: RequestContext) -> Response:
     await ctx.account.finish(Bill(status=200, model=hit.model, endpoint="cache"))
     h = headers(ctx, hit.model, 0.0)
     if not rec.stream:
-        return Response(orjson.dumps(hit.body), media_type="application/json", headers=h)
-    wants_usage = _wants_usage(ctx.body)
+        body = hit.body
+        if ctx.dialect is not None:
+            body = ctx.dialect.answer(body, rec.request_id)
+        return Response(orjson.dumps(body), media_type="application/json", headers=h)
+    encoder = _encoder(ctx)
     chunks = chunks_from_body(ctx.kind, hit.body)
 
     async def events() -> AsyncIterator[bytes]:
         for chunk in chunks:
-            if chunk.get("choices") or wants_usage:
-                yield b"data: " + orjson.dumps(chunk) + b"\n\n"
-        yield f": {H_COST}={0.0:.10f}\n\ndata: [DONE]\n\n".encode()
+            if data := encoder.chunk(chunk):
+                yield data
+        yield encoder.end(0.0)
 
     return StreamingResponse(events(), media_type="text/event-stream", headers=_sse(h))
-
-
-def _wants_usage(body: dict[str, Any]) -> bool:
-    return bool((body.get("stream_options") or {}).get("include_usage"))
 
 
 def _sse(h: dict[str, str]) -> dict[str, str]:
@@ -159,39 +196,36 @@ def stream(
     stream ends, however it ends (`opened`: time.monotonic() at the first upstream call)."""
     rec, kind = ctx.record, ctx.kind
     rec.ttft_ms = (time.perf_counter() - ctx.t0) * 1000
-    wants_usage = _wants_usage(ctx.body)
+    encoder = _encoder(ctx)
     cache = ctx.cache
     kept: list[dict[str, Any]] | None = [] if cache is not None else None
 
     async def events() -> AsyncIterator[bytes]:
-        status, error = 499, "client disconnected"  # unless the stream runs to its end
+        status, why = 499, "client disconnected"  # unless the stream runs to its end
         try:
             async for chunk in _within(aiter(upstream), limits, opened):
                 if kept is not None:
                     kept.append(chunk)
-                if not chunk.get("choices") and chunk.get("usage") and not wants_usage:
-                    continue  # the client did not ask for the usage chunk
-                yield b"data: " + orjson.dumps(chunk) + b"\n\n"
-            status, error = 200, None
+                if data := encoder.chunk(chunk):
+                    yield data
+            status, why = 200, None
         except Exception as exc:  # the upstream broke or was cut: tell the client in-band
-            status, error = 502, str(exc)
+            status, why = 502, str(exc)
             api = ApiError(502, f"upstream stream failed: {exc}", code="upstream_error")
             if isinstance(exc, UpstreamError):
                 status = exc.status
                 api = ApiError(exc.status, exc.message, code=exc.code, param=exc.param)
-            yield b"data: " + api.body() + b"\n\n"
+            yield encoder.error(api)
         finally:
             # Shielded: on a client disconnect this task is being cancelled, and closing the
             # upstream (which aborts generation there), settling the budget and the request
             # log row must still happen.
             with anyio.CancelScope(shield=True):
                 await upstream.aclose()
-                cost = await settle(status, error)
+                cost = await settle(status, why)
                 if cache is not None and kept is not None and status == 200:
                     await cache.store(body_from_chunks(kind, kept), model, cost)
-        # Streams cannot carry the final cost in a header: it comes as an SSE comment, which
-        # OpenAI clients ignore, and in the request log.
-        yield f": {H_COST}={cost:.10f}\n\ndata: [DONE]\n\n".encode()
+        yield encoder.end(cost)
 
     h = headers(ctx, model, None)
     return StreamingResponse(events(), media_type="text/event-stream", headers=_sse(h))

@@ -39,3 +39,9 @@ class Learner(Protocol):
     on the request (the request log's extra["online"]), `model` the model the score is about."""
 
     async def learn(self, model: str, online: Mapping[str, Any], score: float) -> None: ...
+
+
+def answers(body: Mapping[str, Any]) -> int:
+    """How many answers the request asks for (`n`): each is paid for, so each is costed."""
+    n = body.get("n")
+    return n if isinstance(n, int) and not isinstance(n, bool) and n > 1 else 1

@@ -8,7 +8,7 @@ from typing import Any
 
 from policies.pricing import CostFn
 from policies.schema import CostAwareRoute
-from routers.serving.base import RouteContext, RoutingDecision
+from routers.serving.base import RouteContext, RoutingDecision, answers
 from routers.serving.objective import rank_models
 
 
@@ -25,7 +25,7 @@ class CostAwareRouter:
             body.get("max_tokens")
             or body.get("max_completion_tokens")
             or self._config.expected_output_tokens
-        )
+        ) * answers(body)
         predictions: dict[str, dict[str, float]] = {}
         for model, quality in self._qualities.items():
             price = self._prices[model]

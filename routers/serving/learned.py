@@ -19,7 +19,7 @@ from policies.schema import LearnedRoute, Policy
 from routers.predictors import artifact
 from routers.predictors.base import Predictor, Queries
 from routers.predictors.contexts import Contexts
-from routers.serving.base import RouteContext, RoutingDecision
+from routers.serving.base import RouteContext, RoutingDecision, answers
 from routers.serving.batcher import MicroBatcher
 from routers.serving.objective import rank_models
 from routers.serving.online import OnlineLayer
@@ -115,7 +115,7 @@ class LearnedRouter:
             body.get("max_tokens")
             or body.get("max_completion_tokens")
             or self._config.expected_output_tokens
-        )
+        ) * answers(body)
         predictions: dict[str, dict[str, float]] = {}
         for j, model in enumerate(self._models):
             price = self._prices[model]

@@ -157,9 +157,18 @@ def ask(gw: GatewayProcess, secret: str, route: str, **extra: object) -> httpx.R
     return resp
 
 
-def stream(gw: GatewayProcess, secret: str, route: str, **extra: object) -> tuple[httpx.Response, list[dict], str]:
+def stream(
+    gw: GatewayProcess, secret: str, route: str, **extra: object
+) -> tuple[httpx.Response, list[dict], str]:
     """(response, data chunks, the cost from the final SSE comment)."""
-    body = {"model": route, "messages": QUESTION, "temperature": 0, "max_tokens": 12, "stream": True, **extra}
+    body = {
+        "model": route,
+        "messages": QUESTION,
+        "temperature": 0,
+        "max_tokens": 12,
+        "stream": True,
+        **extra,
+    }
     with httpx.stream(
         "POST",
         gw.url + "/v1/chat/completions",
@@ -175,7 +184,9 @@ def stream(gw: GatewayProcess, secret: str, route: str, **extra: object) -> tupl
 
 
 def steps_cost(row: dict) -> float:
-    return math.fsum(price(s["model"], s["prompt_tokens"], s["completion_tokens"]) for s in row["extra"]["steps"])
+    return math.fsum(
+        price(s["model"], s["prompt_tokens"], s["completion_tokens"]) for s in row["extra"]["steps"]
+    )
 
 
 # -- response-level cascade ---------------------------------------------------------------------
@@ -250,7 +261,10 @@ def test_a_failed_escalation_returns_the_cheap_answer(gateway: GatewayProcess, s
     assert resp.status_code == 200, resp.text
     assert resp.headers["x-routegate-model"] == "tiny-small"
     row = gateway.record(resp.headers["x-routegate-request-id"])
-    assert "dead" in row["extra"]["escalation_failed"] or "unreachable" in row["extra"]["escalation_failed"]
+    assert (
+        "dead" in row["extra"]["escalation_failed"]
+        or "unreachable" in row["extra"]["escalation_failed"]
+    )
     small = row["extra"]["steps"][0]
     assert small["model"] == "tiny-small" and small["escalate"] is True
     assert row["cost_usd"] == pytest.approx(steps_cost(row), abs=1e-12) and row["cost_usd"] > 0
@@ -312,7 +326,9 @@ def test_ead_switches_and_streams(gateway: GatewayProcess, secret: str) -> None:
     assert text
     usage = chunks[-1]["usage"]
     assert set(usage["models"]) <= {"tiny-small", "tiny-large"}
-    assert usage["completion_tokens"] == sum(m["completion_tokens"] for m in usage["models"].values())
+    assert usage["completion_tokens"] == sum(
+        m["completion_tokens"] for m in usage["models"].values()
+    )
     row = gateway.record(resp.headers["x-routegate-request-id"])
     assert row["extra"]["switches"] >= 1
     assert metric(gateway, "routegate_ead_switches_total", route="ead-mixed") >= 1
@@ -387,7 +403,12 @@ def test_cached_cascade_answer_replays_as_a_stream(gateway: GatewayProcess, secr
 def test_text_completions_through_every_kind(
     gateway: GatewayProcess, secret: str, route: str
 ) -> None:
-    body = {"model": route, "prompt": "The three primary colours are", "max_tokens": 10, "temperature": 0}
+    body = {
+        "model": route,
+        "prompt": "The three primary colours are",
+        "max_tokens": 10,
+        "temperature": 0,
+    }
     headers = {"authorization": f"Bearer {secret}"}
     resp = httpx.post(gateway.url + "/v1/completions", json=body, headers=headers, timeout=120)
     assert resp.status_code == 200, resp.text
@@ -395,7 +416,11 @@ def test_text_completions_through_every_kind(
     row = gateway.record(resp.headers["x-routegate-request-id"])
     assert row["endpoint_kind"] == "completions"
     with httpx.stream(
-        "POST", gateway.url + "/v1/completions", json={**body, "stream": True}, headers=headers, timeout=120
+        "POST",
+        gateway.url + "/v1/completions",
+        json={**body, "stream": True},
+        headers=headers,
+        timeout=120,
     ) as streamed:
         lines = [line for line in streamed.iter_lines() if line.startswith("data: {")]
     chunks = [orjson.loads(line[6:]) for line in lines]
@@ -411,10 +436,11 @@ def test_text_completions_through_every_kind(
 def test_openai_sdk_reads_cascade_and_ead_answers(gateway: GatewayProcess, secret: str) -> None:
     client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=secret, max_retries=0)
     for route in ("unsure", "ead-mixed"):
-        out = client.chat.completions.create(model=route, messages=QUESTION, max_tokens=8, temperature=0)
+        out = client.chat.completions.create(
+            model=route, messages=QUESTION, max_tokens=8, temperature=0
+        )
         assert out.choices[0].message.content
         parts = client.chat.completions.create(
             model=route, messages=QUESTION, max_tokens=8, temperature=0, stream=True
         )
         assert "".join(p.choices[0].delta.content or "" for p in parts if p.choices)
-

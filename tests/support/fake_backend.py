@@ -37,6 +37,9 @@ class Reply:
     completion_tokens: int = 5
     finish_reason: str = "stop"
     provider_cost_usd: float | None = None
+    # Chat only: an assistant's tool calls, as (name, arguments JSON) or OpenAI-shaped dicts
+    # ({"id", "type", "function": {...}}); the message has them beside `text` (None if empty).
+    tool_calls: list[tuple[str, str] | dict[str, Any]] | None = None
 
     def pieces(self) -> list[str]:
         words = self.text.split(" ")
@@ -104,6 +107,15 @@ def embeddings_body(name: str, call: UpstreamCall, reply: Reply) -> dict[str, An
     return embeddings_as(body, call.body.get("encoding_format"))
 
 
+def _calls(reply: Reply) -> list[dict[str, Any]]:
+    return [
+        c
+        if isinstance(c, dict)
+        else {"id": f"call-{i}", "type": "function", "function": {"name": c[0], "arguments": c[1]}}
+        for i, c in enumerate(reply.tool_calls or [])
+    ]
+
+
 def response_body(name: str, call: UpstreamCall, reply: Reply) -> dict[str, Any]:
     """The whole OpenAI response for `reply`, `model` set to the policy model name."""
     if call.kind == "embeddings":
@@ -111,13 +123,15 @@ def response_body(name: str, call: UpstreamCall, reply: Reply) -> dict[str, Any]
     lp = _logprobs(call.kind, reply.pieces(), reply.logprobs) if reply.logprobs else None
     lp = lp if _wants_logprobs(call) else None
     if call.kind == "chat":
-        message = {"role": "assistant", "content": reply.text}
+        message: dict[str, Any] = {"role": "assistant", "content": reply.text or None}
+        if reply.tool_calls:
+            message["tool_calls"] = _calls(reply)
         choice: dict[str, Any] = {"index": 0, "message": message, "logprobs": lp}
         obj = "chat.completion"
     else:
         choice = {"index": 0, "text": reply.text, "logprobs": lp}
         obj = "text_completion"
-    choice["finish_reason"] = reply.finish_reason
+    choice["finish_reason"] = "tool_calls" if reply.tool_calls else reply.finish_reason
     return {
         "id": f"fake-{uuid.uuid4().hex[:12]}",
         "object": obj,
@@ -130,14 +144,14 @@ def response_body(name: str, call: UpstreamCall, reply: Reply) -> dict[str, Any]
 
 def stream_chunks(name: str, call: UpstreamCall, reply: Reply) -> list[dict[str, Any]]:
     """The chunks OpenAI sends for `reply` with `stream_options.include_usage` on."""
-    pieces = reply.pieces()
+    pieces = reply.pieces() if reply.text else []
     values = reply.logprobs if reply.logprobs and _wants_logprobs(call) else None
     base = {"id": f"fake-{uuid.uuid4().hex[:12]}", "created": 1_800_000_000, "model": name}
     obj = "chat.completion.chunk" if call.kind == "chat" else "text_completion"
     out = []
     for i, piece in enumerate(pieces):
         lp = _logprobs(call.kind, [piece], [values[i]]) if values and i < len(values) else None
-        finish = reply.finish_reason if i == len(pieces) - 1 else None
+        finish = reply.finish_reason if i == len(pieces) - 1 and not reply.tool_calls else None
         if call.kind == "chat":
             delta = {"role": "assistant", "content": piece} if i == 0 else {"content": piece}
             choice: dict[str, Any] = {"index": 0, "delta": delta}
@@ -145,6 +159,22 @@ def stream_chunks(name: str, call: UpstreamCall, reply: Reply) -> list[dict[str,
             choice = {"index": 0, "text": piece}
         choice.update(logprobs=lp, finish_reason=finish)
         out.append({**base, "object": obj, "choices": [choice]})
+    for i, call_ in enumerate(_calls(reply) if call.kind == "chat" else []):
+        # The id and name first, then the arguments in two pieces, as OpenAI streams them.
+        arguments = call_["function"]["arguments"]
+        half = len(arguments) // 2
+        first = {**call_, "function": {**call_["function"], "arguments": ""}}
+        deltas = [
+            {"index": i, **first},
+            {"index": i, "function": {"arguments": arguments[:half]}},
+            {"index": i, "function": {"arguments": arguments[half:]}},
+        ]
+        for delta in deltas:
+            choice = {"index": 0, "delta": {"tool_calls": [delta]}, "finish_reason": None}
+            out.append({**base, "object": obj, "choices": [choice]})
+    if reply.tool_calls and call.kind == "chat":
+        end = {"index": 0, "delta": {}, "finish_reason": "tool_calls"}
+        out.append({**base, "object": obj, "choices": [end]})
     out.append({**base, "object": obj, "choices": [], "usage": _usage(reply)})
     return out
 

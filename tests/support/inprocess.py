@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import httpx
+import httpx2
 import openai
 from fastapi import FastAPI
 
@@ -57,6 +59,15 @@ class InProcessGateway:
             api_key=api_key,
             max_retries=0,
             http_client=httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app)),
+        )
+
+    def anthropic(self, api_key: str = "unused") -> anthropic.AsyncAnthropic:
+        """The official Anthropic SDK, talking to the in-process app (it is built on httpx2)."""
+        return anthropic.AsyncAnthropic(
+            base_url=BASE_URL,
+            api_key=api_key,
+            max_retries=0,
+            http_client=httpx2.AsyncClient(transport=httpx2.ASGITransport(app=self.app)),
         )
 
 

@@ -32,11 +32,21 @@ BODY = {"model": "cheap", "messages": [{"role": "user", "content": "hello"}], "m
 EMBED_BODY = {"model": "vectors", "input": "hello"}
 EMBED_WORST_PROMPT_TOKENS = len("hello") + 4
 EMBED_WORST = EMBED_WORST_PROMPT_TOKENS * 1e-6
-# path, body, what the upstream reports as prompt tokens, the cost of one answer
-CASES = {
+# Each API's request: path, body, the prompt tokens the upstream reports (the request's
+# worst-case bound) and so the cost of one answer; and how its budget refusal reads.
+APIS = {
     "chat": ("/v1/chat/completions", BODY, WORST_PROMPT_TOKENS, WORST),
+    "messages-stream": ("/v1/messages", {**BODY, "stream": True}, WORST_PROMPT_TOKENS, WORST),
     "embeddings": ("/v1/embeddings", EMBED_BODY, EMBED_WORST_PROMPT_TOKENS, EMBED_WORST),
 }
+
+
+def refused_for_budget(api: str, resp: httpx.Response) -> bool:
+    error = resp.json()["error"]
+    if api.startswith("messages"):  # Anthropic's shape: a type, no code
+        return error["type"] == "rate_limit_error" and "budget" in error["message"]
+    return error["code"] == "budget_exceeded"
+
 
 POLICY = """
 version: 1
@@ -85,11 +95,11 @@ def admin(gw: GatewayProcess, method: str, path: str, json: dict | None = None) 
     return resp.json()
 
 
-@pytest.mark.parametrize("api", list(CASES))
+@pytest.mark.parametrize("api", APIS)
 def test_two_replicas_never_overrun_one_budget(
     tmp_path: Path, redis_url: str, upstream: Upstream, api: str
 ) -> None:
-    path, body, prompt_tokens, worst = CASES[api]
+    path, body, prompt_tokens, worst = APIS[api]
     upstream.mode, upstream.delay_s = "slow", 0.02  # keep many requests in flight at once
     upstream.prompt_tokens = prompt_tokens
     a, b = start_pair(tmp_path, redis_url, upstream, ttl=60)
@@ -111,11 +121,10 @@ def test_two_replicas_never_overrun_one_budget(
         answered = statuses.count(200)
         refused = statuses.count(429)
         assert answered + refused == 200, f"unexpected statuses: {set(statuses)}"
-        assert all(
-            r.json()["error"]["code"] == "budget_exceeded"
-            for r in responses
-            if r.status_code == 429
-        )
+        assert all(refused_for_budget(api, r) for r in responses if r.status_code == 429)
+        if body.get("stream"):  # every answer is a whole stream, ended as its API ends one
+            end = b"message_stop" if api.startswith("messages") else b"[DONE]"
+            assert all(end in r.content for r in responses if r.status_code == 200)
         # Each answer costs its reservation, so exactly 50 fit: one more would overrun the
         # budget, one fewer would mean a reservation was lost or counted twice.
         assert answered == 50
@@ -135,7 +144,7 @@ def test_two_replicas_never_overrun_one_budget(
         )
         assert sum(r["cost_usd"] for r in rows) == pytest.approx(answered * worst, abs=1e-9)
         assert all(r["cost_usd"] == 0 for r in rows if r["status"] == 429)
-        assert {r["api"] for r in rows} == {api}
+        assert {r["api"] for r in rows} == {api.split("-")[0]}
         assert upstream.hits == answered  # refused requests never reached the model
     finally:
         a.stop()

@@ -44,7 +44,10 @@ TEXT_CHOICE = {
     "logprobs": {
         "tokens": ["Paris", " is"],
         "token_logprobs": [-0.1, None],  # vLLM may send null for -inf
-        "top_logprobs": [{"Paris": -0.1, "Rome": -2.5}, {" is": math.log(0.5), " was": math.log(0.5)}],
+        "top_logprobs": [
+            {"Paris": -0.1, "Rome": -2.5},
+            {" is": math.log(0.5), " was": math.log(0.5)},
+        ],
         "text_offset": [0, 5],
     },
 }

@@ -84,7 +84,9 @@ async def test_a_malformed_answer_still_charges_the_calls_made() -> None:
 
     small = NoChoices([(["a"], [SURE], "length")])
     with pytest.raises(CascadeFailed) as failed:
-        await ead().complete("completions", {"prompt": "p", "max_tokens": 4}, {"s": small, "l": small})
+        await ead().complete(
+            "completions", {"prompt": "p", "max_tokens": 4}, {"s": small, "l": small}
+        )
     assert failed.value.error.status == 502
     (step,) = failed.value.steps
     assert (step.model, step.usage.prompt_tokens, step.usage.completion_tokens) == ("s", 3, 1)

@@ -71,7 +71,7 @@ async def test_an_unknown_model_is_an_openai_shaped_404(gw: InProcessGateway) ->
 
 @pytest.mark.parametrize(
     ("fields", "param"),
-    [({"temperature": 7}, "temperature"), ({"n": 2}, "n"), ({"messages": "hi"}, "messages")],
+    [({"temperature": 7}, "temperature"), ({"n": 0}, "n"), ({"messages": "hi"}, "messages")],
 )
 async def test_a_bad_field_is_a_400_naming_it(
     gw: InProcessGateway, fields: dict[str, object], param: str

@@ -214,7 +214,10 @@ def test_perfect_predictor_matches_the_oracle_and_constants_trace_single_models(
 ) -> None:
     table = synthetic_table()
     Perfect.full = table
-    recipes = [ev.Recipe("perfect", "perfect", {}, guard=OFF), ev.Recipe("constant", "constant", {}, guard=OFF)]
+    recipes = [
+        ev.Recipe("perfect", "perfect", {}, guard=OFF),
+        ev.Recipe("constant", "constant", {}, guard=OFF),
+    ]
     results = ev.evaluate(table, recipes, seeds=[0, 1])
     for run in results["slices"][0]["runs"]:
         r = run["routers"]

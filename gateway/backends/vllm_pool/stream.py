@@ -133,7 +133,10 @@ class VllmStream:
                     text = (delta.get("content") if isinstance(delta, dict) else None) or (
                         choice.get("text")
                     )
-                    self._text_bytes += len(str(text or "").encode())
+                    calls = delta.get("tool_calls") if isinstance(delta, dict) else None
+                    self._text_bytes += len(str(text or "").encode()) + len(
+                        str(calls or "").encode()
+                    )
             usage = chunk.get("usage")
             if usage:
                 self.usage = read_usage(usage, self._bound)
