@@ -7,7 +7,7 @@ from typing import Any
 
 from starlette.requests import Request
 
-from gateway.admission.guard import client_address
+from gateway.admission.guard import authorization, client_address
 from gateway.errors import ApiError
 from gateway.pipeline import Services
 from gateway.runtime import Runtime
@@ -58,9 +58,7 @@ async def visible_names(request: Request, runtime: Runtime) -> list[str] | None:
     if not rules.models_guarded:
         return None
     services: Services = request.app.state.services
-    key = await services.access.authenticate(
-        request.headers.get("authorization"), rules, client_address(request)
-    )
+    key = await services.access.authenticate(authorization(request), rules, client_address(request))
     return key.routes if key is not None else None
 
 

@@ -12,7 +12,7 @@ from starlette.requests import Request
 
 from gateway.accounting.redaction import redactor
 from gateway.admission.access import AdmissionRequest
-from gateway.admission.guard import client_address
+from gateway.admission.guard import authorization, client_address
 from gateway.errors import ApiError
 from gateway.pipeline.context import RequestContext
 from gateway.pipeline.experiment import choose_arm, sticky_id
@@ -36,15 +36,6 @@ def resolve(runtime: Runtime, name: str) -> tuple[str | None, RouteConfig | None
             param="model",
         )
     return name, config
-
-
-def authorization(request: Request) -> str | None:
-    """`authorization: Bearer <key>`, or Anthropic's `x-api-key: <key>` (its SDK sends that)."""
-    headers = request.headers
-    authorization = headers.get("authorization")
-    if authorization is None and (key := headers.get("x-api-key")):
-        return f"Bearer {key}"
-    return authorization
 
 
 async def identify(request: Request, ctx: RequestContext) -> None:
