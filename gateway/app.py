@@ -24,7 +24,6 @@ from gateway.admission.admin_api import router as admin_router
 from gateway.admission.guard import (
     METRICS_TOKEN_ENV,
     bearer_is,
-    client_address,
     master_key,
     metrics_token,
     rules_of,
@@ -41,9 +40,12 @@ from gateway.feedback.service import FeedbackService
 from gateway.hot_routes import HotRoutes
 from gateway.http_limits import RequestLimits
 from gateway.metrics import Metrics
+from gateway.model_list import model_entries, visible_names
+from gateway.model_list import not_found as model_not_found
 from gateway.pipeline import Services, handle
 from gateway.pipeline.count_tokens import count_tokens
 from gateway.reloader import PolicyHolder
+from gateway.route_errors import http_error
 from gateway.runtime import BackendFactory, Runtime
 from gateway.state import StateUnavailable, open_state
 from policies.loader import example_policy_path
@@ -198,8 +200,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        code = "not_found" if exc.status_code == 404 else None
-        return shaped(request, ApiError(exc.status_code, str(exc.detail), code=code))
+        return shaped(request, http_error(request.app.router.routes, request.scope, exc))
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
@@ -222,52 +223,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get("/v1/models")
     async def models(request: Request) -> Response:
         runtime = runtime_of(request)
-        created = int(runtime.loaded_at)
-        rules = runtime.access
-        allowed: list[str] | None = None  # None: everything
-        if rules.models_guarded:
-            # The same check as a completion: a key is needed, and it sees what it may use.
-            services: Services = request.app.state.services
-            key = await services.access.authenticate(
-                request.headers.get("authorization"), rules, client_address(request)
-            )
-            allowed = key.routes if key is not None else None
-
-        def entry(name: str, about: dict[str, Any]) -> dict[str, Any]:
-            return {
-                "id": name,
-                "object": "model",
-                "created": created,
-                "owned_by": "routegate",
-                "routegate": about,
-            }
-
+        allowed = await visible_names(request, runtime)
         data = [
-            entry(
-                name,
-                {
-                    "kind": "model",
-                    "provider": cfg.provider,
-                    "description": cfg.description,
-                    "healthy": runtime.backends[name].healthy(),
-                },
-            )
-            for name, cfg in runtime.policy.models.items()
-            if allowed is None or name in allowed
-        ] + [
-            entry(
-                name,
-                {
-                    "kind": "route",
-                    "strategy": route.kind,
-                    "models": list(route.models),
-                    "description": route.description,
-                },
-            )
-            for name, route in runtime.policy.routes.items()
+            entry
+            for name, entry in model_entries(runtime).items()
             if allowed is None or name in allowed
         ]
         return _json({"object": "list", "data": data})
+
+    # `:path`: model names may hold "/" ("openai/gpt-4o"; the SDK sends it as %2F).
+    @app.get("/v1/models/{model_id:path}")
+    async def model(request: Request, model_id: str) -> Response:
+        runtime = runtime_of(request)
+        allowed = await visible_names(request, runtime)
+        entry = model_entries(runtime).get(model_id)
+        if entry is None or (allowed is not None and model_id not in allowed):
+            raise model_not_found(model_id)
+        return _json(entry)
 
     @app.get("/healthz")
     async def healthz() -> Response:

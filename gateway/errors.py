@@ -16,6 +16,9 @@ _TYPES = {
     422: "invalid_request_error",
     429: "rate_limit_error",
 }
+# A 503 that names no better time: the gateway's own default health-check interval, after
+# which a down endpoint may be found back.
+RETRY_AFTER_503_S = 5
 
 
 class ApiError(Exception):
@@ -51,9 +54,10 @@ class ApiError(Exception):
         )
 
     def response(self, headers: Mapping[str, str] | None = None) -> Response:
+        merged = {**self.headers, **(headers or {})}
+        # Every 503 says when to come back (RFC 9110 §15.6.4); clients' retry logic reads it.
+        if self.status == 503 and not any(k.lower() == "retry-after" for k in merged):
+            merged["retry-after"] = str(RETRY_AFTER_503_S)
         return Response(
-            self.body(),
-            status_code=self.status,
-            media_type="application/json",
-            headers={**self.headers, **(headers or {})},
+            self.body(), status_code=self.status, media_type="application/json", headers=merged
         )

@@ -59,6 +59,16 @@ class Metrics:
         self.cost = Counter(
             "routegate_cost_usd", "Spend in USD", ("route", "model"), registry=self.registry
         )
+        # By the API the client called (chat, completions, messages, responses, embeddings).
+        self.api_requests = Counter(
+            "routegate_api_requests",
+            "Requests by API",
+            ("api", "status"),
+            registry=self.registry,
+        )
+        self.api_cost = Counter(
+            "routegate_api_cost_usd", "Spend in USD by API", ("api",), registry=self.registry
+        )
         self.fallbacks = Counter(
             "routegate_fallbacks",
             "Models given up on for another",
@@ -115,5 +125,7 @@ class Metrics:
         self.ttft_of = Children(self.ttft)
         self.tokens_of = Children(self.tokens)
         self.cost_of = Children(self.cost)
+        self.api_requests_of = Children(self.api_requests)
+        self.api_cost_of = Children(self.api_cost)
         self.fallbacks_of = Children(self.fallbacks)
         self.cache_of = Children(self.cache)

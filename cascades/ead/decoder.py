@@ -208,7 +208,7 @@ class Decoder:
         try:
             piece = piece_of(done.body)
         except (KeyError, IndexError, TypeError, ValueError) as exc:  # paid for, yet unreadable
-            err = UpstreamError(502, f"{model} answered a malformed completion: {exc!r}")
+            err = UpstreamError(502, f"{model} answered a malformed completion", detail=repr(exc))
             err.attempts = [done.endpoint]
             raise CascadeFailed(err, model, self.steps()) from None
         tally.generated += len(piece.entropies)

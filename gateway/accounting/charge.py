@@ -141,6 +141,10 @@ class Accounting:
         rec, notes, m = self.record, self.notes, self._metrics
         route, model_label, status = rec.route or "", rec.model or "", str(rec.status)
         m.requests_of(route, model_label, status).inc()
+        api = rec.api or rec.endpoint_kind
+        m.api_requests_of(api, status).inc()
+        if rec.cost_usd:
+            m.api_cost_of(api).inc(rec.cost_usd)
         if rec.status >= 400:
             m.errors_of(route, model_label, status).inc()
         assert rec.latency_ms is not None  # set by finish

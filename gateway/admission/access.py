@@ -21,7 +21,7 @@ from gateway.admission.guard import (
     secret_matches,
 )
 from gateway.admission.keys import bearer_token, hash_secret
-from gateway.admission.periods import resets_at, window_id
+from gateway.admission.periods import FOREVER, period_bounds, resets_at, window_id
 from gateway.errors import ApiError
 from gateway.state import Reservation, State, VirtualKey, from_micros, to_micros
 from gateway.tokens import completion_cap, completion_limit
@@ -243,6 +243,12 @@ class Access:
 def _budget_exhausted(budget: Budget, res: Reservation, worst: float, now: float) -> ApiError:
     period = "in total" if budget.period == "total" else f"this {budget.period}"
     held = f", ${res.reserved_usd:.4f} held by requests in flight" if res.reserved_usd else ""
+    # A calendar budget is free again when its period ends; a `total` one never is. Refused
+    # only for what requests in flight hold, it may fit as soon as they settle: no fixed time.
+    _, end = period_bounds(budget.period, now)
+    wait = None
+    if end != FOREVER and res.spent_usd + worst > budget.limit_usd:
+        wait = max(1, math.ceil(end.timestamp() - now))
     return ApiError(
         429,
         f"Budget exhausted for {budget.owner}: "
@@ -250,6 +256,7 @@ def _budget_exhausted(budget: Budget, res: Reservation, worst: float, now: float
         f"this request may cost up to ${worst:.4f}. "
         f"The budget resets {resets_at(budget.period, now)}.",
         code="budget_exceeded",
+        headers={"retry-after": str(wait)} if wait is not None else None,
     )
 
 

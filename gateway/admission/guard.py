@@ -152,6 +152,15 @@ class AuthThrottle:
         return False
 
 
+def authorization(request: Request) -> str | None:
+    """`authorization: Bearer <key>`, or Anthropic's `x-api-key: <key>` (its SDK sends that)."""
+    headers = request.headers
+    value = headers.get("authorization")
+    if value is None and (key := headers.get("x-api-key")):
+        return f"Bearer {key}"
+    return value
+
+
 def request_bearer(request: Request) -> str | None:
     return bearer_token(request.headers.get("authorization"))
 

@@ -83,7 +83,7 @@ class UpstreamError(Exception):
     """A failed upstream call. `status` is what the gateway answers if nothing else works."""
 
     status: int  # 502 bad gateway, 503 unavailable, 504 timeout, or the upstream's own 4xx
-    message: str
+    message: str  # for the client: what failed, in words; never hosts, ports or reprs
     code: str = "upstream_error"
     # True when another endpoint or fallback model may succeed (connect error, timeout, 5xx);
     # False for the client's own mistakes (upstream 4xx), which no fallback can fix.
@@ -92,9 +92,18 @@ class UpstreamError(Exception):
     attempts: list[str] = field(default_factory=list)  # endpoints tried, for the request log
     # A call that was answered (200) but could not be used: what it is charged all the same.
     usage: Usage | None = None
+    # For the request log and the gateway's own log only: the cause as the transport gave it.
+    detail: str | None = None
+    # When the client may try again (the 503's retry-after), where the backend knows.
+    retry_after_s: float | None = None
+
+    @property
+    def logged(self) -> str:
+        """The message with its detail: what the request log says."""
+        return f"{self.message} ({self.detail})" if self.detail else self.message
 
     def __str__(self) -> str:
-        return f"{self.status} {self.code}: {self.message}"
+        return f"{self.status} {self.code}: {self.logged}"
 
 
 class Backend(Protocol):
@@ -137,7 +146,8 @@ def http_error(
     """The one rule for an upstream's HTTP error answer, shared by every backend."""
     if status >= 500 or status in _GATEWAY_FAULTS:
         if status in _GATEWAY_FAULTS:
-            message = f"upstream {endpoint} refused the gateway ({status}): {message}"
+            # The endpoint is in the request log (`attempts`); the client is not told it.
+            message = f"the upstream refused the gateway ({status}): {message}"
         return UpstreamError(502, message, "upstream_error", True, None, [endpoint])
     if status == 429:
         return UpstreamError(429, message, code or "rate_limit_exceeded", True, param, [endpoint])

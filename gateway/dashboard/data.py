@@ -49,6 +49,7 @@ def request_stats(path: Path, window_s: float, now: float) -> dict[str, Any]:
         "latency_p50_ms": None,
         "latency_p95_ms": None,
         "models": [],
+        "apis": [],  # by the API the client called (chat, completions, messages, ...)
         "timeline": {
             "bucket_s": bucket_s,
             "start": since,
@@ -60,12 +61,14 @@ def request_stats(path: Path, window_s: float, now: float) -> dict[str, Any]:
     if db is None:
         return out
     try:
-        # One scan of the window gives the per-model totals and the timeline together.
+        # One scan of the window gives the per-model and per-API totals and the timeline
+        # together. Rows written before the api column: the endpoint kind was the API.
         cells = db.execute(
             "SELECT COALESCE(model, '(none)'), CAST((ts - ?) / ? AS INTEGER), COUNT(*),"
             " SUM(status >= 400), SUM(cost_usd),"
-            " SUM(COALESCE(json_extract(extra, '$.cache.hit'), 0) = 1)"
-            " FROM requests WHERE ts >= ? GROUP BY 1, 2",
+            " SUM(COALESCE(json_extract(extra, '$.cache.hit'), 0) = 1),"
+            " COALESCE(api, endpoint_kind)"
+            " FROM requests WHERE ts >= ? GROUP BY 1, 2, 7",
             (since, bucket_s, since),
         ).fetchall()
         latencies: dict[str, list[float]] = {}
@@ -82,8 +85,13 @@ def request_stats(path: Path, window_s: float, now: float) -> dict[str, Any]:
         db.close()
 
     per_model: dict[str, dict[str, Any]] = {}
+    per_api: dict[str, dict[str, Any]] = {}
     timeline = out["timeline"]
-    for model, bucket, count, errors, cost, hits in cells:
+    for model, bucket, count, errors, cost, hits, api in cells:
+        a = per_api.setdefault(api, {"api": api, "requests": 0, "errors": 0, "spend_usd": 0.0})
+        a["requests"] += count
+        a["errors"] += errors or 0
+        a["spend_usd"] += cost or 0.0
         m = per_model.setdefault(
             model,
             {"model": model, "requests": 0, "errors": 0, "spend_usd": 0.0, "cache_hits": 0},
@@ -105,6 +113,7 @@ def request_stats(path: Path, window_s: float, now: float) -> dict[str, Any]:
         out["models"].append(m)
         for field in ("requests", "errors", "spend_usd", "cache_hits"):
             out[field] += m[field]
+    out["apis"] = sorted(per_api.values(), key=lambda a: (-a["requests"], a["api"]))
     out["latency_p50_ms"] = percentile(everything, 50)
     out["latency_p95_ms"] = percentile(everything, 95)
     return out

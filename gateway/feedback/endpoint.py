@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.admission.guard import client_address
+from gateway.admission.guard import authorization, client_address
 from gateway.errors import ApiError
 from gateway.feedback.service import FeedbackService
 from gateway.request_schema import parse_body
@@ -42,7 +42,7 @@ async def feedback(request: Request) -> Response:
         raise ApiError(503, "No policy is loaded", code="not_ready")
     services = request.app.state.services
     key = await services.access.authenticate(
-        request.headers.get("authorization"), runtime.access, client_address(request)
+        authorization(request), runtime.access, client_address(request)
     )
     body = parse_body(await request.body(), FeedbackBody)
     service: FeedbackService = services.feedback

@@ -12,7 +12,7 @@ from starlette.requests import Request
 
 from gateway.accounting.redaction import redactor
 from gateway.admission.access import AdmissionRequest
-from gateway.admission.guard import client_address
+from gateway.admission.guard import authorization, client_address
 from gateway.backends.base import Kind
 from gateway.errors import ApiError
 from gateway.pipeline.context import RequestContext
@@ -71,15 +71,6 @@ def check_api(runtime: Runtime, kind: Kind, name: str, config: RouteConfig | Non
             code="model_is_embedding",
             param="model",
         )
-
-
-def authorization(request: Request) -> str | None:
-    """`authorization: Bearer <key>`, or Anthropic's `x-api-key: <key>` (its SDK sends that)."""
-    headers = request.headers
-    authorization = headers.get("authorization")
-    if authorization is None and (key := headers.get("x-api-key")):
-        return f"Bearer {key}"
-    return authorization
 
 
 async def identify(request: Request, ctx: RequestContext) -> None:

@@ -12,11 +12,11 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.admission.guard import client_address, state_unavailable
+from gateway.admission.guard import authorization, client_address, state_unavailable
 from gateway.dialects.messages import count_tokens_body
 from gateway.dialects.messages.errors import error_response
 from gateway.errors import ApiError
-from gateway.pipeline.admit import authorization, resolve
+from gateway.pipeline.admit import resolve
 from gateway.pipeline.context import Services
 from gateway.provider_prices import load_litellm
 from gateway.runtime import Runtime

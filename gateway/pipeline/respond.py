@@ -4,6 +4,7 @@ what happened, each after the request is charged (streams: when they end)."""
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
@@ -71,11 +72,14 @@ async def failed(
 ) -> Response:
     """Nothing answered: the client gets the upstream's error; what was spent is still charged."""
     endpoint = ",".join(err.attempts) or None
-    bill = Bill(err.status, model, endpoint=endpoint, fallbacks=fallbacks, error=err.message)
+    bill = Bill(err.status, model, endpoint=endpoint, fallbacks=fallbacks, error=err.logged)
     bill.steps = steps
     await ctx.account.finish(bill)
     api = ApiError(err.status, err.message, code=err.code, param=err.param)
-    return error(ctx, api, headers(ctx, model, ctx.record.cost_usd))
+    h = headers(ctx, model, ctx.record.cost_usd)
+    if err.retry_after_s is not None:
+        h["retry-after"] = str(max(1, math.ceil(err.retry_after_s)))
+    return error(ctx, api, h)
 
 
 def error(ctx: RequestContext, err: ApiError, h: Mapping[str, str]) -> Response:

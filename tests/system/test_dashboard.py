@@ -1,5 +1,6 @@
 """The dashboard in headless Chromium against a real gateway process: login, live charts whose
-data match the requests sent, spend equal to the request log's, and the master-key guard."""
+data match the requests sent, spend equal to the request log's, per-API figures, and the
+master-key guard."""
 
 from __future__ import annotations
 
@@ -96,6 +97,15 @@ def chart_data(page: Page, canvas_id: str) -> dict:
         }""",
         canvas_id,
     )
+
+
+def api_rows(page: Page) -> dict[str, list[str]]:
+    """The APIs table as shown: API -> its requests, errors and spend cells."""
+    cells = page.eval_on_selector_all(
+        "#apis-table tbody tr",
+        "(rows) => rows.map((r) => [...r.cells].map((c) => c.textContent.trim()))",
+    )
+    return {row[0]: row[1:] for row in cells}
 
 
 def dataset(chart: dict, label: str) -> dict[str, float]:
@@ -203,5 +213,31 @@ def test_dashboard_shows_live_traffic_spend_and_budgets(
             timeout=15_000,
         )
         assert page.inner_text("#total-requests") == "6"
+        assert api_rows(page) == {"chat": ["6", "0", f"${log_spend + rows[0]['cost_usd']:.6f}"]}
+
+        # Per API: a completions request and a refused chat get rows of their own, live.
+        done = httpx.post(
+            gateway.url + "/v1/completions",
+            json={"model": "cheap", "prompt": "hello"},
+            headers={"authorization": f"Bearer {secret}"},
+        )
+        assert done.status_code == 200, done.text
+        refused = httpx.post(
+            gateway.url + "/v1/chat/completions",
+            json={"model": "nope", "messages": MESSAGES},
+            headers={"authorization": f"Bearer {secret}"},
+        )
+        assert refused.status_code == 404
+        page.wait_for_function(
+            "() => document.querySelectorAll('#apis-table tbody tr').length === 2", timeout=15_000
+        )
+        by_api: dict[str, list[float]] = {}
+        for r in read_records(gateway.log_path):
+            by_api.setdefault(r["api"], []).append(r["cost_usd"])
+        assert set(by_api) == {"chat", "completions"}
+        assert api_rows(page) == {
+            "chat": ["7", "1", f"${sum(by_api['chat']):.6f}"],
+            "completions": ["1", "0", f"${sum(by_api['completions']):.6f}"],
+        }
         shot = screenshot(page, tmp_path, "dashboard.png")
         assert shot.stat().st_size > 10_000

@@ -13,7 +13,7 @@ import openai
 import pytest
 
 from tests.support.gateway import GatewayProcess
-from tests.support.upstream import Upstream
+from tests.support.upstream import Upstream, free_port
 
 POLICY = """
 version: 1
@@ -420,5 +420,53 @@ def test_in_flight_request_finishes_on_the_policy_it_started_with(
         assert result["r"].choices[0].message.content in {"hi from a1", "hi from a2"}  # type: ignore[attr-defined]
         with pytest.raises(openai.NotFoundError):
             c.chat.completions.create(model="fast", messages=MESSAGES)
+    finally:
+        gw.stop()
+
+
+DEAD_POLICY = """
+version: 1
+defaults: {{timeout_s: 5, retries: 1, health_interval_s: 3, cooldown_s: 20}}
+models:
+  gone:
+    provider: vllm
+    endpoints: [{dead1}, {dead2}]
+    pricing: {{input_per_1m: 1.0, output_per_1m: 2.0}}
+  faraway:
+    provider: litellm
+    model: openai/faraway
+    api_base: {dead1}
+    pricing: {{input_per_1m: 1.0, output_per_1m: 2.0}}
+"""
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_unreachable_upstreams_are_a_plain_503_with_retry_after(
+    tmp_path: Path, stream: bool
+) -> None:
+    dead = [f"http://127.0.0.1:{free_port()}/v1" for _ in range(2)]
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(DEAD_POLICY.format(dead1=dead[0], dead2=dead[1]))
+    gw = GatewayProcess(policy, tmp_path).start()
+    try:
+        client = openai.OpenAI(base_url=gw.url + "/v1", api_key="unused", max_retries=0)
+        for model in ("gone", "faraway"):
+            with pytest.raises(openai.APIStatusError) as exc:
+                client.chat.completions.create(model=model, messages=MESSAGES, stream=stream)
+            resp = exc.value.response
+            assert resp.status_code == 503
+            err = resp.json()["error"]
+            assert err["code"] == "upstream_unavailable"
+            # What failed, in words: no host, port or exception repr of the gateway's insides.
+            assert err["message"] == f"model '{model}': could not connect to its endpoint(s)"
+            for leak in ("127.0.0.1", "ConnectionKey", "ClientConnectorError", "Errno"):
+                assert leak not in resp.text
+            retry_after = int(resp.headers["retry-after"])
+            # vLLM: the endpoints' cooldown (both ejected); litellm: the default health interval.
+            assert 1 <= retry_after <= 20
+            # The request log keeps the details for the operator.
+            row = gw.record(resp.headers["x-routegate-request-id"])
+            assert row["status"] == 503 and row["error"].startswith(err["message"])
+            assert "unreachable" in row["error"] and "127.0.0.1" in row["endpoint"]
     finally:
         gw.stop()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -134,3 +135,21 @@ async def test_a_stream_is_charged_to_the_key(gw: InProcessGateway) -> None:
     assert resp.status_code == 200 and resp.text.endswith("data: [DONE]\n\n")
     key = (await admin(gw, "GET", f"/admin/keys/{key_id}")).json()
     assert key["spent_usd"] == pytest.approx(COST) and key["reserved_usd"] == 0
+
+
+@pytest.mark.parametrize("period", ["day", "month", "total"])
+async def test_a_budget_refusal_says_when_the_budget_resets(
+    gw: InProcessGateway, period: str
+) -> None:
+    _, secret = await new_key(gw, budget_usd=1e-7, period=period)  # below any worst case
+    refused = await gw.chat("cheap", key=secret)
+    now = datetime.now(UTC)
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "budget_exceeded"
+    if period == "total":  # it never resets: no time to give
+        assert "retry-after" not in refused.headers
+        return
+    day = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    end = day + timedelta(days=1)
+    if period == "month":
+        end = (day.replace(day=1) + timedelta(days=32)).replace(day=1)
+    assert abs(int(refused.headers["retry-after"]) - (end - now).total_seconds()) <= 2

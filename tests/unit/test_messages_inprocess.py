@@ -255,3 +255,17 @@ async def test_count_tokens(gw: InProcessGateway) -> None:
             model="nope", messages=[{"role": "user", "content": "x"}]
         )
     assert gw.fakes.backends["small"].calls == []  # counting calls no model
+
+
+async def test_metrics_count_requests_and_spend_by_api(gw: InProcessGateway) -> None:
+    client = gw.anthropic(MASTER)
+    ask = [{"role": "user", "content": "Hello?"}]
+    await client.messages.create(model="cheap", max_tokens=5, messages=ask)
+    await gw.chat("cheap", key=MASTER)
+    with pytest.raises(anthropic.NotFoundError):
+        await client.messages.create(model="nope", max_tokens=5, messages=ask)
+    text = (await gw.client.get("/metrics", headers={"authorization": f"Bearer {MASTER}"})).text
+    assert 'routegate_api_requests_total{api="messages",status="200"} 1.0' in text
+    assert 'routegate_api_requests_total{api="messages",status="404"} 1.0' in text
+    assert 'routegate_api_requests_total{api="chat",status="200"} 1.0' in text
+    assert 'routegate_api_cost_usd_total{api="messages"} 1.7e-05' in text

@@ -363,7 +363,11 @@ async def test_connection_refused_is_503_and_turns_unhealthy(upstream: Upstream)
         assert (info.value.status, info.value.retryable) == (503, True)
         assert info.value.code == "upstream_unavailable"
         assert info.value.attempts == [dead]
+        # The client is told which model, not the host, port or the transport's exception.
+        assert info.value.message == "model 'policy-name': could not connect to its endpoint(s)"
+        assert info.value.detail is not None and dead in info.value.detail
     assert not b.healthy()
+    assert info.value.retry_after_s == 30.0  # out of use for that long: when to come back
     # A success resets it.
     b.api_base = b.endpoint = upstream.base
     await b.complete(call("chat"))

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import math
+import sqlite3
 import statistics
 from pathlib import Path
 from typing import Any
@@ -345,3 +346,48 @@ def test_html_embeds_names_that_look_like_markup_safely(log_and_policy, tmp_path
         assert "<" not in text
         embedded[script_id] = json.loads(text)
     assert team in [g["team"] for g in embedded["report-data"]["groups"]]
+
+
+def test_by_api_groups_rows_by_the_api_called(tmp_path: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY)
+    path = tmp_path / "requests.sqlite"
+    log = RequestLog(path)
+    # (endpoint_kind, api, cost): the backend's call kind and the API the client called; api
+    # None is a row written before the column existed, its endpoint kind was the API.
+    rows = [
+        ("chat", "chat", 0.001), ("chat", "chat", 0.002), ("chat", "messages", 0.004),
+        ("chat", "responses", 0.008), ("completions", "completions", 0.016),
+        ("completions", None, 0.032), ("chat", None, 0.064), ("chat", "embeddings", 0.128),
+    ]  # fmt: skip
+    for n, (kind, api, cost) in enumerate(rows):
+        log.write(
+            RequestRecord(f"a{n}", DAY1 + n, kind, False, route="cheap", model="small",
+                          cost_usd=cost, api=api)
+        )  # fmt: skip
+    assert log.flush()
+    log.close()
+
+    groups = {g["api"]: g for g in report_json(path, policy, "--by", "api")["groups"]}
+    assert {k: (g["requests"], g["cost_usd"]) for k, g in groups.items()} == {
+        "chat": (3, math.fsum([0.001, 0.002, 0.064])),
+        "completions": (2, math.fsum([0.016, 0.032])),
+        "messages": (1, 0.004),
+        "responses": (1, 0.008),
+        "embeddings": (1, 0.128),
+    }
+    table = run("--log", path, "--policy", policy, "--by", "api")
+    assert table.exit_code == 0 and "by api" in table.stdout and "embeddings" in table.stdout
+    lines = list(csv.reader(io.StringIO(run("--log", path, "--policy", policy, "--format",
+                                            "csv", "--by", "api").stdout)))  # fmt: skip
+    assert lines[0][0] == "api" and [line[0] for line in lines[1:]] == [
+        "chat", "completions", "embeddings", "messages", "responses", "total",
+    ]  # fmt: skip
+    # A log from before the column: every row grouped by its endpoint kind.
+    with sqlite3.connect(path) as db:
+        columns = [c[1] for c in db.execute("PRAGMA table_info(requests)") if c[1] != "api"]
+        db.execute(f"CREATE TABLE old AS SELECT {', '.join(columns)} FROM requests")
+        db.execute("DROP TABLE requests")
+        db.execute("ALTER TABLE old RENAME TO requests")
+    old = {g["api"]: g["requests"] for g in report_json(path, policy, "--by", "api")["groups"]}
+    assert old == {"chat": 6, "completions": 2}

@@ -185,3 +185,23 @@ async def test_ejection_takes_failed_calls_in_a_row_but_not_a_long_request(
             await p2.complete(timed)
         assert exc.value.status == 504
     assert p2.healthy() and p2.endpoints[0].failures == 0
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_no_endpoint_connecting_is_a_plain_503_with_a_retry_time(
+    client: httpx.AsyncClient, stream: bool
+) -> None:
+    dead = [f"http://127.0.0.1:{free_port()}/v1" for _ in range(2)]
+    p = pool(dead, client, cooldown_s=12)
+    with pytest.raises(UpstreamError) as exc:
+        await (p.open_stream(call()) if stream else p.complete(call()))
+    err = exc.value
+    assert (err.status, err.code) == (503, "upstream_unavailable")
+    # The client's words name the model only; hosts, ports and the transport's repr are the
+    # request log's (`detail`, `attempts`).
+    assert err.message == "model 'm': could not connect to its endpoint(s)"
+    assert "127.0.0.1" not in err.message and "Error" not in err.message
+    assert err.detail is not None and err.detail.startswith("unreachable: ")
+    assert sorted(err.attempts) == sorted(dead)
+    # Both are ejected for the cooldown: the first to come back is when to retry.
+    assert 11 < (err.retry_after_s or 0) <= 12

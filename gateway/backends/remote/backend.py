@@ -106,6 +106,8 @@ class LitellmBackend:
         elif err.code == "upstream_unavailable":
             self._connect_failures += 1
             self._last_connect_failure = time.monotonic()
+            if self._connect_failures >= UNHEALTHY_AFTER_FAILURES:
+                err.retry_after_s = UNHEALTHY_FOR_S  # traffic comes back to it after that
 
     # -- request building -------------------------------------------------------------------
     def _provider_name(self) -> str | None:

@@ -55,23 +55,31 @@ def to_upstream_error(exc: Exception, name: str, endpoint: str) -> UpstreamError
     if isinstance(exc, UpstreamError):
         return exc
     chain = _causes(exc)
+    # The endpoint and the transport's words go to the request log (`detail`), not the client.
     if any(_is_timeout(e) for e in chain):
-        return UpstreamError(504, f"{name} timed out ({endpoint})", "upstream_timeout")
+        return UpstreamError(504, f"{name} timed out", "upstream_timeout", detail=endpoint)
     if any(_is_connect_error(e) for e in chain):
-        detail = next((str(e) for e in reversed(chain) if str(e)), type(exc).__name__)
+        cause = next((str(e) for e in reversed(chain) if str(e)), type(exc).__name__)
         return UpstreamError(
-            503, f"{name} unreachable ({endpoint}): {detail}", "upstream_unavailable"
+            503,
+            f"model '{name}': could not connect to its endpoint(s)",
+            "upstream_unavailable",
+            detail=f"{endpoint} unreachable: {cause}",
         )
     status = getattr(exc, "status_code", None)
     body = _error_body(chain)
     message = str(body.get("message") or getattr(exc, "message", None) or exc)
     param = body.get("param") if isinstance(body.get("param"), str) else None
     if status == 408:  # a timeout reported without a timeout exception underneath
-        return UpstreamError(504, f"{name} timed out ({endpoint})", "upstream_timeout")
+        return UpstreamError(504, f"{name} timed out", "upstream_timeout", detail=endpoint)
     if not isinstance(status, int) or not 400 <= status < 500:
         if not isinstance(status, int) or status < 400:  # not an HTTP answer: log the why
             log.warning("%s: unexpected litellm failure", name, exc_info=exc)
-        return UpstreamError(502, f"{name} failed ({endpoint}): {message}", "upstream_error")
+            # No answer came: the message is litellm's own account, with whatever it names.
+            return UpstreamError(
+                502, f"model '{name}' failed", "upstream_error", detail=f"{endpoint}: {message}"
+            )
+        return UpstreamError(502, f"{name} failed: {message}", "upstream_error", detail=endpoint)
     code = body.get("code") or body.get("type")
     return http_error(status, message, str(code) if code else None, param, endpoint)
 

@@ -247,6 +247,13 @@ class EndpointHealth:
             await asyncio.sleep(self._health_interval_s)
             await self.probe_all()
 
+    def retry_after_s(self) -> float:
+        """When a client refused for want of an endpoint may try again: the first cooling
+        endpoint's return, or, with none cooling (all failing probes), the next probe."""
+        now = time.monotonic()
+        cooling = [e.down_until - now for e in self.endpoints if e.down_until > now]
+        return min(cooling) if cooling else self._health_interval_s
+
     def order(self) -> list[Endpoint]:
         """Usable endpoints by fewest outstanding (ties shuffled), then the cooling ones."""
         if len(self.endpoints) == 1:  # what the rest gives one endpoint (shuffle draws nothing)

@@ -22,6 +22,7 @@ from gateway.backends.vllm_pool.stream import (
     VllmStream,
     error_from_response,
     transport_error,
+    unreachable,
 )
 from gateway.tokens import call_bound, embedding_bound
 from policies.schema import VllmModel
@@ -118,10 +119,10 @@ class VllmPool:
                 status = exc.response.status_code if isinstance(exc, httpx.HTTPStatusError) else 0
                 if isinstance(exc, httpx.TransportError) or status >= 500:
                     self.health.failed(endpoint)  # as a failed completion call would
-                last = UpstreamError(503, f"{self.name}: rendering the chat failed: {exc!r}")
-        err = last or UpstreamError(503, f"{self.name} has no endpoints", "upstream_unavailable")
-        err.attempts = tried
-        raise err
+                last = UpstreamError(
+                    503, f"model '{self.name}': rendering the chat failed", detail=repr(exc)
+                )
+        raise self._exhausted(last, tried)
 
     def _body(self, call: UpstreamCall, stream: bool) -> bytes:
         body = dict(call.body)
@@ -209,8 +210,10 @@ class VllmPool:
         return Completion(body, usage, endpoint.base_url, failed=failed)
 
     def _exhausted(self, last: UpstreamError | None, tried: list[str]) -> UpstreamError:
-        err = last or UpstreamError(503, f"{self.name} has no endpoints", "upstream_unavailable")
+        err = last or UpstreamError(503, unreachable(self.name), "upstream_unavailable")
         err.attempts = tried
+        if err.status == 503 and err.retry_after_s is None:
+            err.retry_after_s = self.health.retry_after_s()
         return err
 
     async def open_stream(self, call: UpstreamCall) -> VllmStream:

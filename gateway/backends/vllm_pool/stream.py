@@ -37,8 +37,16 @@ def transport_error(exc: httpx.HTTPError, model: str) -> UpstreamError:
     )
     timed_out = isinstance(exc, httpx.TimeoutException) and not broken
     if timed_out:
-        return UpstreamError(504, f"{model} timed out", "upstream_timeout")
-    return UpstreamError(503, f"{model} unreachable: {cause or exc!r}", "upstream_unavailable")
+        return UpstreamError(504, f"{model} timed out", "upstream_timeout", detail=repr(exc))
+    # The cause names hosts, ports and socket errors: the log's, not the client's.
+    return UpstreamError(
+        503, unreachable(model), "upstream_unavailable", detail=f"unreachable: {cause or exc!r}"
+    )
+
+
+def unreachable(model: str) -> str:
+    """What a client is told when no endpoint of `model` took the connection."""
+    return f"model '{model}': could not connect to its endpoint(s)"
 
 
 def error_from_response(status: int, payload: bytes, endpoint: str) -> UpstreamError:
@@ -166,7 +174,9 @@ class VllmStream:
             while (chunk := await self._next_chunk()) is not None:
                 yield chunk
         except httpx.HTTPError as exc:
-            raise UpstreamError(502, f"{self._name} stream broke: {exc!r}") from None
+            raise UpstreamError(
+                502, f"model '{self._name}': its stream broke off", detail=repr(exc)
+            ) from None
         finally:
             await self.aclose()
 

@@ -131,6 +131,7 @@
       m.model, m.requests, m.errors, usd(m.spend_usd), m.cache_hits,
       ms(m.latency_p50_ms), ms(m.latency_p95_ms),
     ]));
+    fillTable("apis-table", t.apis.map((a) => [a.api, a.requests, a.errors, usd(a.spend_usd)]));
     document.body.dataset.renderedAt = String(data.now);
   }
 
