@@ -26,6 +26,12 @@ COST = 7 * 1e-6 + 5 * 2e-6  # the test upstream answers 7 prompt + 5 completion 
 WORST_PROMPT_TOKENS = 41
 WORST = WORST_PROMPT_TOKENS * 1e-6 + 5 * 2e-6
 BODY = {"model": "cheap", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 5}
+# The same request through the Responses API (translated to the same chat body), streamed.
+RESPONSES_BODY = {"model": "cheap", "input": "hello", "max_output_tokens": 5, "stream": True}
+CASES = {
+    "chat": ("/v1/chat/completions", BODY),
+    "responses": ("/v1/responses", RESPONSES_BODY),
+}
 
 POLICY = """
 version: 1
@@ -68,9 +74,11 @@ def admin(gw: GatewayProcess, method: str, path: str, json: dict | None = None) 
     return resp.json()
 
 
+@pytest.mark.parametrize("api", sorted(CASES))
 def test_two_replicas_never_overrun_one_budget(
-    tmp_path: Path, redis_url: str, upstream: Upstream
+    tmp_path: Path, redis_url: str, upstream: Upstream, api: str
 ) -> None:
+    path, body = CASES[api]
     upstream.mode, upstream.delay_s = "slow", 0.02  # keep many requests in flight at once
     upstream.prompt_tokens = WORST_PROMPT_TOKENS
     a, b = start_pair(tmp_path, redis_url, upstream, ttl=60)
@@ -83,7 +91,7 @@ def test_two_replicas_never_overrun_one_budget(
             limits = httpx.Limits(max_connections=200)
             async with httpx.AsyncClient(timeout=60, limits=limits) as c:
                 return await asyncio.gather(*(
-                    c.post((a if i % 2 else b).url + "/v1/chat/completions", json=BODY, headers=headers)
+                    c.post((a if i % 2 else b).url + path, json=body, headers=headers)
                     for i in range(200)
                 ))  # fmt: skip
 
@@ -116,6 +124,10 @@ def test_two_replicas_never_overrun_one_budget(
         )
         assert sum(r["cost_usd"] for r in rows) == pytest.approx(answered * WORST, abs=1e-9)
         assert all(r["cost_usd"] == 0 for r in rows if r["status"] == 429)
+        assert {r["api"] for r in rows} == {api}
+        if api == "responses":  # every answer a whole stream, ended by response.completed
+            answers = [r for r in responses if r.status_code == 200]
+            assert all("event: response.completed" in r.text for r in answers)
     finally:
         a.stop()
         b.stop()
