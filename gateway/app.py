@@ -34,6 +34,7 @@ from gateway.backends.http_client import new_upstream_client
 from gateway.dashboard import mount_dashboard
 from gateway.dialects.messages import MessagesApi
 from gateway.dialects.messages.errors import error_response as anthropic_error
+from gateway.dialects.responses import ResponsesApi
 from gateway.errors import ApiError
 from gateway.feedback.endpoint import feedback
 from gateway.feedback.service import FeedbackService
@@ -167,6 +168,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.router.add_route("/v1/messages", messages, methods=["POST"])
     app.router.add_route("/v1/messages/count_tokens", messages_count_tokens, methods=["POST"])
+
+    responses_api = ResponsesApi()
+
+    async def responses(request: Request) -> Response:
+        services = request.app.state.services
+        return await handle(request, "chat", runtime_of(request), services, responses_api)
+
+    app.router.add_route("/v1/responses", responses, methods=["POST"])
 
     app.include_router(admin_router)
     mount_dashboard(app, settings)

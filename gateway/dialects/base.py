@@ -35,8 +35,8 @@ class Dialect(Protocol):
         """The request as a chat body (stream flag kept), or ApiError 400 naming its field."""
         ...
 
-    def answer(self, chat: dict[str, Any], request_id: str) -> dict[str, Any]:
-        """A whole chat completion as this API's answer."""
+    def answer(self, chat: dict[str, Any], body: dict[str, Any], request_id: str) -> dict[str, Any]:
+        """A whole chat completion as this API's answer to the chat request `body`."""
         ...
 
     def encoder(self, body: dict[str, Any], request_id: str) -> StreamEncoder:

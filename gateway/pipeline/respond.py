@@ -124,7 +124,7 @@ async def answered(ctx: RequestContext, body: dict[str, Any], bill: Bill) -> Res
     if ctx.cache is not None:
         await ctx.cache.store(body, bill.model, cost)
     if ctx.dialect is not None:
-        body = ctx.dialect.answer(body, ctx.record.request_id)
+        body = ctx.dialect.answer(body, ctx.body, ctx.record.request_id)
     return Response(
         orjson.dumps(body),
         media_type="application/json",
@@ -142,7 +142,7 @@ async def cached(ctx: RequestContext) -> Response:
     if not rec.stream:
         body = hit.body
         if ctx.dialect is not None:
-            body = ctx.dialect.answer(body, rec.request_id)
+            body = ctx.dialect.answer(body, ctx.body, rec.request_id)
         return Response(orjson.dumps(body), media_type="application/json", headers=h)
     encoder = _encoder(ctx)
     chunks = chunks_from_body(ctx.kind, hit.body)

@@ -27,6 +27,8 @@ COST = 7 * 1e-6 + 5 * 2e-6  # the test upstream answers 7 prompt + 5 completion 
 WORST_PROMPT_TOKENS = 41
 WORST = WORST_PROMPT_TOKENS * 1e-6 + 5 * 2e-6
 BODY = {"model": "cheap", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 5}
+# The same request through the Responses API (translated to the same chat body), streamed.
+RESPONSES_BODY = {"model": "cheap", "input": "hello", "max_output_tokens": 5, "stream": True}
 # Embeddings: the worst case is the input's bound (one token per byte, plus 4) at the input
 # price, nothing generated; the upstream reports exactly that bound too.
 EMBED_BODY = {"model": "vectors", "input": "hello"}
@@ -38,6 +40,7 @@ APIS = {
     "chat": ("/v1/chat/completions", BODY, WORST_PROMPT_TOKENS, WORST),
     "messages-stream": ("/v1/messages", {**BODY, "stream": True}, WORST_PROMPT_TOKENS, WORST),
     "embeddings": ("/v1/embeddings", EMBED_BODY, EMBED_WORST_PROMPT_TOKENS, EMBED_WORST),
+    "responses-stream": ("/v1/responses", RESPONSES_BODY, WORST_PROMPT_TOKENS, WORST),
 }
 
 
@@ -123,7 +126,8 @@ def test_two_replicas_never_overrun_one_budget(
         assert answered + refused == 200, f"unexpected statuses: {set(statuses)}"
         assert all(refused_for_budget(api, r) for r in responses if r.status_code == 429)
         if body.get("stream"):  # every answer is a whole stream, ended as its API ends one
-            end = b"message_stop" if api.startswith("messages") else b"[DONE]"
+            ends = {"messages": b"message_stop", "responses": b"event: response.completed"}
+            end = ends.get(api.split("-")[0], b"[DONE]")
             assert all(end in r.content for r in responses if r.status_code == 200)
         # Each answer costs its reservation, so exactly 50 fit: one more would overrun the
         # budget, one fewer would mean a reservation was lost or counted twice.

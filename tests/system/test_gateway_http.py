@@ -12,6 +12,7 @@ import httpx
 import openai
 import pytest
 
+from gateway.accounting.request_log import read_records
 from tests.support.gateway import GatewayProcess
 from tests.support.upstream import Upstream, free_port
 
@@ -284,6 +285,33 @@ def test_client_disconnect_cancels_upstream_and_is_counted(
     assert (row["status"], row["api"]) == (499, api)
     assert 1 <= row["completion_tokens"] < 200
     assert row["cost_usd"] > 0
+
+
+def test_an_abandoned_responses_stream_is_charged_and_logged_once(
+    gateway: GatewayProcess, upstreams: dict[str, Upstream]
+) -> None:
+    """The Responses API's stream (gateway/dialects/responses/) left after its first event:
+    the upstream is cancelled, what was generated is charged, one row with status 499."""
+    upstreams["b"].mode = "drip"
+    before = upstreams["b"].disconnects
+    body = {"model": "strong", "input": "hello", "stream": True}
+    with httpx.stream("POST", gateway.url + "/v1/responses", json=body) as resp:
+        assert resp.status_code == 200
+        request_id = resp.headers["x-routegate-request-id"]
+        lines = resp.iter_lines()
+        assert next(lines) == "event: response.created"
+        assert next(lines).startswith("data: ")
+    deadline = time.time() + 5
+    while upstreams["b"].disconnects == before and time.time() < deadline:
+        time.sleep(0.05)
+    assert upstreams["b"].disconnects == before + 1, "upstream generation was not cancelled"
+    row = gateway.record(request_id)
+    assert (row["api"], row["status"]) == ("responses", 499)
+    assert 1 <= row["completion_tokens"] < 200
+    assert row["cost_usd"] > 0
+    time.sleep(0.5)  # the writer batches: a second row would be written by now
+    rows = [r for r in read_records(gateway.log_path) if r["request_id"] == request_id]
+    assert len(rows) == 1
 
 
 def test_models_health_and_metrics(gateway: GatewayProcess, client: openai.OpenAI) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import orjson
 import pytest
 
@@ -277,6 +278,35 @@ def test_a_stream_that_goes_quiet_is_cut_at_the_idle_timeout(
     assert row["status"] == 504 and "stream_idle_timeout_s" in row["error"]
     # Charged for what was sent, from the usage the upstream reported on each chunk.
     assert (row["prompt_tokens"], row["completion_tokens"], row["usage_exact"]) == (7, 1, 1)
+    assert row["cost_usd"] == pytest.approx(7e-6 + 2e-6)
+
+
+def test_a_responses_stream_that_goes_quiet_ends_in_response_failed(
+    drip_gw: GatewayProcess, drips: dict[str, Upstream]
+) -> None:
+    """The Responses API's stream (gateway/dialects/responses/) broken mid-way: the openai SDK
+    reads a response.failed event naming the setting, and the row is charged what was sent."""
+    up = drips["idle"]
+    up.mode, up.drip_interval_s, up.drip_chunks = "drip", 2.0, 60
+    before = up.disconnects
+    client = openai.OpenAI(base_url=drip_gw.url + "/v1", api_key="unused", max_retries=0)
+    with client.responses.with_streaming_response.create(
+        model="idle", input="hello", stream=True
+    ) as raw:
+        request_id = raw.headers["x-routegate-request-id"]
+        events = list(raw.parse())
+    kinds = [e.type for e in events]
+    assert kinds[:2] == ["response.created", "response.in_progress"]
+    assert kinds[-1] == "response.failed"
+    assert "response.output_text.delta" in kinds and "response.completed" not in kinds
+    failed = events[-1].response  # type: ignore[union-attr]
+    assert failed.status == "failed" and failed.error is not None
+    assert failed.error.code == "server_error"
+    assert "stream_idle_timeout_s" in failed.error.message
+    _wait_disconnect(up, before)
+    row = drip_gw.record(request_id)
+    assert (row["api"], row["status"]) == ("responses", 504)
+    assert (row["completion_tokens"], row["usage_exact"]) == (1, 1)
     assert row["cost_usd"] == pytest.approx(7e-6 + 2e-6)
 
 

@@ -27,7 +27,7 @@ class MessagesApi:
     def parse(self, raw: bytes) -> dict[str, Any]:
         return chat_body(parse_body(raw, MessagesRequest))
 
-    def answer(self, chat: dict[str, Any], request_id: str) -> dict[str, Any]:
+    def answer(self, chat: dict[str, Any], body: dict[str, Any], request_id: str) -> dict[str, Any]:
         return message(chat, request_id)
 
     def encoder(self, body: dict[str, Any], request_id: str) -> MessagesStream:
