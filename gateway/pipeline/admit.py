@@ -45,11 +45,16 @@ def check_api(runtime: Runtime, kind: Kind, name: str, config: RouteConfig | Non
     policy = runtime.policy
     if config is None:
         embedding = policy.models[name].kind == "embedding"
-        what = f"'{name}' is an embedding model" if embedding else f"'{name}' is a chat model"
     else:
         embedding = serves_embeddings(config, policy)
+    wants = kind == "embeddings"
+    if wants == embedding and (config is None or not wants or isinstance(config, FixedRoute)):
+        return  # on every request: the messages below are made only for a refusal
+    if config is None:
+        what = f"'{name}' is an embedding model" if embedding else f"'{name}' is a chat model"
+    else:
         what = f"route '{name}' serves {'embedding' if embedding else 'chat'} models"
-    if kind == "embeddings" and not embedding:
+    if wants and not embedding:
         raise ApiError(
             400,
             f"{what}: POST /v1/embeddings needs an embedding model (`kind: embedding` in the "
@@ -57,20 +62,20 @@ def check_api(runtime: Runtime, kind: Kind, name: str, config: RouteConfig | Non
             code="model_not_embedding",
             param="model",
         )
-    if kind == "embeddings" and config is not None and not isinstance(config, FixedRoute):
+    if wants:
+        assert config is not None  # the early return passed every model and fixed route
         raise ApiError(
             400,
             f"route '{name}' is of kind {config.kind}: only fixed routes serve embeddings",
             code="invalid_route_kind",
             param="model",
         )
-    if kind != "embeddings" and embedding:
-        raise ApiError(
-            400,
-            f"{what}: it answers POST /v1/embeddings only, not {kind} requests",
-            code="model_is_embedding",
-            param="model",
-        )
+    raise ApiError(
+        400,
+        f"{what}: it answers POST /v1/embeddings only, not {kind} requests",
+        code="model_is_embedding",
+        param="model",
+    )
 
 
 async def identify(request: Request, ctx: RequestContext) -> None:
