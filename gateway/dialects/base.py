@@ -9,6 +9,13 @@ from starlette.responses import Response
 
 from gateway.errors import ApiError
 
+H_COST = "x-routegate-cost-usd"
+
+
+def cost_comment(cost: float) -> bytes:
+    """A stream's cost, known only at its end: an SSE comment, which every SDK skips."""
+    return f": {H_COST}={cost:.10f}\n\n".encode()
+
 
 class StreamEncoder(Protocol):
     """One stream's server-sent events, made from the chat chunks as they come (stateful)."""

@@ -19,13 +19,13 @@ from gateway.accounting.request_log import CacheOutcome
 from gateway.backends.base import CallLimits, UpstreamError, UpstreamStream
 from gateway.cache.response_cache import body_from_chunks, chunks_from_body
 from gateway.dialects import StreamEncoder
+from gateway.dialects.base import H_COST, cost_comment
 from gateway.errors import ApiError
 from gateway.pipeline.context import RequestContext
 
 H_REQUEST_ID = "x-routegate-request-id"
 H_ROUTE = "x-routegate-route"
 H_MODEL = "x-routegate-model"
-H_COST = "x-routegate-cost-usd"
 H_FALLBACKS = "x-routegate-fallbacks"
 H_MULTIPLIER = "x-routegate-price-multiplier"  # budget pacing's lambda factor, when paced
 H_QUALITY = "x-routegate-predicted-quality"  # the router's prediction for the chosen model
@@ -108,7 +108,7 @@ class _OpenAIStream:
     def end(self, cost: float) -> bytes:
         # Streams cannot carry the final cost in a header: it comes as an SSE comment, which
         # OpenAI clients ignore, and in the request log.
-        return f": {H_COST}={cost:.10f}\n\ndata: [DONE]\n\n".encode()
+        return cost_comment(cost) + b"data: [DONE]\n\n"
 
 
 def _encoder(ctx: RequestContext) -> StreamEncoder:

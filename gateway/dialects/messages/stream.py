@@ -10,11 +10,10 @@ from typing import Any
 
 import orjson
 
+from gateway.dialects.base import cost_comment
 from gateway.dialects.messages.errors import error_body
 from gateway.dialects.messages.from_chat import message_id, stop_reason, usage
 from gateway.errors import ApiError
-
-H_COST = "x-routegate-cost-usd"
 
 
 def _event(name: str, data: dict[str, Any]) -> bytes:
@@ -107,7 +106,7 @@ class MessagesStream:
 
     def end(self, cost: float) -> bytes:
         # The cost as an SSE comment, which the SDKs skip, as on the OpenAI endpoints.
-        comment = f": {H_COST}={cost:.10f}\n\n".encode()
+        comment = cost_comment(cost)
         if self._broke:
             return comment
         out = [] if self._started else self._start(None)

@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 
+from gateway.dialects.base import cost_comment
 from gateway.dialects.responses.from_chat import (
     call_item,
     call_item_id,
@@ -21,8 +22,6 @@ from gateway.dialects.responses.from_chat import (
     text_item,
 )
 from gateway.errors import ApiError
-
-H_COST = "x-routegate-cost-usd"
 
 
 class ResponsesStream:
@@ -214,7 +213,7 @@ class ResponsesStream:
 
     def end(self, cost: float) -> bytes:
         # The cost as an SSE comment, which the SDKs skip, as on the chat endpoints.
-        comment = f": {H_COST}={cost:.10f}\n\n".encode()
+        comment = cost_comment(cost)
         if self._broke:
             return comment
         out = [] if self._started else self._start()
