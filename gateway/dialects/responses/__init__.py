@@ -1,6 +1,6 @@
 """OpenAI's Responses API (`POST /v1/responses`, its stateless subset) in front of the chat
 pipeline: `protocol` checks the request, `to_chat` and `from_chat` translate, `stream`
-makes the typed Responses events from chat chunks, `errors` shapes the errors (OpenAI's)."""
+makes the typed Responses events from chat chunks; errors are OpenAI's (ApiError's own)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from typing import Any
 
 from starlette.responses import Response
 
-from gateway.dialects.responses.errors import error_response
 from gateway.dialects.responses.from_chat import answer
 from gateway.dialects.responses.protocol import ResponsesRequest
 from gateway.dialects.responses.stream import ResponsesStream
@@ -34,7 +33,7 @@ class ResponsesApi:
         return ResponsesStream(body, request_id)
 
     def error(self, err: ApiError, headers: Mapping[str, str] | None = None) -> Response:
-        return error_response(err, headers)
+        return err.response(headers)  # Responses errors are OpenAI's own
 
 
 __all__ = ["ResponsesApi"]
