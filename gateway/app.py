@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,8 +32,8 @@ from gateway.admission.guard import (
 from gateway.admission.price_multiplier import Pacers
 from gateway.backends.http_client import new_upstream_client
 from gateway.dashboard import mount_dashboard
+from gateway.dialects import Dialect
 from gateway.dialects.messages import MessagesApi
-from gateway.dialects.messages.errors import error_response as anthropic_error
 from gateway.dialects.responses import ResponsesApi
 from gateway.errors import ApiError
 from gateway.feedback.endpoint import feedback
@@ -156,26 +156,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.router.add_route("/v1/embeddings", embeddings, methods=["POST"])
     app.router.add_route("/v1/feedback", feedback, methods=["POST"])
 
-    # Other APIs, translated to chat and back over the same pipeline (gateway/dialects/).
-    messages_api = MessagesApi()
+    # Other APIs, translated to chat and back over the same pipeline (gateway/dialects/). Errors
+    # under their paths, the app's own included (404, 413, validation), are in their shapes.
+    dialects: dict[str, Dialect] = {"/v1/messages": MessagesApi(), "/v1/responses": ResponsesApi()}
 
-    async def messages(request: Request) -> Response:
-        services = request.app.state.services
-        return await handle(request, "chat", runtime_of(request), services, messages_api)
+    def spoken(dialect: Dialect) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            services = request.app.state.services
+            return await handle(request, "chat", runtime_of(request), services, dialect)
+
+        return endpoint
 
     async def messages_count_tokens(request: Request) -> Response:
         return await count_tokens(request, runtime_of(request), request.app.state.services)
 
-    app.router.add_route("/v1/messages", messages, methods=["POST"])
+    for path, dialect in dialects.items():
+        app.router.add_route(path, spoken(dialect), methods=["POST"])
     app.router.add_route("/v1/messages/count_tokens", messages_count_tokens, methods=["POST"])
-
-    responses_api = ResponsesApi()
-
-    async def responses(request: Request) -> Response:
-        services = request.app.state.services
-        return await handle(request, "chat", runtime_of(request), services, responses_api)
-
-    app.router.add_route("/v1/responses", responses, methods=["POST"])
 
     app.include_router(admin_router)
     mount_dashboard(app, settings)
@@ -194,8 +191,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     def shaped(request: Request, err: ApiError) -> Response:
         """The error in the shape of the API the path belongs to."""
-        if request.url.path.startswith("/v1/messages"):
-            return anthropic_error(err)
+        path = request.url.path
+        for prefix, dialect in dialects.items():
+            if path.startswith(prefix):
+                return dialect.error(err)
         return err.response()
 
     @app.exception_handler(ApiError)
