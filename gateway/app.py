@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import time
@@ -49,6 +50,7 @@ from gateway.reloader import PolicyHolder
 from gateway.route_errors import http_error
 from gateway.runtime import BackendFactory, Runtime
 from gateway.state import StateUnavailable, open_state
+from gateway.tracing import Tracing, from_env
 from policies.loader import example_policy_path
 
 log = logging.getLogger("routegate")
@@ -69,6 +71,8 @@ class Settings:
     body_timeout_s: float = 60.0
     # Builds each model's backend instead of vLLM pools and litellm: a test seam (a fake backend).
     backend_factory: BackendFactory | None = None
+    # Spans go where OTEL_* say (off unless set); a test seam: a provider of its own.
+    tracing: Tracing | None = None
 
 
 def _json(data: Any, status: int = 200) -> Response:
@@ -91,6 +95,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        tracing = settings.tracing or from_env()
         client = new_upstream_client()
         metrics = Metrics()
         holder = PolicyHolder(settings.policy_path, client, metrics, settings.backend_factory)
@@ -110,7 +115,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.holder = holder
         pacers = Pacers(state, request_log.path)
         feedback_service = FeedbackService(request_log, state)
-        app.state.services = Services(request_log, metrics, Access(state), pacers, feedback_service)
+        app.state.services = Services(
+            request_log, metrics, Access(state), pacers, feedback_service, tracing=tracing
+        )
         app.state.started = time.time()
         if settings.watch_policy:
             holder.watch()
@@ -125,6 +132,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await client.aclose()
             await state.aclose()
             request_log.close()
+            await asyncio.to_thread(tracing.shutdown)  # the spans still batched, exported
 
     app = FastAPI(
         title="Routegate", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None

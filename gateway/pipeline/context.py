@@ -19,6 +19,7 @@ from gateway.feedback.service import FeedbackService
 from gateway.metrics import Metrics
 from gateway.runtime import Runtime
 from gateway.state import VirtualKey
+from gateway.tracing import RequestSpan, Tracing
 from policies.schema import RouteConfig
 
 log = logging.getLogger("routegate.pipeline")
@@ -56,6 +57,7 @@ class Services:
     pacers: Pacers
     feedback: FeedbackService  # explicit and implicit feedback, and learning from it
     ids: RequestIds = field(default_factory=RequestIds)
+    tracing: Tracing = field(default_factory=Tracing)  # off unless OTEL_* configure it
 
 
 @dataclass(slots=True)
@@ -92,6 +94,7 @@ class RequestContext:
     body: dict[str, Any] = field(default_factory=dict)  # admit: the parsed request
     config: RouteConfig | None = None  # admit: the route's policy (None: a model by name)
     cache: CacheUse | None = None  # cache: the route's cache entry for this request
+    trace: RequestSpan | None = None  # its SERVER span, when tracing (pipeline/spans.py)
 
 
 def start(
