@@ -216,7 +216,11 @@ async def test_a_stream_span_ends_with_the_stream_and_its_usage(
         async with gw.client.stream(
             "POST",
             "/v1/chat/completions",
-            json={"model": "strong", "stream": True, "messages": [{"role": "user", "content": "x"}]},
+            json={
+                "model": "strong",
+                "stream": True,
+                "messages": [{"role": "user", "content": "x"}],
+            },
         ) as resp:
             assert resp.status_code == 200
             body = b"".join([chunk async for chunk in resp.aiter_bytes()])
@@ -265,7 +269,11 @@ async def test_a_messages_request_is_traced_too(
     async with in_process_gateway(POLICY, tmp_path, fakes(), tracing=tracing) as gw:
         resp = await gw.client.post(
             "/v1/messages",
-            json={"model": "cheap", "max_tokens": 8, "messages": [{"role": "user", "content": "x"}]},
+            json={
+                "model": "cheap",
+                "max_tokens": 8,
+                "messages": [{"role": "user", "content": "x"}],
+            },
         )
         assert resp.status_code == 200, resp.text
     server = one(exporter.get_finished_spans(), "POST /v1/messages")
