@@ -104,31 +104,47 @@ def exporter_names(environ: Mapping[str, str]) -> list[str]:
     return [n.strip() for n in names.split(",") if n.strip() and n.strip().lower() != "none"]
 
 
+def exporter_classes(names: list[str]) -> list[type[Any]]:
+    """The SDK's exporter class for each name ("otlp" by the protocol in
+    OTEL_EXPORTER_OTLP[_TRACES]_PROTOCOL: grpc or http/protobuf), found by its entry points;
+    ValueError naming the variable for a name or protocol it does not know."""
+    from opentelemetry.sdk._configuration import _get_exporter_entry_point, _import_exporters
+
+    try:
+        entry_points = [_get_exporter_entry_point(name, "traces") for name in names]
+        exporters, _, _ = _import_exporters(entry_points, [], [])
+    except RuntimeError as exc:
+        raise ValueError(f"OTEL_TRACES_EXPORTER={','.join(names)}: {exc}") from None
+    return list(exporters.values())
+
+
+def check_env() -> None:
+    """ValueError when the OTEL_* variables name an exporter that cannot be loaded (for the
+    CLI, before the port is bound); nothing is started."""
+    names = exporter_names(os.environ)
+    if names:
+        exporter_classes(names)
+
+
 def from_env() -> Tracing:
     """Tracing as the OTEL_* variables say: off (no SDK loaded) unless an exporter is named.
-    An exporter that cannot be loaded is a start-up error (ValueError) naming the variable."""
+    An exporter that cannot be loaded is a start-up error (ValueError) naming the variable.
+    Called in each process that serves (after any fork: the batching thread is per process)."""
     names = exporter_names(os.environ)
     if not names:
         return Tracing()
     # Imported here: a gateway that does not trace never loads the SDK or the exporters.
-    from opentelemetry.sdk._configuration import _get_exporter_entry_point, _import_exporters
     from opentelemetry.sdk.resources import SERVICE_NAME as SERVICE_KEY
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-    try:
-        # The SDK's own choice of exporter class for each name ("otlp" by the protocol in
-        # OTEL_EXPORTER_OTLP[_TRACES]_PROTOCOL: grpc or http/protobuf), by its entry points.
-        entry_points = [_get_exporter_entry_point(name, "traces") for name in names]
-        exporters, _, _ = _import_exporters(entry_points, [], [])
-    except RuntimeError as exc:
-        raise ValueError(f"OTEL_TRACES_EXPORTER={','.join(names)}: {exc}") from None
+    exporters = exporter_classes(names)
     # OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES, when set, take precedence over this.
     resource = Resource({SERVICE_KEY: SERVICE_NAME}).merge(Resource.create())
     # TracerProvider takes its sampler from OTEL_TRACES_SAMPLER[_ARG] (parentbased_always_on).
     provider = TracerProvider(resource=resource)
-    for exporter in exporters.values():
+    for exporter in exporters:
         provider.add_span_processor(BatchSpanProcessor(exporter()))
     log.info("tracing on: exporting spans to %s", ", ".join(names))
     return Tracing.of(provider)

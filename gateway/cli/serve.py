@@ -77,6 +77,7 @@ def serve(
 
     from gateway.app import Settings, create_app
     from gateway.http_server import ServerLimits, guarded_protocol
+    from gateway.tracing import check_env as check_tracing_env
 
     path = policy or example_policy_path()
     try:
@@ -84,6 +85,11 @@ def serve(
     except PolicyError as exc:
         for problem in exc.problems:
             typer.echo(str(problem), err=True)
+        raise typer.Exit(1) from None
+    try:
+        check_tracing_env()  # a bad OTEL_* exporter or protocol, named before binding too
+    except ValueError as exc:
+        typer.echo(f"routegate serve: {exc}", err=True)
         raise typer.Exit(1) from None
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -6,6 +6,8 @@ flushed when the gateway stops; with no OTEL_* nothing is traced."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -152,3 +154,18 @@ def test_without_otel_variables_nothing_is_traced(
         gw.stop()
     assert receiver.posts == 0 and receiver.spans == []
     assert "traceparent" not in upstream.headers[0]  # the caller's is not passed on either
+
+
+@pytest.mark.usefixtures("no_otel_env")
+def test_a_bad_otel_setting_is_named_before_serving(tmp_path: Path) -> None:
+    env = {**os.environ, "OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/xml"}
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "serve", "--port", str(free_port())],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert "OTEL_TRACES_EXPORTER=otlp: Unsupported OTLP protocol 'http/xml'" in done.stderr
+    assert "Traceback" not in done.stderr
