@@ -196,6 +196,26 @@ async def test_an_upstream_failure_is_an_error_span(
     assert one(spans, "chat down").status.status_code == StatusCode.ERROR
 
 
+async def test_a_bug_in_the_gateway_is_an_error_of_its_exception_type(
+    tmp_path: Path, exporter: InMemorySpanExporter, tracing: Tracing
+) -> None:
+    def broken(call: UpstreamCall) -> Reply:
+        raise RuntimeError("a bug")
+
+    async with in_process_gateway(
+        POLICY, tmp_path, FakeBackends({"cheap": broken}), tracing=tracing
+    ) as gw:
+        resp = await gw.chat("cheap")
+        assert resp.status_code == 500, resp.text
+    spans = exporter.get_finished_spans()
+    server = one(spans, "POST /v1/chat/completions")
+    assert server.status.status_code == StatusCode.ERROR
+    assert (server.attributes or {})["error.type"] == "RuntimeError"
+    assert [e.name for e in server.events] == ["exception"]
+    call = one(spans, "chat cheap")
+    assert (call.attributes or {})["error.type"] == "RuntimeError"
+
+
 async def test_a_client_error_is_not_a_server_error(
     tmp_path: Path, exporter: InMemorySpanExporter, tracing: Tracing
 ) -> None:
@@ -314,9 +334,12 @@ def test_an_unknown_exporter_is_an_error_naming_the_variable(
         from_env()
 
 
-def test_the_env_builds_a_batching_otlp_http_provider(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(("protocol", "module"), [("http/protobuf", "http"), ("grpc", "grpc")])
+def test_the_env_builds_a_batching_otlp_provider(
+    monkeypatch: pytest.MonkeyPatch, protocol: str, module: str
+) -> None:
     monkeypatch.setenv("OTEL_TRACES_EXPORTER", "otlp")
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
     monkeypatch.setenv("OTEL_SERVICE_NAME", "gw-test")
     tracing = from_env()
@@ -327,7 +350,7 @@ def test_the_env_builds_a_batching_otlp_http_provider(monkeypatch: pytest.Monkey
         (processor,) = provider._active_span_processor._span_processors
         assert type(processor).__name__ == "BatchSpanProcessor"
         exporter = processor._batch_processor._exporter  # type: ignore[attr-defined]
-        assert type(exporter).__module__.startswith("opentelemetry.exporter.otlp.proto.http")
+        assert type(exporter).__module__.startswith(f"opentelemetry.exporter.otlp.proto.{module}")
     finally:
         if tracing.provider is not None:
             tracing.provider.shutdown()
