@@ -84,6 +84,15 @@ class RequestSpan:
 
     span: Span
     error_type: str | None = None
+    ended: bool = False
+
+    def end(self) -> bool:
+        """End the span; False when it had already ended (nothing is done then)."""
+        if self.ended:
+            return False
+        self.ended = True
+        self.span.end()
+        return True
 
 
 def _flag(environ: Mapping[str, str], name: str) -> bool:

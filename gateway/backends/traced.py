@@ -274,6 +274,7 @@ class TracedStream:
             self._calls.answered(
                 span, self._model, inner.usage, inner.endpoint, inner.provider_cost_usd
             )
+            span.set_attribute("gen_ai.response.model", self._model)  # chunks carry its name
             if not self._finished:
                 span.set_attribute("routegate.stream.closed_early", True)
         failed = list(getattr(inner, "attempts", [])[:-1])

@@ -62,8 +62,9 @@ async def traced(request: Request, ctx: RequestContext, handle: Handle) -> Respo
         try:
             return await handle(request, ctx)
         except BaseException as exc:  # cancelled (the client went away): no row, no finish
-            fail(span, type(exc).__qualname__)
-            span.end()
+            if not trace.ended:
+                fail(span, type(exc).__qualname__)
+                trace.end()
             raise
 
 
@@ -77,6 +78,8 @@ def internal_error(ctx: RequestContext, exc: Exception) -> None:
 def _finish(ctx: RequestContext, trace: RequestSpan) -> None:
     """How the request ended, on its span, which ends here."""
     rec, notes, span = ctx.record, ctx.notes, trace.span
+    if trace.ended:
+        return
     attributes: dict[str, Any] = {
         "http.response.status_code": rec.status,
         "routegate.stream": rec.stream,
@@ -112,7 +115,7 @@ def _finish(ctx: RequestContext, trace: RequestSpan) -> None:
         fail(span, trace.error_type or str(rec.status), rec.error)
     elif rec.status >= 400:
         span.set_attribute("error.type", str(rec.status))
-    span.end()
+    trace.end()
 
 
 def routed(span: Span, ctx: RequestContext, plan: Plan) -> None:

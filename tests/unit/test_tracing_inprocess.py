@@ -255,6 +255,7 @@ async def test_a_stream_span_ends_with_the_stream_and_its_usage(
     call = one(spans, "chat strong")
     assert parent_of(call) == server.context.span_id
     assert (call.attributes or {})["gen_ai.usage.output_tokens"] == 5
+    assert (call.attributes or {})["gen_ai.response.model"] == "strong"
     assert call.end_time is not None and server.end_time is not None
     assert call.end_time <= server.end_time
 
