@@ -37,6 +37,11 @@ models:
     provider: vllm
     endpoints: [http://down.invalid/v1]
     pricing: {input_per_1m: 1.0, output_per_1m: 1.0}
+  vec:
+    provider: vllm
+    kind: embedding
+    endpoints: [http://vec.invalid/v1]
+    pricing: {input_per_1m: 1.0, output_per_1m: 0}
 routes:
   smart:
     kind: cost_aware
@@ -53,6 +58,9 @@ routes:
     models: [cheap, strong]
     confidence: {method: mean_logprob, threshold: -1.0}
     stream_hold_tokens: 2
+  vectors:
+    models: [vec]
+    cache: {scope: global}
 """
 
 CHEAP_COST = 7 * 1e-6 + 5 * 2e-6
@@ -300,6 +308,23 @@ async def test_a_messages_request_is_traced_too(
     server = one(exporter.get_finished_spans(), "POST /v1/messages")
     attrs = dict(server.attributes or {})
     assert attrs["routegate.api"] == "messages" and attrs["gen_ai.request.max_tokens"] == 8
+
+
+async def test_embeddings_and_a_cache_hit(
+    tmp_path: Path, exporter: InMemorySpanExporter, tracing: Tracing
+) -> None:
+    async with in_process_gateway(POLICY, tmp_path, fakes(), tracing=tracing) as gw:
+        for _ in range(2):
+            resp = await gw.client.post("/v1/embeddings", json={"model": "vectors", "input": "x"})
+            assert resp.status_code == 200, resp.text
+    spans = exporter.get_finished_spans()
+    servers = by_name(spans, "POST /v1/embeddings")
+    assert [(s.attributes or {})["gen_ai.operation.name"] for s in servers] == ["embeddings"] * 2
+    assert [(s.attributes or {})["routegate.cache.hit"] for s in servers] == [False, True]
+    lookups = by_name(spans, "routegate.cache")
+    assert [(s.attributes or {})["routegate.cache.hit"] for s in lookups] == [False, True]
+    (call,) = by_name(spans, "embeddings vec")  # the hit called no model
+    assert parent_of(call) == servers[0].context.span_id
 
 
 async def test_off_makes_no_span_and_sends_no_header(tmp_path: Path) -> None:
