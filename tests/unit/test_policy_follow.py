@@ -162,3 +162,19 @@ async def test_the_memory_store_keeps_the_file_as_the_source(tmp_path: Path) -> 
         ready = (await gw.client.get("/readyz")).json()
     assert ready["policy_source"] == "file" and ready["policy_id"] is None
     assert ready["replica"]  # the host name unless `serve --replica` names it
+
+
+def test_cli_apply_refuses_the_memory_store_and_names_bad_lines(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from gateway.cli import app
+
+    file = tmp_path / "policy.yaml"
+    file.write_text(POLICY)  # state.url defaults to memory
+    result = CliRunner().invoke(app, ["policy", "apply", str(file), "--author", "ana"])
+    assert result.exit_code == 1
+    assert "state.url is 'memory'" in result.output and "the source" in result.output
+    file.write_text(POLICY.replace("[alpha]}", "[gamma]}"))
+    result = CliRunner().invoke(app, ["policy", "apply", str(file), "--author", "ana"])
+    assert result.exit_code == 1 and f"{file}:" in result.output
+    assert "routes.main.models" in result.output
