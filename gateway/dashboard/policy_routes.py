@@ -21,6 +21,7 @@ from gateway.dashboard.common import (
 )
 from gateway.errors import ApiError
 from gateway.reloader import PolicyHolder
+from gateway.state import StateUnavailable
 from policies.diff import diff_policies
 from policies.loader import PolicyError, PolicyTooLarge, Problem, parse_policy
 
@@ -99,15 +100,20 @@ async def _fleet(holder: PolicyHolder, policy_id: int | None = None) -> dict[str
     state = holder.state
     if not holder.following or state is None:
         return {**here, "latest": None, "replicas": [], "reports": []}
-    latest_id = await state.policy_latest_id()
-    wanted = policy_id or latest_id
-    latest = await state.policy_get(latest_id) if latest_id else None
+    try:
+        latest_id = await state.policy_latest_id()
+        wanted = policy_id or latest_id
+        latest = await state.policy_get(latest_id) if latest_id else None
+        replicas = await state.policy_replicas()
+        reports = await state.policy_reports(wanted) if wanted else []
+    except StateUnavailable as exc:  # the page still shows what serves here
+        return {**here, "latest": None, "replicas": [], "reports": [], "store_error": str(exc)}
     return {
         **here,
         "latest": latest.summary() if latest else None,
         "reports_for": wanted or None,
-        "replicas": [r.as_dict() for r in await state.policy_replicas()],
-        "reports": [r.as_dict() for r in await state.policy_reports(wanted)] if wanted else [],
+        "replicas": [r.as_dict() for r in replicas],
+        "reports": [r.as_dict() for r in reports],
     }
 
 

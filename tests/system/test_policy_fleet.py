@@ -203,7 +203,9 @@ def test_the_cli_publishes_and_a_later_replica_serves_the_latest(fleet: Fleet) -
         assert f"  {name}: loaded" in done.stdout, done.stdout
     for gw in fleet.replicas.values():
         wait_for(gw, policy_id)
-    print(f"\nCLI apply v{policy_id}: all three serve it {time.monotonic() - started:.2f} s after")
+    print(
+        f"\nCLI apply v{policy_id}: all three serve it {time.monotonic() - started:.2f} s after the CLI started"
+    )
     late = fleet.start("d", with_router=False)
     status = ready(late)
     assert (status["policy_id"], status["policy_source"]) == (policy_id, "shared")
