@@ -178,3 +178,38 @@ def test_cli_apply_refuses_the_memory_store_and_names_bad_lines(tmp_path: Path) 
     result = CliRunner().invoke(app, ["policy", "apply", str(file), "--author", "ana"])
     assert result.exit_code == 1 and f"{file}:" in result.output
     assert "routes.main.models" in result.output
+
+
+async def test_the_policy_page_publishes_when_the_store_is_shared(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ROUTEGATE_MASTER_KEY", "master")
+    auth = {"authorization": "Bearer master"}
+    async with in_process_gateway(POLICY, tmp_path) as gw:
+        store = gw.holder.state
+        assert store is not None
+        await gw.holder.follow(store)  # what the app does for a redis:// store
+        resp = await gw.client.post(
+            "/dashboard/policy/apply", json={"text": EDITED, "who": "ana"}, headers=auth
+        )
+        assert resp.status_code == 200, resp.text
+        body = resp.json()
+        assert (body["policy_id"], body["policy_source"]) == (1, "shared")
+        assert body["version"] == policy_version(EDITED) and "shared v1" in body["note"]
+        assert gw.settings.policy_path.read_text() == POLICY  # the file is not the source now
+        assert (await gw.chat("main", key="master")).headers["x-routegate-model"] == "beta"
+        view = (await gw.client.get("/dashboard/policy/replicas.json", headers=auth)).json()
+        assert view["source"] == "shared" and view["latest"]["author"] == "ana"
+        assert [(r["replica"], r["ok"], r["serving_id"]) for r in view["reports"]] == [
+            (gw.holder.replica, True, 1)
+        ]
+        bad = await gw.client.post(  # rejected here: nothing is published
+            "/dashboard/policy/apply",
+            json={"text": POLICY.replace("[alpha]}", "[gamma]}"), "who": "ana"},
+            headers=auth,
+        )
+        assert bad.status_code == 400 and await store.policy_latest_id() == 1
+        page = (await gw.client.get("/dashboard/policy", headers=auth)).text
+        assert 'id="policy-id">v1<' in page and 'data-replica="' in page
+        ready = (await gw.client.get("/readyz", headers=auth)).json()
+        assert (ready["policy_id"], ready["policy_source"]) == (1, "shared")
