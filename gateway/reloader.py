@@ -203,6 +203,13 @@ class PolicyHolder:
         assert self._shared is not None
         async with self._lock:
             latest = await self._shared.policy_latest_id()
+            if latest < self._seen_id:
+                # The count went back: the store lost its data (a Redis restart without
+                # persistence). Numbering starts again, so must this replica's.
+                log.warning(
+                    "the shared store's policy count went back to %s: it was emptied", latest
+                )
+                self._seen_id = 0
             if latest <= self._seen_id:
                 return
             record = await self._shared.policy_get(latest)

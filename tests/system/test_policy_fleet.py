@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 
 from gateway.runtime import policy_version
 from tests.support.gateway import GatewayProcess
@@ -58,6 +59,8 @@ class Fleet:
     base: str  # the policy every replica's file holds
     replicas: dict[str, GatewayProcess]
     root: Path
+    redis_url: str
+    prefix: str
 
     def start(self, name: str, with_router: bool = True) -> GatewayProcess:
         folder = self.root / name
@@ -74,10 +77,9 @@ class Fleet:
 @pytest.fixture(scope="module")
 def fleet(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     a, b = Upstream("alpha").start(), Upstream("beta").start()
-    base = POLICY.format(
-        redis=redis_url, prefix=f"fleet-{uuid.uuid4().hex[:8]}", a=a.base_url, b=b.base_url
-    )
-    fleet = Fleet(base, {}, tmp_path_factory.mktemp("fleet"))
+    prefix = f"fleet-{uuid.uuid4().hex[:8]}"
+    base = POLICY.format(redis=redis_url, prefix=prefix, a=a.base_url, b=b.base_url)
+    fleet = Fleet(base, {}, tmp_path_factory.mktemp("fleet"), redis_url, prefix)
     try:
         fleet.start("a")
         fleet.start("b")
@@ -210,3 +212,22 @@ def test_the_cli_publishes_and_a_later_replica_serves_the_latest(fleet: Fleet) -
     status = ready(late)
     assert (status["policy_id"], status["policy_source"]) == (policy_id, "shared")
     assert status["policy_version"] == policy_version(text) and status["replica"] == "d"
+
+
+def test_a_store_that_lost_its_policies_is_followed_again(fleet: Fleet) -> None:
+    """A Redis restart without persistence: numbering starts again at v1, and every replica
+    follows the new v1 although it once served a higher number."""
+    raw = redis.Redis.from_url(fleet.redis_url)
+    try:
+        gone = [k for k in raw.scan_iter(f"{fleet.prefix}:policy:*")]
+        assert gone and raw.delete(*gone) == len(gone)
+    finally:
+        raw.close()
+    time.sleep(2.5)  # the replicas notice the count went back
+    text = fleet.base.replace("main: {models: [alpha]}", "main: {models: [beta, alpha]}")
+    resp = apply(fleet.replicas["b"], text, "after-restart")
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["policy_id"] == 1
+    for gw in fleet.replicas.values():
+        wait_for(gw, 1)
+        assert ready(gw)["policy_version"] == policy_version(text)
