@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -49,7 +50,7 @@ from gateway.pipeline.count_tokens import count_tokens
 from gateway.reloader import PolicyHolder
 from gateway.route_errors import http_error
 from gateway.runtime import BackendFactory, Runtime
-from gateway.state import StateUnavailable, open_state
+from gateway.state import StateUnavailable, is_memory_url, open_state
 from gateway.tracing import Tracing, from_env
 from policies.loader import example_policy_path
 
@@ -71,6 +72,9 @@ class Settings:
     body_timeout_s: float = 60.0
     # Builds each model's backend instead of vLLM pools and litellm: a test seam (a fake backend).
     backend_factory: BackendFactory | None = None
+    # This process's name among the replicas (`serve --replica`): in the shared store's policy
+    # reports, /readyz and the dashboard.
+    replica: str = field(default_factory=socket.gethostname)
     # Spans go where OTEL_* say (off unless set); a test seam: a provider of its own.
     tracing: Tracing | None = None
 
@@ -98,7 +102,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         tracing = settings.tracing or from_env()
         client = new_upstream_client()
         metrics = Metrics()
-        holder = PolicyHolder(settings.policy_path, client, metrics, settings.backend_factory)
+        holder = PolicyHolder(
+            settings.policy_path, client, metrics, settings.backend_factory, settings.replica
+        )
         runtime = await holder.load()  # a bad policy is fatal here: PolicyError names the lines
         # The state store is chosen at start-up; a reload that changes it needs a restart.
         config = runtime.policy.state
@@ -111,6 +117,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         holder.state = state
         runtime.bind_state(state)
+        if not is_memory_url(config.url):
+            # Several replicas: the policy published in the store wins over the file.
+            await holder.follow(state)
         request_log = RequestLog(settings.log_path)
         app.state.holder = holder
         pacers = Pacers(state, request_log.path)
@@ -284,6 +293,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return _json(body, status)
         body.update(
             policy_version=runtime.version if runtime else None,
+            policy_id=holder.policy_id,
+            policy_source=holder.source,
+            replica=holder.replica,
             healthy_models=healthy,
             state_error=state_error,
             last_reload_error=str(holder.last_error) if holder.last_error else None,

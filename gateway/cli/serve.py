@@ -64,6 +64,13 @@ def serve(
             help="Bytes of request line and headers allowed (431).",
         ),
     ] = 32 * 1024,
+    replica: Annotated[
+        str | None,
+        typer.Option(
+            envvar="ROUTEGATE_REPLICA",
+            help="This replica's name in the shared store's policy reports; default host:port.",
+        ),
+    ] = None,
     keep_alive_timeout: Annotated[
         int,
         typer.Option(
@@ -73,6 +80,8 @@ def serve(
     ] = 5,
 ) -> None:
     """Run the gateway (one uvicorn worker)."""
+    import socket
+
     import uvicorn
 
     from gateway.app import Settings, create_app
@@ -106,6 +115,7 @@ def serve(
                 watch_policy=watch,
                 policy_history_path=policy_history,
                 body_timeout_s=body_timeout,
+                replica=replica or f"{socket.gethostname()}:{port}",
             )
         ),
         host=host,
