@@ -26,7 +26,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import psycopg.conninfo
-from tenacity import RetryCallState, wait_exponential_jitter
+from tenacity import RetryCallState, wait_exponential, wait_random
 
 from gateway.accounting.log_store.reader import LogError, Traffic, decode_row
 from gateway.accounting.log_store.spool import FEEDBACK, REQUEST, Spool, SpoolEntry
@@ -115,7 +115,9 @@ class PostgresSink:
         self.spooled_total = 0  # rows this process put in the spool
         self.replayed_total = 0  # rows it replayed from the spool into Postgres
         self.last_error: str | None = None
-        self._wait = wait_exponential_jitter(initial=0.2, max=5.0, jitter=0.5)
+        # 0.2 s, 0.4 s, ... up to 5 s between tries, each plus up to 0.5 s of jitter, so a
+        # fleet's replicas do not all knock at once when Postgres returns.
+        self._wait = wait_exponential(multiplier=0.2, max=5.0) + wait_random(0, 0.5)
         if self._spool.depth:
             log.warning(
                 "%s: %d rows left in the spool by an earlier process; replaying them first",
