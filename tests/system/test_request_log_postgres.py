@@ -269,11 +269,16 @@ def test_a_spool_left_by_a_crash_is_replayed_at_start_up(postgres_url: str, tmp_
     spool.append([SpoolEntry(REQUEST, row(i)) for i in range(5)])
     spool.append([SpoolEntry(FEEDBACK, FeedbackRecord("rg-3", "user", 0.5, 9.0).row())])
     spool.close()
+    # And a spool of another process that died (a worker's), beside ours.
+    orphan = Spool(tmp_path / "spool.4242.jsonl")
+    orphan.append([SpoolEntry(REQUEST, row(i)) for i in range(4, 7)])
+    orphan.close()
     log = open_log(postgres_url, tmp_path)  # replays before taking new rows
-    assert log.status()["spool_depth"] == 0 and log.status()["replayed_total"] == 6
+    assert log.status()["spool_depth"] == 0 and log.status()["replayed_total"] == 9
     log.close()
-    assert [r["request_id"] for r in rows_of(postgres_url)] == [f"rg-{i}" for i in range(5)]
+    assert [r["request_id"] for r in rows_of(postgres_url)] == [f"rg-{i}" for i in range(7)]
     assert (tmp_path / "spool.jsonl").read_bytes() == b""
+    assert (tmp_path / "spool.4242.jsonl").read_bytes() == b""
 
 
 def test_migrations_are_versioned_and_applied_once(postgres_url: str, tmp_path: Path) -> None:

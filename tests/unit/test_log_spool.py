@@ -5,6 +5,7 @@ tests/system/test_request_log_postgres.py.)"""
 
 from __future__ import annotations
 
+import os
 import socket
 from pathlib import Path
 
@@ -121,3 +122,19 @@ def test_an_unreachable_postgres_spools_every_row_and_a_restart_keeps_them(
 def test_a_malformed_url_fails_at_start_up(tmp_path: Path) -> None:
     with pytest.raises(LogError, match="not a usable Postgres URL"):
         open_request_log("postgresql://u@h:1/db?nosuchoption=1", spool_path=tmp_path / "s")
+
+
+def test_a_second_process_on_the_same_spool_takes_one_of_its_own(tmp_path: Path) -> None:
+    url = f"postgresql://routegate@127.0.0.1:{closed_port()}/log"
+    path = tmp_path / "spool.jsonl"
+    first = open_request_log(url, spool_path=path, window_s=0.01)
+    second = open_request_log(url, spool_path=path, window_s=0.01)  # another worker, say
+    try:
+        assert first.status()["spool"] == str(path)
+        assert second.status()["spool"] == str(tmp_path / f"spool.{os.getpid()}.jsonl")
+        second.write(RequestRecord("rg-2", 2.0, "chat", False))
+        assert second.flush() and second.status()["spool_depth"] == 1
+        assert first.status()["spool_depth"] == 0
+    finally:
+        first.close()
+        second.close()

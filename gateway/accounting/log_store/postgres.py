@@ -17,6 +17,7 @@ connection of each process, under an advisory lock so replicas starting together
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Iterator
 from importlib.resources import files
@@ -29,7 +30,7 @@ import psycopg.conninfo
 from tenacity import RetryCallState, wait_exponential, wait_random
 
 from gateway.accounting.log_store.reader import LogError, Traffic, decode_row
-from gateway.accounting.log_store.spool import FEEDBACK, REQUEST, Spool, SpoolEntry
+from gateway.accounting.log_store.spool import FEEDBACK, REQUEST, Spool, SpoolEntry, SpoolError
 from gateway.accounting.request_log import COLUMNS, FEEDBACK_COLUMNS
 
 log = logging.getLogger("routegate.log")
@@ -88,6 +89,17 @@ def migrate(conn: psycopg.Connection[Any], url: str) -> None:
         conn.commit()
 
 
+def _own_spool(path: Path) -> Spool:
+    """The spool at `path`, or, when another live process holds it (another worker of this
+    replica), one of this process's own beside it (PATH-STEM.PID.jsonl)."""
+    try:
+        return Spool(path)
+    except SpoolError:
+        own = path.with_name(f"{path.stem}.{os.getpid()}{path.suffix}")
+        log.info("request log: %s is another process's; spooling to %s", path, own)
+        return Spool(own)
+
+
 class LogCounters(Protocol):
     """Where the sink counts what it spooled (gateway.metrics.Metrics has these)."""
 
@@ -107,7 +119,8 @@ class PostgresSink:
         except psycopg.ProgrammingError as exc:
             raise LogError(f"{self.location}: not a usable Postgres URL: {exc}") from None
         self._counters = counters
-        self._spool = Spool(spool_path)
+        self._base_path = Path(spool_path)
+        self._spool = _own_spool(self._base_path)
         self._conn: psycopg.Connection[Any] | None = None
         self._migrated = False
         self._failures = 0
@@ -234,35 +247,59 @@ class PostgresSink:
         self._report_depth()
 
     def _replay(self) -> None:
-        """The spool into Postgres, in order; truncated once all of it is committed."""
-        if not self._spool.depth or self._conn is None:
+        """Orphaned spools, then ours, into Postgres, each in order and truncated once all of
+        it is committed."""
+        if self._conn is None:
             return
-        done = 0
+        self._adopt_orphans()
+        if self._conn is not None and self._spool.depth and self._replay_spool(self._spool):
+            self._report_depth()
+
+    def _replay_spool(self, spool: Spool) -> bool:
+        """One spool's rows into Postgres; True when all of them are in (it is truncated)."""
+        assert self._conn is not None
+        rows = spool.depth
         try:
-            for batch in self._spool.batches(REPLAY_BATCH):
+            for batch in spool.batches(REPLAY_BATCH):
                 records = [e.row for e in batch if e.kind == REQUEST]
                 feedback = [e.row for e in batch if e.kind == FEEDBACK]
                 self._insert(self._conn, records, feedback)
-                done += len(batch)
         except CONNECTIVITY_ERRORS as exc:
             # What was committed stays; the next replay skips it (DO NOTHING).
             self._lost(exc)
-            return
+            return False
         except psycopg.Error:
             log.exception("request log: a spooled batch was refused; storing row by row")
-            self._conn.rollback()
-            if not self._replay_each():
-                return
-        self._spool.clear()
-        self.replayed_total += done
+            if not self._replay_each(spool):
+                return False
+        spool.clear()
+        self.replayed_total += rows
         if self._counters is not None:
-            self._counters.log_replayed(done)
-        self._report_depth()
-        log.warning("request log: replayed %d spooled rows into %s", done, self.location)
+            self._counters.log_replayed(rows)
+        log.warning("request log: replayed %d spooled rows from %s", rows, spool.path)
+        return True
 
-    def _replay_each(self) -> bool:
+    def _adopt_orphans(self) -> None:
+        """Spools beside ours that no live process holds (one whose process died: a worker's,
+        or another replica's sharing the folder): replayed here, at start-up and after each
+        reconnect. Never deleted (a process may be opening one)."""
+        base = self._base_path
+        for path in sorted(base.parent.glob(f"{base.stem}*{base.suffix}")):
+            if path == self._spool.path or self._conn is None:
+                continue
+            try:
+                orphan = Spool(path)
+            except SpoolError:  # a live process's own
+                continue
+            try:
+                if orphan.depth:
+                    self._replay_spool(orphan)
+            finally:
+                orphan.close()
+
+    def _replay_each(self, spool: Spool) -> bool:
         assert self._conn is not None
-        for batch in self._spool.batches(REPLAY_BATCH):
+        for batch in spool.batches(REPLAY_BATCH):
             try:
                 self._insert_each(
                     [e.row for e in batch if e.kind == REQUEST],

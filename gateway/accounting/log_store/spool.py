@@ -6,9 +6,9 @@ is truncated only after its rows were committed to Postgres. A crash in the midd
 leaves a torn last line: it is cut off at open (it was never reported stored), so later
 appends start on a line of their own.
 
-One process owns a spool: it holds an exclusive lock on the file while open, so two gateways
-pointed at the same file fail at start-up instead of interleaving or replaying each other's
-rows.
+One process owns a spool: it holds an exclusive lock on the file while open, so two processes
+never interleave their rows in one file (the Postgres sink then takes a file of its own beside
+it, and replays files that no live process holds).
 """
 
 from __future__ import annotations
