@@ -71,6 +71,8 @@ class Settings:
     # wait in log_spool_path (default: beside state_path, named by replica) while it is away.
     log_url: str | None = None
     log_spool_path: Path | None = None
+    # Each answer waits until its row is committed or spooled (no row lost to a SIGKILL).
+    log_durable: bool = False
     # This gateway's name in the request log's `replica` column (serve: host:port).
     replica: str | None = None
     # Builds each model's backend instead of vLLM pools and litellm: a test seam (a fake backend).
@@ -119,6 +121,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             spool_path=settings.log_spool_path
             or default_spool_path(settings.state_path, settings.replica),
             counters=metrics,
+            durable=settings.log_durable,
         )
         app.state.holder = holder
         pacers = Pacers(state, log_location)

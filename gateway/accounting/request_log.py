@@ -7,6 +7,8 @@ Later reports read the same store.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import queue
 import sqlite3
@@ -304,19 +306,26 @@ class RequestLog:
         batch: int = 512,
         window_s: float = 0.05,
         replica: str | None = None,
+        durable: bool = False,
     ):
+        """`durable`: requests wait (`stored()`) until their row is committed or spooled, so a
+        process killed right after answering loses no row (group commit: one wait per batch)."""
         if isinstance(path_or_sink, str | Path):
             path_or_sink = SqliteSink(path_or_sink)
         self.sink: LogSink = path_or_sink
         self.location = self.sink.location
         self.path = Path(self.location)  # the SQLite file (a URL's sink has none: unused)
         self.replica = replica
+        self.durable = durable
         self._batch = batch
         self._window_s = window_s
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._closing = threading.Event()  # cuts the writer's window short at close()
         self._flushed = threading.Condition()
         self._pending = 0
+        self._queued = 0  # items ever queued, and stored: `stored()` waits on these
+        self._stored = 0
+        self._waiters: list[tuple[int, asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         self._thread = threading.Thread(target=self._run, name="request-log", daemon=True)
         self._thread.start()
 
@@ -325,15 +334,34 @@ class RequestLog:
         writer thread."""
         if record.replica is None:
             record.replica = self.replica
-        with self._flushed:
-            self._pending += 1
-        self._queue.put((record, notes))
+        self._put((record, notes))
 
     def write_feedback(self, feedback: FeedbackRecord) -> None:
         """Never blocks, like `write`; the same writer thread stores it."""
+        self._put(feedback)
+
+    def _put(self, item: Any) -> None:
+        # Counted and queued under one lock: the queue's order is the count's.
         with self._flushed:
             self._pending += 1
-        self._queue.put(feedback)
+            self._queued += 1
+            self._queue.put(item)
+
+    async def stored(self, timeout: float = 5.0) -> bool:
+        """Wait until every row queued so far is stored (committed, or fsync'd to the spool);
+        False after `timeout` (a store that hangs must not hang the requests: the rows stay
+        queued and are written when it answers)."""
+        with self._flushed:
+            if self._stored >= self._queued:
+                return True
+            future = asyncio.get_running_loop().create_future()
+            self._waiters.append((self._queued, asyncio.get_running_loop(), future))
+        try:
+            await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            log.warning("request log: a row is not stored after %.1f s; answering anyway", timeout)
+            return False
+        return True
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until every queued record is stored (in the store, or in its spool)."""
@@ -380,8 +408,19 @@ class RequestLog:
                 self.sink.store(records, feedback)
             with self._flushed:
                 self._pending -= len(kept)
+                self._stored += len(kept)
+                ready = [w for w in self._waiters if w[0] <= self._stored]
+                self._waiters = [w for w in self._waiters if w[0] > self._stored]
                 self._flushed.notify_all()
+            for _, loop, future in ready:
+                with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
+                    loop.call_soon_threadsafe(_resolve, future)
         self.sink.close()
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():  # not cancelled meanwhile (the client went away)
+        future.set_result(None)
 
 
 def read_records(path: str | Path) -> list[dict[str, Any]]:

@@ -35,6 +35,14 @@ def serve(
             "--state-file."
         ),
     ] = None,
+    log_durable: Annotated[
+        bool,
+        typer.Option(
+            envvar="ROUTEGATE_LOG_DURABLE",
+            help="Answer only once the request's row is committed (or spooled): a process "
+            "killed right after answering loses no row. Adds one short batch wait (~5 ms).",
+        ),
+    ] = False,
     replica: Annotated[
         str | None,
         typer.Option(
@@ -124,6 +132,7 @@ def serve(
                 log_path=Path(log) if log_url is None else Settings.log_path,
                 log_url=log_url,
                 log_spool_path=log_spool,
+                log_durable=log_durable,
                 replica=replica,
                 state_path=state_file,
                 watch_policy=watch,

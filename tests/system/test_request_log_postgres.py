@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -291,6 +292,30 @@ def test_migrations_are_versioned_and_applied_once(postgres_url: str, tmp_path: 
     assert applied == ["0001.requests-and-feedback", "0002.replica"]
 
 
+def test_replicas_starting_together_migrate_once(postgres_url: str, tmp_path: Path) -> None:
+    logs: list[RequestLog] = []
+    errors: list[BaseException] = []
+
+    def start(i: int) -> None:
+        try:
+            logs.append(open_request_log(postgres_url, spool_path=tmp_path / f"s{i}.jsonl"))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for i, log in enumerate(logs):
+        assert log.status()["connected"], log.status()
+        log.write(RequestRecord(f"rg-{i}", float(i), "chat", False))
+        assert log.flush()
+        log.close()
+    assert open_reader(postgres_url).count() == 4
+
+
 # -- the gateway on Postgres --------------------------------------------------------------------
 
 POLICY = """
@@ -407,3 +432,32 @@ def test_serve_on_postgres_keeps_every_answer_once_through_an_outage_and_a_resta
     assert pg["total"]["requests"] == 37
     assert round(pg["total"]["cost_usd"], 2) == round(37 * FAST_COST, 2)
     assert pg["total"]["cost_usd"] == pytest.approx(37 * FAST_COST, rel=1e-9)
+
+
+def test_a_durable_gateway_killed_right_after_answering_loses_no_row(
+    postgres_url: str, upstream: Upstream, tmp_path: Path
+) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY.format(url=upstream.base_url))
+    args = ["--replica", "r9", "--log-durable", "--log-spool", str(tmp_path / "spool.jsonl")]
+    gw = GatewayProcess(policy, tmp_path, log=postgres_url, args=args).start()
+    answered: list[str] = []
+    lock = threading.Lock()
+
+    def client(n: int) -> None:
+        for i in range(n):
+            request_id = ask(gw, stream=i % 2 == 1)
+            with lock:
+                answered.append(request_id)
+
+    try:
+        threads = [threading.Thread(target=client, args=(10,)) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        gw.signal(signal.SIGKILL)  # at once: no shutdown, no flush, no last replay
+        gw.stop()
+    assert len(answered) == 40
+    assert sorted(r["request_id"] for r in rows_of(postgres_url)) == sorted(answered)

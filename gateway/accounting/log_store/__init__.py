@@ -34,6 +34,9 @@ __all__ = [
 
 SCHEMES = ("postgresql://", "postgres://")
 SPOOL_NAME = "routegate-log-spool.jsonl"
+WINDOW_S = 0.05  # the writer's batch window (RequestLog's default)
+# A durable log's answers wait for their batch: a short window, so the wait stays short.
+DURABLE_WINDOW_S = 0.005
 
 
 def is_postgres_url(location: str | Path) -> bool:
@@ -65,17 +68,21 @@ def open_request_log(
     spool_path: Path | None = None,
     counters: Any = None,
     batch: int = 512,
-    window_s: float = 0.05,
+    window_s: float | None = None,
+    durable: bool = False,
 ) -> RequestLog:
     """The writer for a SQLite path or a Postgres URL. Postgres needs `spool_path` (default:
-    beside the current folder); `counters` (gateway.metrics.Metrics) counts spooled rows."""
+    beside the current folder); `counters` (gateway.metrics.Metrics) counts spooled rows.
+    `durable`: each answer waits for its row (RequestLog.stored), over a shorter window."""
+    window = window_s if window_s is not None else DURABLE_WINDOW_S if durable else WINDOW_S
+    options: dict[str, Any] = {"batch": batch, "window_s": window, "replica": replica}
     if is_postgres_url(location):
         from gateway.accounting.log_store.postgres import PostgresSink
 
         spool = spool_path or default_spool_path(Path("routegate-state.sqlite"), replica)
         sink = PostgresSink(str(location), spool, counters)
-        return RequestLog(sink, batch=batch, window_s=window_s, replica=replica)
-    return RequestLog(Path(location), batch=batch, window_s=window_s, replica=replica)
+        return RequestLog(sink, durable=durable, **options)
+    return RequestLog(Path(location), durable=durable, **options)
 
 
 def open_reader(location: str | Path) -> LogReader:
