@@ -394,14 +394,17 @@ def test_serve_on_postgres_keeps_every_answer_once_through_an_outage_and_a_resta
         answered += [ask(gw) for _ in range(5)]
         wait_for(lambda: ready(gw)["request_log"]["spool_depth"] == 0, what="the replay")
         log_status = ready(gw)["request_log"]
-        assert log_status["spooled_total"] == 15 == log_status["replayed_total"]
-        assert metric(gw, "routegate_request_log_replayed_rows_total") == 15
+        # The 15, and any of the 5 that came before the writer's next try: behind them.
+        assert 15 <= log_status["spooled_total"] == log_status["replayed_total"] <= 20
+        spooled = log_status["spooled_total"]
+        assert metric(gw, "routegate_request_log_replayed_rows_total") == spooled
         wait_for(lambda: open_reader(postgres_url).count() == 30, what="30 rows in Postgres")
 
         # Away again, and the gateway stops with rows in its spool: the next start replays them.
         running.stop()
         answered += [ask(gw) for _ in range(7)]
         wait_for(lambda: ready(gw)["request_log"]["spool_depth"] == 7, what="7 spooled rows")
+        assert ready(gw)["request_log"]["spooled_total"] == spooled + 7
     finally:
         gw.stop()
     assert len(spool.read_bytes().splitlines()) == 7

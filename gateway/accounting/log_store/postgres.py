@@ -202,17 +202,18 @@ class PostgresSink:
     # -- internals ---------------------------------------------------------------------------
 
     def _open(self) -> bool:
+        conn: psycopg.Connection[Any] | None = None
         try:
             conn = _connect(self.url)
             if not self._migrated:
                 migrate(conn, self.url)
                 self._migrated = True
-        except CONNECTIVITY_ERRORS as exc:
+        except Exception as exc:  # unreachable; or yoyo's own errors, a migration that fails
+            if conn is not None:
+                conn.close()
             self._lost(exc)
-            return False
-        except Exception as exc:  # yoyo's own errors, a migration that fails
-            self._lost(exc)
-            log.exception("request log: migrating %s failed", self.location)
+            if not isinstance(exc, CONNECTIVITY_ERRORS):
+                log.exception("request log: migrating %s failed", self.location)
             return False
         if self._failures:
             log.warning("request log: %s answers again", self.location)
