@@ -72,16 +72,22 @@ class FeedbackService:
 
     async def _find(self, request_id: str) -> dict[str, Any] | None:
         reader = self.reader or SqliteReader(self.request_log.path)
+        # Postgres away, or not yet replayed to: the row may wait in the sink's spool.
+        spooled = getattr(self.request_log.sink, "find_spooled", None)
         try:
             row = await asyncio.to_thread(reader.find, request_id)
             if row is None:  # perhaps still queued for the writer thread
                 await asyncio.to_thread(self.request_log.flush, 2.0)
                 row = await asyncio.to_thread(reader.find, request_id)
-        except LogError as exc:  # Postgres away: the row may exist, so not a 404
-            log.warning("feedback lookup: %s", exc)
+        except LogError as exc:
+            if spooled is not None and (row := await asyncio.to_thread(spooled, request_id)):
+                return row
+            log.warning("feedback lookup: %s", exc)  # the row may exist: not a 404
             raise ApiError(
                 503, "The request log is unavailable; try again", code="request_log_unavailable"
             ) from None
+        if row is None and spooled is not None:
+            row = await asyncio.to_thread(spooled, request_id)
         return row
 
     def _spawn(self, coro: Coroutine[Any, Any, bool]) -> None:

@@ -405,9 +405,15 @@ def test_serve_on_postgres_keeps_every_answer_once_through_an_outage_and_a_resta
         answered += [ask(gw) for _ in range(7)]
         wait_for(lambda: ready(gw)["request_log"]["spool_depth"] == 7, what="7 spooled rows")
         assert ready(gw)["request_log"]["spooled_total"] == spooled + 7
+        # Feedback on an answer whose row waits in the spool: found there, and spooled too.
+        fb = httpx.post(gw.url + "/v1/feedback", json={"request_id": answered[-1], "score": 0.25})
+        assert fb.status_code == 200, fb.text
+        missing = httpx.post(gw.url + "/v1/feedback", json={"request_id": "rg-nope", "score": 1})
+        assert missing.status_code == 503  # Postgres away: it may exist there, so not a 404
+        wait_for(lambda: ready(gw)["request_log"]["spool_depth"] == 8, what="the spooled score")
     finally:
         gw.stop()
-    assert len(spool.read_bytes().splitlines()) == 7
+    assert len(spool.read_bytes().splitlines()) == 8
     running.start()
     gw = GatewayProcess(policy, tmp_path, log=postgres_url, args=args).start()
     try:
@@ -418,6 +424,9 @@ def test_serve_on_postgres_keeps_every_answer_once_through_an_outage_and_a_resta
     assert sorted(r["request_id"] for r in rows) == sorted(answered)  # each once, none lost
     assert {r["replica"] for r in rows} == {"r1"}
     assert spool.read_bytes() == b""
+    assert [(f["request_id"], f["score"]) for f in open_reader(postgres_url).feedback()] == [
+        (answered[-1], 0.25)
+    ]
 
     # The report reads the same from Postgres as from a SQLite copy of the same rows, and its
     # total is the upstream's usage priced by the policy.

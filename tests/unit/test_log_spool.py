@@ -64,6 +64,17 @@ def test_a_torn_last_line_is_cut_off_and_appends_start_clean(tmp_path: Path) -> 
     spool.close()
 
 
+def test_a_spooled_request_is_found_by_id_last_copy_first(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool.jsonl")
+    spool.append(entries(0, 3))
+    spool.append([SpoolEntry(FEEDBACK, ("rg-1", "user", "", 0.5, 9.0, None, None))])
+    spool.append([SpoolEntry(REQUEST, ("rg-1", 99.0, "chat", 0, None))])
+    assert spool.find(REQUEST, "rg-1") == ("rg-1", 99.0, "chat", 0, None)
+    assert spool.find(FEEDBACK, "rg-1") == ("rg-1", "user", "", 0.5, 9.0, None, None)
+    assert spool.find(REQUEST, "rg-9") is None
+    spool.close()
+
+
 def test_a_line_that_is_not_a_row_is_skipped_not_fatal(tmp_path: Path) -> None:
     path = tmp_path / "spool.jsonl"
     path.write_bytes(b'["r", ["rg-0", 1.0]]\nnot json\n["r", ["rg-1", 2.0]]\n')
@@ -110,6 +121,9 @@ def test_an_unreachable_postgres_spools_every_row_and_a_restart_keeps_them(
     assert status["store"] == "postgres" and status["connected"] is False
     assert status["spooled_total"] == 21 and status["spool_depth"] == 21
     assert "127.0.0.1" in status["last_error"]
+    found = log.sink.find_spooled("rg-7")  # type: ignore[attr-defined]
+    assert found is not None and found["request_id"] == "rg-7" and found["replica"] == "r1"
+    assert found["fallbacks"] == [] and found["extra"] == {} and found["cost_usd"] == 0.01
     log.close()
     again = Spool(path)  # what the next start-up replays
     got = spooled(again)

@@ -186,6 +186,12 @@ class PostgresSink:
             "last_error": self.last_error,
         }
 
+    def find_spooled(self, request_id: str) -> dict[str, Any] | None:
+        """A request row still waiting in the spool (Postgres away), decoded as a reader's.
+        Any thread: it reads the file, never the sink's state."""
+        row = self._spool.find(REQUEST, request_id)
+        return None if row is None else decode_row(list(COLUMNS), row)
+
     def close(self) -> None:
         if self._spool.depth:  # one last try, so a clean stop leaves no spool behind
             self._next_try = 0.0

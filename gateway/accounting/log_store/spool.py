@@ -102,6 +102,23 @@ class Spool:
             if batch:
                 yield batch
 
+    def find(self, kind: str, key: str) -> tuple[Any, ...] | None:
+        """The last row of `kind` whose first column is `key` (a request id), or None. Safe
+        beside the writer's appends: a line it is still writing is not a row yet."""
+        found = None
+        needle = orjson.dumps(key)
+        with self.path.open("rb") as f:
+            for line in f:
+                if needle not in line:  # most lines: no parse
+                    continue
+                try:
+                    got_kind, row = orjson.loads(line)
+                except (orjson.JSONDecodeError, ValueError, TypeError):
+                    continue
+                if got_kind == kind and row and row[0] == key:
+                    found = tuple(row)
+        return found
+
     def clear(self) -> None:
         """Empty the file (after its rows were committed elsewhere)."""
         self._file.truncate(0)
