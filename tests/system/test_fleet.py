@@ -320,6 +320,8 @@ def test_fleet_survives_a_lost_replica_and_a_postgres_outage(
     finally:
         fleet.stop()
         up.kill()
+        if postgres_server.proc is None or postgres_server.proc.poll() is not None:
+            postgres_server.start()  # the session's server, for the tests after this one
 
     received = [a for a in run.answers if a.request_id is not None]
     ok = [a for a in received if a.status == 200]
