@@ -155,6 +155,9 @@ class VllmServer:
             # instruction") when nothing in the process has requested AMX permission yet,
             # e.g. a short first request with warm-up skipped. fp32 is plain AVX-512.
             "--dtype", self.dtype,
+            # usage.prompt_tokens_details.cached_tokens: the prompt tokens read from the
+            # prefix cache, which the gateway charges at the cached input price.
+            "--enable-prompt-tokens-details",
         ]  # fmt: skip
         if self.lean:
             cmd += LEAN_ARGS
