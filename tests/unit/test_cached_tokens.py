@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 from gateway.backends.base import UpstreamCall
 from gateway.backends.usage_bounds import read_usage
 from gateway.cli import app
+from gateway.dialects.messages.from_chat import usage as messages_usage
 from gateway.report.build import build_report
 from gateway.report.render import to_csv, to_tables
 from gateway.tokens import CallBound
@@ -204,3 +205,12 @@ async def test_no_cached_tokens_costs_the_full_price(tmp_path: Path) -> None:
         row = await gw.record(resp.headers["x-routegate-request-id"])
         assert row["cached_tokens"] == 0 and row["cost_usd"] == pytest.approx(FULL)
         assert "prompt_cache_saved_usd" not in row["extra"]
+
+
+def test_the_messages_api_counts_cache_reads_apart() -> None:
+    chat = {"prompt_tokens": PROMPT, "completion_tokens": 5}
+    assert messages_usage(chat) == {"input_tokens": PROMPT, "output_tokens": 5}
+    cached = messages_usage({**chat, "prompt_tokens_details": {"cached_tokens": CACHED}})
+    assert cached == {
+        "input_tokens": PROMPT - CACHED, "output_tokens": 5, "cache_read_input_tokens": CACHED
+    }  # fmt: skip
