@@ -20,7 +20,7 @@ from gateway.backends.usage_bounds import read_usage
 from gateway.cli import app
 from gateway.dialects.messages.from_chat import usage as messages_usage
 from gateway.report.build import build_report
-from gateway.report.render import to_csv, to_tables
+from gateway.report.render import to_csv, to_html, to_tables
 from gateway.tokens import CallBound
 from policies.loader import PolicyError, parse_policy
 from policies.pricing import price_table
@@ -188,6 +188,8 @@ async def test_cached_tokens_are_charged_logged_settled_and_reported(
     assert float(total_row["prompt_cache_saved_usd"]) == pytest.approx(2 * (FULL - COST))
     [table] = to_tables(report, width=200)
     assert "cached tok/saved" in [c.header for c in table.columns]
+    page = to_html(report)
+    assert f'id="cached-tokens" data-count="{2 * CACHED}"' in page
     out = CliRunner().invoke(
         app,
         ["report", "--log", str(gw.settings.log_path), "--policy", str(gw.settings.policy_path),
