@@ -213,6 +213,11 @@ _INSERT = (
     f"VALUES ({', '.join('?' * len(_COLUMNS))})"
 )
 _STOP = object()
+# Several worker processes write the same file (`routegate serve --workers N`): SQLite lets
+# one writer in at a time and the others wait on its lock this long...
+BUSY_TIMEOUT_S = 30.0
+# ...and a batch that still finds it locked is tried again, never dropped for contention.
+_LOCKED_RETRIES = 20
 
 
 class RequestLog:
@@ -233,14 +238,20 @@ class RequestLog:
         self._thread.start()
 
     def _init_db(self) -> None:
-        with sqlite3.connect(self.path) as db:
+        with sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S) as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(SCHEMA)
             # A log written by an older version lacks newer columns: add them.
             have = {row[1] for row in db.execute("PRAGMA table_info(requests)")}
             for column in _COLUMNS:
                 if column not in have:
-                    db.execute(f"ALTER TABLE requests ADD COLUMN {column} {_COLUMN_TYPES[column]}")
+                    try:
+                        db.execute(
+                            f"ALTER TABLE requests ADD COLUMN {column} {_COLUMN_TYPES[column]}"
+                        )
+                    except sqlite3.OperationalError as exc:  # another worker added it first
+                        if "duplicate column" not in str(exc):
+                            raise
 
     def write(self, record: RequestRecord, notes: RequestNotes | None = None) -> None:
         """Never blocks: the record (and the notes that go in its `extra`) is queued for the
@@ -266,7 +277,7 @@ class RequestLog:
         self._thread.join(timeout=30)
 
     def _run(self) -> None:
-        db = sqlite3.connect(self.path, check_same_thread=False)
+        db = sqlite3.connect(self.path, check_same_thread=False, timeout=BUSY_TIMEOUT_S)
         db.execute("PRAGMA synchronous=NORMAL")
         stop = False
         while not stop:
@@ -292,9 +303,7 @@ class RequestLog:
             feedback = [i for i in kept if isinstance(i, FeedbackRecord)]
             if kept:
                 try:
-                    with db:
-                        db.executemany(_INSERT, [r.row(notes) for r, notes in records])
-                        db.executemany(_FEEDBACK_INSERT, [f.row() for f in feedback])
+                    _commit(db, records, feedback)
                 except sqlite3.Error:
                     # Keep the gateway serving; the lost rows are named in the log.
                     log.exception(
@@ -305,6 +314,26 @@ class RequestLog:
                 self._pending -= len(kept)
                 self._flushed.notify_all()
         db.close()
+
+
+def _commit(
+    db: sqlite3.Connection,
+    records: list[tuple[RequestRecord, RequestNotes | None]],
+    feedback: list[FeedbackRecord],
+) -> None:
+    """One transaction for the batch; on a lock held past the busy timeout by another
+    process, the whole batch again."""
+    rows = [r.row(notes) for r, notes in records]
+    for attempt in range(_LOCKED_RETRIES + 1):
+        try:
+            with db:
+                db.executemany(_INSERT, rows)
+                db.executemany(_FEEDBACK_INSERT, [f.row() for f in feedback])
+            return
+        except sqlite3.OperationalError as exc:
+            if ("locked" not in str(exc) and "busy" not in str(exc)) or attempt == _LOCKED_RETRIES:
+                raise
+            log.warning("request log is locked by another writer; trying the batch again")
 
 
 def read_records(path: str | Path) -> list[dict[str, Any]]:

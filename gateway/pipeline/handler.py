@@ -3,8 +3,10 @@ respond, with accounting (gateway/accounting/charge.py) writing its row exactly 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
+import anyio
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -12,6 +14,7 @@ from gateway.accounting.charge import Bill
 from gateway.admission.guard import state_unavailable
 from gateway.backends.base import Kind
 from gateway.dialects import Dialect
+from gateway.drain import DRAINED
 from gateway.errors import ApiError
 from gateway.pipeline import admit, cache, respond
 from gateway.pipeline.context import RequestContext, Services, start
@@ -36,6 +39,15 @@ async def handle(
     rec = ctx.record
     try:
         return await _handle(request, ctx)
+    except asyncio.CancelledError:
+        # uvicorn cancels what still runs when a drain's time is up (a client disconnect does
+        # not cancel a request that is not streaming): its reservation is settled and its row
+        # written all the same, then the cancellation goes on.
+        drain = ctx.services.drain
+        why = f"503 {DRAINED}: {drain.cut_message()}" if drain.draining else "cancelled"
+        with anyio.CancelScope(shield=True):
+            await ctx.account.finish(Bill(503 if drain.draining else 499, rec.model, error=why))
+        raise
     except StateUnavailable as exc:
         # Keys, budgets and rate limits cannot be checked: fail closed, and say it is passing.
         log.warning("request %s refused: %s", rec.request_id, exc)

@@ -16,8 +16,15 @@ from tests.support.upstream import free_port
 
 
 class GatewayProcess:
-    def __init__(self, policy: Path, workdir: Path, env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        policy: Path,
+        workdir: Path,
+        env: dict[str, str] | None = None,
+        args: list[str] | None = None,
+    ):
         self.policy = policy
+        self.args = args or []  # more `routegate serve` options
         self.port = free_port()
         self.log_path = workdir / "requests.sqlite"
         self.state_path = workdir / "state.sqlite"
@@ -43,6 +50,7 @@ class GatewayProcess:
             str(self.log_path),
             "--state-file",
             str(self.state_path),
+            *self.args,
         ]
         with self.stderr_path.open("wb") as err:
             self.proc = subprocess.Popen(cmd, stdout=err, stderr=subprocess.STDOUT, env=self._env)
