@@ -221,3 +221,39 @@ def test_a_stream_longer_than_the_drain_timeout_is_cut_logged_and_charged(
     assert 1 <= row["completion_tokens"] < 400 and row["cost_usd"] > 0
     spent, reserved = budget_after(redis_url, prefix, key_id)
     assert spent == pytest.approx(row["cost_usd"]) and reserved == 0
+
+
+def test_a_request_still_waiting_at_the_drain_timeout_is_answered_503_drained(
+    upstream: Upstream, redis_url: str, tmp_path: Path
+) -> None:
+    upstream.mode, upstream.delay_s = "slow", 20  # answers long after the drain is over
+    gw, key_id, secret, prefix = start_drainer(
+        upstream, redis_url, tmp_path, "--drain-timeout", "1.5"
+    )
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            answer = pool.submit(
+                httpx.post,
+                gw.url + "/v1/chat/completions",
+                json={"model": "cheap", "messages": MESSAGES},
+                headers={"authorization": f"Bearer {secret}"},
+                timeout=30,
+            )
+            deadline = time.time() + 10
+            while upstream.hits == 0:  # the request is at the upstream
+                assert time.time() < deadline
+                time.sleep(0.05)
+            signalled = time.monotonic()
+            gw.signal(signal.SIGTERM)
+            resp = answer.result()
+        assert 1.3 < time.monotonic() - signalled < 4
+        assert resp.status_code == 503 and resp.json()["error"]["code"] == "drained"
+        request_id = resp.headers["x-routegate-request-id"]
+        assert gw.proc is not None and gw.proc.wait(timeout=10) == 0, gw.output()
+        assert "Traceback" not in gw.output()
+    finally:
+        gw.stop()
+    (row,) = [r for r in read_records(gw.log_path) if r["request_id"] == request_id]
+    assert row["status"] == 503 and row["error"].startswith("503 drained:")
+    assert row["cost_usd"] == 0  # nothing came back to charge
+    assert budget_after(redis_url, prefix, key_id) == (0, 0)  # the reservation is released
