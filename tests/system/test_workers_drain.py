@@ -75,14 +75,22 @@ def test_two_workers_serve_one_port_with_shared_metrics_and_log(
     gw = GatewayProcess(policy, tmp_path, args=["--workers", "2"]).start()
     try:
         workers_started(gw, 2)
-        sent = 60
+        sent = 0
 
         def one(_: int) -> int:  # a new connection each: the kernel picks the worker
             body = {"model": "cheap", "messages": MESSAGES}
             return httpx.post(gw.url + "/v1/chat/completions", json=body, timeout=30).status_code
 
         with ThreadPoolExecutor(4) as pool:
-            assert list(pool.map(one, range(sent))) == [200] * sent
+            # Batches until both workers have answered some (which one accepts is the kernel's).
+            while sent < 400:
+                assert list(pool.map(one, range(40))) == [200] * 40
+                sent += 40
+                by_pid = metric_values(
+                    httpx.get(gw.url + "/metrics").text, "routegate_worker_requests_total"
+                )
+                if len(by_pid) == 2:
+                    break
         for _ in range(4):  # whichever worker answers the scrape: the totals of both
             text = httpx.get(gw.url + "/metrics").text
             by_pid = metric_values(text, "routegate_worker_requests_total")
