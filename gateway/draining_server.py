@@ -36,7 +36,8 @@ CUT_SETTLE_S = 1.0
 class DrainingServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, drain: Drain, *, worker: bool = False) -> None:
         # uvicorn's own timeout: the drain's, plus the settling of what the cut ended.
-        config.timeout_graceful_shutdown = int(drain.config.timeout_s + CUT_SETTLE_S + 0.999)
+        # (uvicorn types it int; it only goes to asyncio.wait_for, which takes any float.)
+        config.timeout_graceful_shutdown = drain.config.timeout_s + CUT_SETTLE_S  # type: ignore[assignment]
         super().__init__(config)
         self.drain = drain
         self._worker = worker  # one of several processes: the supervisor sends the signals

@@ -99,6 +99,11 @@ def test_two_workers_serve_one_port_with_shared_metrics_and_log(
             total = metric_values(text, "routegate_requests_total")
             assert total == {'{model="fast",route="cheap",status="200"}': sent}
             assert metric_values(text, "routegate_backend_healthy") == {'{model="fast"}': 1.0}
+        # Each worker serves with the header-guarded protocol (gateway/http_server.py).
+        flood = {f"x-h{i}": "v" for i in range(120)}
+        for _ in range(4):
+            resp = httpx.get(gw.url + "/healthz", headers=flood)
+            assert (resp.status_code, resp.json()["error"]["code"]) == (431, "too_many_headers")
         started = time.monotonic()
         gw.signal(signal.SIGTERM)
         assert gw.proc is not None and gw.proc.wait(timeout=20) == 0, gw.output()
