@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -48,7 +50,8 @@ from gateway.pipeline.count_tokens import count_tokens
 from gateway.reloader import PolicyHolder
 from gateway.route_errors import http_error
 from gateway.runtime import BackendFactory, Runtime
-from gateway.state import StateUnavailable, open_state
+from gateway.state import StateUnavailable, is_memory_url, open_state
+from gateway.tracing import Tracing, from_env
 from policies.loader import example_policy_path
 
 log = logging.getLogger("routegate")
@@ -69,6 +72,11 @@ class Settings:
     body_timeout_s: float = 60.0
     # Builds each model's backend instead of vLLM pools and litellm: a test seam (a fake backend).
     backend_factory: BackendFactory | None = None
+    # This process's name among the replicas (`serve --replica`): in the shared store's policy
+    # reports, /readyz and the dashboard.
+    replica: str = field(default_factory=socket.gethostname)
+    # Spans go where OTEL_* say (off unless set); a test seam: a provider of its own.
+    tracing: Tracing | None = None
 
 
 def _json(data: Any, status: int = 200) -> Response:
@@ -93,9 +101,12 @@ def create_app(settings: Settings | None = None, drain: Drain | None = None) -> 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        tracing = settings.tracing or from_env()
         client = new_upstream_client()
         metrics = Metrics()
-        holder = PolicyHolder(settings.policy_path, client, metrics, settings.backend_factory)
+        holder = PolicyHolder(
+            settings.policy_path, client, metrics, settings.backend_factory, settings.replica
+        )
         runtime = await holder.load()  # a bad policy is fatal here: PolicyError names the lines
         # The state store is chosen at start-up; a reload that changes it needs a restart.
         config = runtime.policy.state
@@ -108,12 +119,21 @@ def create_app(settings: Settings | None = None, drain: Drain | None = None) -> 
         )
         holder.state = state
         runtime.bind_state(state)
+        if not is_memory_url(config.url):
+            # Several replicas: the policy published in the store wins over the file.
+            await holder.follow(state)
         request_log = RequestLog(settings.log_path)
         app.state.holder = holder
         pacers = Pacers(state, request_log.path)
         feedback_service = FeedbackService(request_log, state)
         app.state.services = Services(
-            request_log, metrics, Access(state), pacers, feedback_service, drain=drain
+            request_log,
+            metrics,
+            Access(state),
+            pacers,
+            feedback_service,
+            tracing=tracing,
+            drain=drain,
         )
         app.state.started = time.time()
         if settings.watch_policy:
@@ -129,6 +149,7 @@ def create_app(settings: Settings | None = None, drain: Drain | None = None) -> 
             await client.aclose()
             await state.aclose()
             request_log.close()
+            await asyncio.to_thread(tracing.shutdown)  # the spans still batched, exported
 
     app = FastAPI(
         title="Routegate", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None
@@ -281,6 +302,9 @@ def create_app(settings: Settings | None = None, drain: Drain | None = None) -> 
             return _json(body, status)
         body.update(
             policy_version=runtime.version if runtime else None,
+            policy_id=holder.policy_id,
+            policy_source=holder.source,
+            replica=holder.replica,
             healthy_models=healthy,
             state_error=state_error,
             last_reload_error=str(holder.last_error) if holder.last_error else None,

@@ -63,6 +63,13 @@ def serve(
             help="Bytes of request line and headers allowed (431).",
         ),
     ] = 32 * 1024,
+    replica: Annotated[
+        str | None,
+        typer.Option(
+            envvar="ROUTEGATE_REPLICA",
+            help="This replica's name in the shared store's policy reports; default host:port.",
+        ),
+    ] = None,
     keep_alive_timeout: Annotated[
         int,
         typer.Option(
@@ -98,6 +105,8 @@ def serve(
     ] = 0.0,
 ) -> None:
     """Run the gateway: one process, or --workers N on one port."""
+    import socket
+
     from gateway.app import Settings
     from gateway.cli.workers import (
         ServeSpec,
@@ -108,6 +117,7 @@ def serve(
     )
     from gateway.drain import DrainConfig
     from gateway.http_server import ServerLimits
+    from gateway.tracing import check_env as check_tracing_env
 
     path = policy or example_policy_path()
     try:
@@ -119,6 +129,11 @@ def serve(
     if refusal := memory_store_refusal(loaded, path, workers):
         typer.echo(refusal, err=True)
         raise typer.Exit(2)
+    try:
+        check_tracing_env()  # a bad OTEL_* exporter or protocol, named before binding too
+    except ValueError as exc:
+        typer.echo(f"routegate serve: {exc}", err=True)
+        raise typer.Exit(1) from None
     configure_logging(log_level)
     spec = ServeSpec(
         settings=Settings(
@@ -128,6 +143,7 @@ def serve(
             watch_policy=watch,
             policy_history_path=policy_history,
             body_timeout_s=body_timeout,
+            replica=replica or f"{socket.gethostname()}:{port}",
         ),
         limits=ServerLimits(header_timeout, max_headers, max_header_bytes),
         drain=DrainConfig(grace_s=drain_grace, timeout_s=drain_timeout),

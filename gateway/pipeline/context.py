@@ -20,6 +20,7 @@ from gateway.feedback.service import FeedbackService
 from gateway.metrics import Metrics
 from gateway.runtime import Runtime
 from gateway.state import VirtualKey
+from gateway.tracing import RequestSpan, Tracing
 from policies.schema import RouteConfig
 
 log = logging.getLogger("routegate.pipeline")
@@ -58,6 +59,7 @@ class Services:
     feedback: FeedbackService  # explicit and implicit feedback, and learning from it
     ids: RequestIds = field(default_factory=RequestIds)
     drain: Drain = field(default_factory=Drain)  # the process's shutdown, which streams heed
+    tracing: Tracing = field(default_factory=Tracing)  # off unless OTEL_* configure it
 
 
 @dataclass(slots=True)
@@ -94,6 +96,7 @@ class RequestContext:
     body: dict[str, Any] = field(default_factory=dict)  # admit: the parsed request
     config: RouteConfig | None = None  # admit: the route's policy (None: a model by name)
     cache: CacheUse | None = None  # cache: the route's cache entry for this request
+    trace: RequestSpan | None = None  # its SERVER span, when tracing (pipeline/spans.py)
 
 
 def start(

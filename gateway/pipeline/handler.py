@@ -16,7 +16,7 @@ from gateway.backends.base import Kind
 from gateway.dialects import Dialect
 from gateway.drain import DRAINED, Drain
 from gateway.errors import ApiError
-from gateway.pipeline import admit, cache, respond
+from gateway.pipeline import admit, cache, respond, spans
 from gateway.pipeline.context import RequestContext, Services, start
 from gateway.pipeline.route import route
 from gateway.pipeline.run import run
@@ -36,8 +36,15 @@ async def handle(
     """`dialect`: the API the client speaks where it is not OpenAI's (Anthropic Messages,
     OpenAI Responses), translated to a `kind` "chat" request and back."""
     ctx = start(kind, runtime, services, dialect)
+    if services.tracing.tracer is not None:
+        return await spans.traced(request, ctx, _guarded)
+    return await _guarded(request, ctx)
+
+
+async def _guarded(request: Request, ctx: RequestContext) -> Response:
+    """The request, whatever fails inside: an answer in the client's API, and a row."""
     rec = ctx.record
-    drain = services.drain
+    drain = ctx.services.drain
     try:
         return await _until_cut(request, ctx, drain)
     except _Drained:
@@ -69,6 +76,7 @@ async def handle(
     except Exception as exc:
         # A bug must still give the client an OpenAI error and leave a request log row.
         log.exception("request %s failed inside the gateway", rec.request_id)
+        spans.internal_error(ctx, exc)
         await ctx.account.finish(Bill(500, rec.model, error=f"internal error: {exc!r}"))
         err = ApiError(500, "Internal error in the gateway", code="internal_error")
         return respond.error(ctx, err, respond.headers(ctx, rec.model, None))
@@ -94,13 +102,21 @@ async def _until_cut(request: Request, ctx: RequestContext, drain: Drain) -> Res
 
 
 async def _handle(request: Request, ctx: RequestContext) -> Response:
+    tracing = ctx.services.tracing  # each phase a span when on; nothing when off
     try:
-        await admit.identify(request, ctx)
+        with tracing.span("routegate.admit"):
+            await admit.identify(request, ctx)
         use = await cache.lookup(ctx)
         if use is not None and use.hit is not None:
             return await respond.cached(ctx)
-        plan = await route(ctx)
-        await admit.reserve(ctx, plan)
+        with tracing.span("routegate.route") as span:
+            plan = await route(ctx)
+            if span is not None:
+                spans.routed(span, ctx, plan)
+        with tracing.span("routegate.reserve") as span:
+            await admit.reserve(ctx, plan)
+            if span is not None:
+                spans.reserved(span, ctx, plan)
     except ApiError as err:
         await ctx.account.finish(Bill(err.status, None, error=err.message))
         return respond.error(ctx, err, respond.headers(ctx, None, None))
