@@ -113,7 +113,7 @@ def serve(
         Supervisor,
         configure_logging,
         memory_store_refusal,
-        run_server,
+        run_single,
     )
     from gateway.drain import DrainConfig
     from gateway.http_server import ServerLimits
@@ -156,6 +156,6 @@ def serve(
     )
     shape = f"{workers} workers" if workers > 1 else "1 process"
     err.print(f"routegate: policy {path} -> http://{host}:{port}/v1  (request log: {log}; {shape})")
-    status = Supervisor(spec, workers).run() if workers > 1 else run_server(spec)
+    status = Supervisor(spec, workers).run() if workers > 1 else run_single(spec)
     if status:
         raise typer.Exit(status)

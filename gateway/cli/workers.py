@@ -91,6 +91,14 @@ def run_server(spec: ServeSpec, sockets: list[socket.socket] | None = None) -> i
     return 0 if server.started else STARTUP_FAILURE
 
 
+def run_single(spec: ServeSpec) -> int:
+    """`--workers 1`: this process serves. A PROMETHEUS_MULTIPROC_DIR set by the caller still
+    puts prometheus_client in multiprocess mode, so it is emptied first, as for N workers."""
+    if os.environ.get(MULTIPROC_DIR_ENV):
+        _prepare_metrics_dir()
+    return run_server(spec)
+
+
 def _worker_main(spec: ServeSpec, sock: socket.socket) -> None:
     """A spawned worker's entry point."""
     configure_logging(spec.log_level)

@@ -104,14 +104,26 @@ def test_two_workers_serve_one_port_with_shared_metrics_and_log(
         for _ in range(4):
             resp = httpx.get(gw.url + "/healthz", headers=flood)
             assert (resp.status_code, resp.json()["error"]["code"]) == (431, "too_many_headers")
-        started = time.monotonic()
-        gw.signal(signal.SIGTERM)
+        # SIGTERM to the supervisor: every worker drains; a stream in flight runs to its end.
+        upstream.mode, upstream.drip_chunks, upstream.drip_interval_s = "drip", 20, 0.05
+        with httpx.stream(
+            "POST",
+            gw.url + "/v1/chat/completions",
+            json={"model": "cheap", "messages": MESSAGES, "stream": True},
+            timeout=30,
+        ) as resp:
+            lines = resp.iter_lines()
+            assert next(line for line in lines if line.startswith("data: ")).startswith("data: {")
+            started = time.monotonic()
+            gw.signal(signal.SIGTERM)
+            assert [line for line in lines if line][-1] == "data: [DONE]"
         assert gw.proc is not None and gw.proc.wait(timeout=20) == 0, gw.output()
         assert time.monotonic() - started < 10
         assert "Traceback" not in gw.output()
         rows = read_records(gw.log_path)
-        assert len(rows) == sent and len({r["request_id"] for r in rows}) == sent
+        assert len(rows) == sent + 1 and len({r["request_id"] for r in rows}) == sent + 1
         assert all(r["status"] == 200 for r in rows)
+        assert max(rows, key=lambda r: r["ts"])["completion_tokens"] == 20
     finally:
         gw.stop()
 
