@@ -186,9 +186,9 @@ def stream_request(gw: GatewayProcess, secret: str) -> httpx.Response:
 def test_sigterm_lets_a_stream_finish_within_the_drain_timeout(
     upstream: Upstream, redis_url: str, tmp_path: Path
 ) -> None:
-    upstream.mode, upstream.drip_chunks, upstream.drip_interval_s = "drip", 30, 0.1  # ~3 s
+    upstream.mode, upstream.drip_chunks, upstream.drip_interval_s = "drip", 40, 0.1  # ~4 s
     gw, key_id, secret, prefix = start_drainer(
-        upstream, redis_url, tmp_path, "--drain-grace", "1.5", "--drain-timeout", "10"
+        upstream, redis_url, tmp_path, "--drain-grace", "3", "--drain-timeout", "10"
     )
     try:
         resp = stream_request(gw, secret)
@@ -202,6 +202,13 @@ def test_sigterm_lets_a_stream_finish_within_the_drain_timeout(
         # In the grace: still accepting, and telling load balancers to stop sending.
         ready = httpx.get(gw.url + "/readyz", timeout=5)
         assert (ready.status_code, ready.json()["status"]) == (503, "draining")
+        late = httpx.post(
+            gw.url + "/v1/chat/completions",
+            json={"model": "cheap", "messages": MESSAGES},
+            headers={"authorization": f"Bearer {secret}"},
+            timeout=10,
+        )
+        assert late.status_code == 200  # what a load balancer still sends is served
         rest = [line for line in lines if line]
         assert rest[-1] == "data: [DONE]"
         assert any(line.startswith(": x-routegate-cost-usd=") for line in rest)
@@ -210,10 +217,12 @@ def test_sigterm_lets_a_stream_finish_within_the_drain_timeout(
         assert "Traceback" not in gw.output()
     finally:
         gw.stop()
-    (row,) = [r for r in read_records(gw.log_path) if r["request_id"] == request_id]
-    assert (row["status"], row["error"], row["completion_tokens"]) == (200, None, 30)
+    rows = {r["request_id"]: r for r in read_records(gw.log_path)}
+    row = rows[request_id]
+    assert (row["status"], row["error"], row["completion_tokens"]) == (200, None, 40)
+    assert rows[late.headers["x-routegate-request-id"]]["status"] == 200
     spent, reserved = budget_after(redis_url, prefix, key_id)
-    assert spent == pytest.approx(row["cost_usd"]) and reserved == 0
+    assert spent == pytest.approx(sum(r["cost_usd"] for r in rows.values())) and reserved == 0
 
 
 def test_a_stream_longer_than_the_drain_timeout_is_cut_logged_and_charged(
