@@ -19,7 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from gateway.accounting.request_log import RequestLog
+from gateway.accounting.log_store import default_spool_path, open_reader, open_request_log
 from gateway.admission.access import Access
 from gateway.admission.admin_api import router as admin_router
 from gateway.admission.guard import (
@@ -70,6 +70,12 @@ class Settings:
     policy_history_path: Path | None = None
     # A request's whole body must arrive within this long of the first read (408 after).
     body_timeout_s: float = 60.0
+    # The request log on Postgres (postgresql://...) instead of the SQLite file log_path; rows
+    # wait in log_spool_path (default: beside state_path, named by replica) while it is away.
+    log_url: str | None = None
+    log_spool_path: Path | None = None
+    # Each answer waits until its row is committed or spooled (no row lost to a SIGKILL).
+    log_durable: bool = False
     # Builds each model's backend instead of vLLM pools and litellm: a test seam (a fake backend).
     backend_factory: BackendFactory | None = None
     # This process's name among the replicas (`serve --replica`): in the shared store's policy
@@ -122,10 +128,18 @@ def create_app(settings: Settings | None = None, drain: Drain | None = None) -> 
         if not is_memory_url(config.url):
             # Several replicas: the policy published in the store wins over the file.
             await holder.follow(state)
-        request_log = RequestLog(settings.log_path)
+        log_location = settings.log_url or settings.log_path
+        request_log = open_request_log(
+            log_location,
+            replica=settings.replica,
+            spool_path=settings.log_spool_path
+            or default_spool_path(settings.state_path, settings.replica),
+            counters=metrics,
+            durable=settings.log_durable,
+        )
         app.state.holder = holder
-        pacers = Pacers(state, request_log.path)
-        feedback_service = FeedbackService(request_log, state)
+        pacers = Pacers(state, log_location)
+        feedback_service = FeedbackService(request_log, state, open_reader(log_location))
         app.state.services = Services(
             request_log,
             metrics,
@@ -308,6 +322,8 @@ def create_app(settings: Settings | None = None, drain: Drain | None = None) -> 
             healthy_models=healthy,
             state_error=state_error,
             last_reload_error=str(holder.last_error) if holder.last_error else None,
+            # Spooling while Postgres is away is degraded, not down: no rows are lost.
+            request_log=services.request_log.status(),
         )
         return _json(body, status)
 

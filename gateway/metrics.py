@@ -146,6 +146,24 @@ class Metrics:
             ("pid",),
             registry=self.registry,
         ).labels(str(os.getpid()))
+        # The Postgres request log's spool (gateway/accounting/log_store/postgres.py): rows
+        # written to it while Postgres was away, rows replayed from it, rows in it now.
+        self.log_spooled_rows = Counter(
+            "routegate_request_log_spooled_rows",
+            "Request-log rows written to the local spool because Postgres was unreachable",
+            registry=self.registry,
+        )
+        self.log_replayed_rows = Counter(
+            "routegate_request_log_replayed_rows",
+            "Spooled request-log rows replayed into Postgres",
+            registry=self.registry,
+        )
+        self.log_spool_depth_rows = Gauge(
+            "routegate_request_log_spool_depth",
+            "Request-log rows waiting in the local spool for Postgres",
+            registry=self.registry,
+            multiprocess_mode="livesum",  # --workers N: the rows waiting in every worker's spool
+        )
         # What every request counts, by label set (gateway/accounting/charge.py).
         self.requests_of = Children(self.requests)
         self.errors_of = Children(self.errors)
@@ -157,6 +175,17 @@ class Metrics:
         self.api_cost_of = Children(self.api_cost)
         self.fallbacks_of = Children(self.fallbacks)
         self.cache_of = Children(self.cache)
+
+    # The request log's counters (gateway.accounting.log_store.postgres.LogCounters); called
+    # from its writer thread (prometheus_client's metrics take a lock).
+    def log_spooled(self, rows: int) -> None:
+        self.log_spooled_rows.inc(rows)
+
+    def log_replayed(self, rows: int) -> None:
+        self.log_replayed_rows.inc(rows)
+
+    def log_spool_depth(self, rows: int) -> None:
+        self.log_spool_depth_rows.set(rows)
 
 
 def exposition(metrics: Metrics) -> tuple[bytes, str]:

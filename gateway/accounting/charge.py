@@ -136,6 +136,8 @@ class Accounting:
             self._request_log.write_feedback(feedback)
             if self.learn is not None:
                 self.learn(feedback)
+        if self._request_log.durable:  # the answer waits for its row (serve --log-durable)
+            await self._request_log.stored()
         self._count(step_costs, anomalies)
         if self.on_finish is not None:
             try:

@@ -83,7 +83,11 @@ def policy_diff(
 def policy_simulate(
     file: Annotated[Path, typer.Argument(help="The candidate policy.")],
     data: Annotated[
-        Path, typer.Option("--data", help="Routing records (JSONL) or a request log (SQLite).")
+        str,
+        typer.Option(
+            "--data",
+            help="Routing records (JSONL), or a request log: a SQLite file or postgresql://...",
+        ),
     ],
     current: Annotated[
         Path | None, typer.Option(help="The policy to compare with; default: the example.")

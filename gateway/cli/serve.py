@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Annotated
 
@@ -19,9 +20,36 @@ def serve(
     ] = None,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
-    log: Annotated[Path, typer.Option("--log", help="SQLite request log.")] = Path(
-        "routegate-requests.sqlite"
-    ),
+    log: Annotated[
+        str,
+        typer.Option(
+            "--log", help="Request log: a SQLite file, or postgresql://user@host:port/db (shared)."
+        ),
+    ] = "routegate-requests.sqlite",
+    log_spool: Annotated[
+        Path | None,
+        typer.Option(
+            help="Postgres log: where rows wait while Postgres is unreachable (replayed in "
+            "order when it returns). Default: routegate-log-spool-REPLICA.jsonl beside "
+            "--state-file."
+        ),
+    ] = None,
+    log_durable: Annotated[
+        bool,
+        typer.Option(
+            envvar="ROUTEGATE_LOG_DURABLE",
+            help="Answer only once the request's row is committed (or spooled): a process "
+            "killed right after answering loses no row. Adds one short batch wait (~5 ms).",
+        ),
+    ] = False,
+    replica: Annotated[
+        str | None,
+        typer.Option(
+            envvar="ROUTEGATE_REPLICA",
+            help="This gateway's name among the replicas (the request log's replica column, the "
+            "shared store's policy reports, /readyz); default host:port.",
+        ),
+    ] = None,
     state_file: Annotated[
         Path, typer.Option(help="Keys and spend of the in-process state store (state.url: memory).")
     ] = Path("routegate-state.sqlite"),
@@ -63,13 +91,6 @@ def serve(
             help="Bytes of request line and headers allowed (431).",
         ),
     ] = 32 * 1024,
-    replica: Annotated[
-        str | None,
-        typer.Option(
-            envvar="ROUTEGATE_REPLICA",
-            help="This replica's name in the shared store's policy reports; default host:port.",
-        ),
-    ] = None,
     keep_alive_timeout: Annotated[
         int,
         typer.Option(
@@ -105,8 +126,6 @@ def serve(
     ] = 0.0,
 ) -> None:
     """Run the gateway: one process, or --workers N on one port."""
-    import socket
-
     from gateway.app import Settings
     from gateway.cli.workers import (
         ServeSpec,
@@ -135,15 +154,22 @@ def serve(
         typer.echo(f"routegate serve: {exc}", err=True)
         raise typer.Exit(1) from None
     configure_logging(log_level)
+    from gateway.accounting.log_store import is_postgres_url, safe_location
+
+    log_url = log if is_postgres_url(log) else None
+    replica = replica or f"{socket.gethostname()}:{port}"
     spec = ServeSpec(
         settings=Settings(
             policy_path=path,
-            log_path=log,
+            log_path=Path(log) if log_url is None else Settings.log_path,
+            log_url=log_url,
+            log_spool_path=log_spool,
+            log_durable=log_durable,
+            replica=replica,
             state_path=state_file,
             watch_policy=watch,
             policy_history_path=policy_history,
             body_timeout_s=body_timeout,
-            replica=replica or f"{socket.gethostname()}:{port}",
         ),
         limits=ServerLimits(header_timeout, max_headers, max_header_bytes),
         drain=DrainConfig(grace_s=drain_grace, timeout_s=drain_timeout),
@@ -155,7 +181,10 @@ def serve(
         forwarded_allow_ips=forwarded_allow_ips,
     )
     shape = f"{workers} workers" if workers > 1 else "1 process"
-    err.print(f"routegate: policy {path} -> http://{host}:{port}/v1  (request log: {log}; {shape})")
+    err.print(
+        f"routegate: policy {path} -> http://{host}:{port}/v1  "
+        f"(request log: {safe_location(log)}, replica {replica}; {shape})"
+    )
     status = Supervisor(spec, workers).run() if workers > 1 else run_single(spec)
     if status:
         raise typer.Exit(status)

@@ -11,7 +11,8 @@ Across workers:
 - keys, budgets, rate windows and pacing must be in a shared store (`state.url: redis://`):
   `memory_store_refusal` says why the embedded store is refused;
 - the request log is one SQLite file in WAL mode, each worker with its own writer thread
-  (gateway/accounting/request_log.py waits on the file lock rather than drop a batch);
+  (gateway/accounting/request_log.py waits on the file lock rather than drop a batch), or one
+  Postgres database, each worker with its own spool file (`_as_worker`);
 - metrics use prometheus_client's multiprocess mode: each worker writes its values to files
   in PROMETHEUS_MULTIPROC_DIR and /metrics, from any worker, sums them (gateway/metrics.py).
 """
@@ -19,6 +20,7 @@ Across workers:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import multiprocessing
 import os
@@ -32,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
+from gateway.accounting.log_store import default_spool_path
 from gateway.app import Settings, create_app
 from gateway.drain import Drain, DrainConfig
 from gateway.draining_server import CUT_SETTLE_S, DrainingServer
@@ -63,7 +66,7 @@ class ServeSpec:
 
 def configure_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format=_LOG_FORMAT)
-    for noisy in ("httpx", "watchfiles", "LiteLLM"):
+    for noisy in ("httpx", "watchfiles", "LiteLLM", "yoyo"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -99,14 +102,28 @@ def run_single(spec: ServeSpec) -> int:
     return run_server(spec)
 
 
-def _worker_main(spec: ServeSpec, sock: socket.socket) -> None:
-    """A spawned worker's entry point."""
+def _worker_main(spec: ServeSpec, sock: socket.socket, index: int) -> None:
+    """A spawned worker's entry point (`index`: its place among the N, kept by a restart)."""
     configure_logging(spec.log_level)
-    status = run_server(spec, [sock])
+    status = run_server(_as_worker(spec, index), [sock])
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(os.getpid())  # its live gauges go; its counters stay
     sys.exit(status)
+
+
+def _as_worker(spec: ServeSpec, index: int) -> ServeSpec:
+    """Worker `index`'s own spool file (a Postgres log's rows waiting for it to come back): N
+    processes must not append to and replay one file; a worker restarted in the same place
+    finds what its predecessor left there."""
+    s = spec.settings
+    given = s.log_spool_path
+    spool = (
+        given.with_name(f"{given.stem}-w{index}{given.suffix}")
+        if given is not None
+        else default_spool_path(s.state_path, f"{s.replica}-w{index}")
+    )
+    return dataclasses.replace(spec, settings=dataclasses.replace(s, log_spool_path=spool))
 
 
 def memory_store_refusal(policy: Policy, policy_path: Path, workers: int) -> str | None:
@@ -164,7 +181,7 @@ class Supervisor:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
         }
         try:
-            self._procs = [self._start(bound) for _ in range(self._n)]
+            self._procs = [self._start(bound, i) for i in range(self._n)]
             log.info("supervisor %d: workers %s", os.getpid(), [p.pid for p in self._procs])
             status = self._watch(bound)
         finally:
@@ -178,8 +195,8 @@ class Supervisor:
     def _on_signal(self, sig: int, frame: FrameType | None) -> None:
         self._signals.append(sig)
 
-    def _start(self, sock: socket.socket) -> multiprocessing.process.BaseProcess:
-        proc = self._ctx.Process(target=_worker_main, args=(self._spec, sock), daemon=False)
+    def _start(self, sock: socket.socket, index: int) -> multiprocessing.process.BaseProcess:
+        proc = self._ctx.Process(target=_worker_main, args=(self._spec, sock, index), daemon=False)
         proc.start()
         return proc
 
@@ -200,7 +217,7 @@ class Supervisor:
                     return 1
                 log.error("worker %d died (exit %s); starting another", proc.pid, proc.exitcode)
                 _mark_dead(proc.pid)
-                self._procs[i] = self._start(sock)
+                self._procs[i] = self._start(sock, i)
             time.sleep(0.2)
 
     def _send(self, sig: int) -> None:

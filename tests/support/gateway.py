@@ -21,12 +21,17 @@ class GatewayProcess:
         policy: Path,
         workdir: Path,
         env: dict[str, str] | None = None,
+        *,
+        log: str | None = None,
         args: list[str] | None = None,
     ):
+        """`log`: a request log other than workdir/requests.sqlite (a Postgres URL); `args`:
+        more `routegate serve` options."""
         self.policy = policy
-        self.args = args or []  # more `routegate serve` options
         self.port = free_port()
         self.log_path = workdir / "requests.sqlite"
+        self.log = log or str(self.log_path)
+        self._args = args or []
         self.state_path = workdir / "state.sqlite"
         self.stderr_path = workdir / "gateway.log"
         self._env = {**os.environ, **(env or {})}
@@ -47,10 +52,10 @@ class GatewayProcess:
             "--port",
             str(self.port),
             "--log",
-            str(self.log_path),
+            self.log,
             "--state-file",
             str(self.state_path),
-            *self.args,
+            *self._args,
         ]
         with self.stderr_path.open("wb") as err:
             self.proc = subprocess.Popen(cmd, stdout=err, stderr=subprocess.STDOUT, env=self._env)
