@@ -89,6 +89,10 @@ class GatewayProcess:
         assert self.proc is not None
         self.proc.send_signal(sig)
 
+    def wait(self, timeout: float = 30) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout=timeout)
+
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
