@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from gateway.accounting.log_store import open_reader
 from gateway.accounting.request_log import read_records
 from gateway.admission.periods import window_id
 from gateway.state import open_state
@@ -126,6 +127,39 @@ def test_two_workers_serve_one_port_with_shared_metrics_and_log(
         assert max(rows, key=lambda r: r["ts"])["completion_tokens"] == 20
     finally:
         gw.stop()
+
+
+def test_two_workers_share_a_postgres_log_each_with_its_own_spool(
+    upstream: Upstream, redis_url: str, postgres_url: str, tmp_path: Path
+) -> None:
+    policy = tmp_path / "policy.yaml"
+    write_policy(policy, redis_url, upstream)
+    args = ["--workers", "2", "--log-spool", str(tmp_path / "spool.jsonl"), "--replica", "r1"]
+    gw = GatewayProcess(policy, tmp_path, log=postgres_url, args=args).start()
+    try:
+        workers_started(gw, 2)
+        body = {"model": "cheap", "messages": MESSAGES}
+        with ThreadPoolExecutor(4) as pool:
+            sent = list(
+                pool.map(
+                    lambda _: httpx.post(gw.url + "/v1/chat/completions", json=body, timeout=30),
+                    range(40),
+                )
+            )
+        assert [r.status_code for r in sent] == [200] * 40
+        gw.signal(signal.SIGTERM)  # the drain flushes both workers' writers
+        assert gw.proc is not None and gw.proc.wait(timeout=20) == 0, gw.output()
+    finally:
+        gw.stop()
+    rows = [row for batch in open_reader(postgres_url).batches() for row in batch]
+    assert sorted(r["request_id"] for r in rows) == sorted(
+        r.headers["x-routegate-request-id"] for r in sent
+    )
+    assert {r["replica"] for r in rows} == {"r1"}  # one replica, however many workers
+    # Each worker has a spool file of its own, empty (Postgres stayed up).
+    spools = sorted(tmp_path.glob("spool*"))
+    assert [p.name for p in spools] == ["spool-w0.jsonl", "spool-w1.jsonl"]
+    assert all(p.stat().st_size == 0 for p in spools)
 
 
 def test_two_workers_on_the_memory_store_are_refused(upstream: Upstream, tmp_path: Path) -> None:
