@@ -331,6 +331,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if runtime is not None:
             for name, backend in runtime.backends.items():
                 services.metrics.backend_healthy.labels(name).set(1 if backend.healthy() else 0)
+            services.metrics.set_endpoints(
+                (model, r.endpoint, r.engine) for model, r in runtime.endpoint_reports()
+            )
         return Response(generate_latest(services.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Generic, TypeVar
+from collections.abc import Iterable
+from typing import Generic, Protocol, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -27,6 +28,19 @@ class Children(Generic[M]):
         if child is None:
             child = self._children[values] = self._metric.labels(*values)
         return child
+
+
+class EngineFigures(Protocol):
+    """What a vLLM endpoint reports of its load (gateway.backends.vllm_pool.EngineState)."""
+
+    @property
+    def running(self) -> float | None: ...
+    @property
+    def waiting(self) -> float | None: ...
+    @property
+    def kv_usage(self) -> float | None: ...
+    @property
+    def prefix_hit_rate(self) -> float | None: ...
 
 
 class Metrics:
@@ -135,6 +149,33 @@ class Metrics:
             "Request-log rows waiting in the local spool for Postgres",
             registry=self.registry,
         )
+        # Each vLLM endpoint's own load, as its /metrics last said (set on each scrape).
+        endpoint = ("model", "endpoint")
+        self.endpoint_running = Gauge(
+            "routegate_endpoint_requests_running",
+            "Requests in the endpoint's running batch (all its clients), from its /metrics",
+            endpoint,
+            registry=self.registry,
+        )
+        self.endpoint_waiting = Gauge(
+            "routegate_endpoint_requests_waiting",
+            "Requests queued at the endpoint (all its clients), from its /metrics",
+            endpoint,
+            registry=self.registry,
+        )
+        self.endpoint_kv_usage = Gauge(
+            "routegate_endpoint_kv_cache_usage",
+            "The endpoint's KV-cache usage, 0..1, from its /metrics",
+            endpoint,
+            registry=self.registry,
+        )
+        self.endpoint_prefix_hit_rate = Gauge(
+            "routegate_endpoint_prefix_cache_hit_rate",
+            "Prompt tokens served from the endpoint's prefix cache / tokens looked up, since "
+            "the server started, from its /metrics",
+            endpoint,
+            registry=self.registry,
+        )
         # What every request counts, by label set (gateway/accounting/charge.py).
         self.requests_of = Children(self.requests)
         self.errors_of = Children(self.errors)
@@ -157,3 +198,20 @@ class Metrics:
 
     def log_spool_depth(self, rows: int) -> None:
         self.log_spool_depth_rows.set(rows)
+
+    def set_endpoints(self, rows: Iterable[tuple[str, str, EngineFigures]]) -> None:
+        """The endpoint gauges, (model, endpoint URL, figures) each: replaced whole, so an
+        endpoint a reload removed, or one whose figures are unknown, shows no stale value."""
+        gauges = (
+            (self.endpoint_running, "running"),
+            (self.endpoint_waiting, "waiting"),
+            (self.endpoint_kv_usage, "kv_usage"),
+            (self.endpoint_prefix_hit_rate, "prefix_hit_rate"),
+        )
+        for gauge, _ in gauges:
+            gauge.clear()
+        for model, endpoint, figures in rows:
+            for gauge, field in gauges:
+                value = getattr(figures, field)
+                if value is not None:
+                    gauge.labels(model, endpoint).set(value)
