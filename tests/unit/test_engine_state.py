@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.backends.http_client import new_upstream_client
 from gateway.backends.vllm_pool import EngineState, VllmPool
+from gateway.backends.vllm_pool.engine_poll import ALL_NAMES, wanted_lines
 from gateway.backends.vllm_pool.engine_state import (
     MalformedMetrics,
     NotVllmMetrics,
@@ -42,6 +43,17 @@ def test_new_names_summed_over_engines() -> None:
         "vllm:prefix_cache_hits",
         "vllm:prefix_cache_queries",
     )
+
+
+def test_a_real_page_of_vllm_0_32_whole_and_filtered() -> None:
+    # Captured from a demo server (tiny-small) after three chat calls with one long prompt.
+    page = (Path(__file__).parent.parent / "support" / "vllm_0_32_metrics.txt").read_text()
+    whole = parse_engine_state(page, 1.0)
+    assert (whole.running, whole.waiting, whole.kv_usage) == (0, 0, 0)
+    assert (whole.prefix_hits, whole.prefix_queries) == (768, 1355)
+    # The poller parses only the lines of the families it reads: the same figures.
+    assert parse_engine_state(wanted_lines(page, ALL_NAMES), 1.0) == whole
+    assert len(wanted_lines(page, ALL_NAMES)) < len(page) / 10
 
 
 def test_an_untyped_page() -> None:
@@ -110,7 +122,7 @@ def pool(urls: list[str], client: httpx.AsyncClient, interval_s: float = 0.05) -
     return VllmPool("m", cfg, client, health_interval_s=60, metrics_interval_s=interval_s)
 
 
-async def _until(check, timeout_s: float = 5.0) -> None:  # type: ignore[no-untyped-def]
+async def _until(check: Callable[[], bool], timeout_s: float = 5.0) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     while not check():
