@@ -16,7 +16,6 @@ from typing import Any
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
@@ -37,12 +36,13 @@ from gateway.dashboard import mount_dashboard
 from gateway.dialects import Dialect
 from gateway.dialects.messages import MessagesApi
 from gateway.dialects.responses import ResponsesApi
+from gateway.drain import Drain
 from gateway.errors import ApiError
 from gateway.feedback.endpoint import feedback
 from gateway.feedback.service import FeedbackService
 from gateway.hot_routes import HotRoutes
 from gateway.http_limits import RequestLimits
-from gateway.metrics import Metrics
+from gateway.metrics import Metrics, exposition
 from gateway.model_list import model_entries, visible_names
 from gateway.model_list import not_found as model_not_found
 from gateway.pipeline import Services, handle
@@ -100,8 +100,10 @@ async def _operator(request: Request) -> bool:
         raise
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, drain: Drain | None = None) -> FastAPI:
+    """`drain`: the serving process's shutdown state (gateway/draining_server.py sets it)."""
     settings = settings or Settings()
+    drain = drain or Drain()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -139,7 +141,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         pacers = Pacers(state, log_location)
         feedback_service = FeedbackService(request_log, state, open_reader(log_location))
         app.state.services = Services(
-            request_log, metrics, Access(state), pacers, feedback_service, tracing=tracing
+            request_log,
+            metrics,
+            Access(state),
+            pacers,
+            feedback_service,
+            tracing=tracing,
+            drain=drain,
         )
         app.state.started = time.time()
         if settings.watch_policy:
@@ -295,10 +303,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await services.access.state.ping(READY_PING_TIMEOUT_S)
         except StateUnavailable as exc:
             state_error = str(exc)
-        ready = bool(healthy) and state_error is None
+        ready = bool(healthy) and state_error is None and not drain.draining
         status = 200 if ready else 503
+        word = "draining" if drain.draining else "ready" if ready else "not_ready"
         body: dict[str, Any] = {
-            "status": "ready" if ready else "not_ready",
+            "status": word,
             "state": "unavailable" if state_error else "ok",
         }
         rules = rules_of(request)
@@ -334,6 +343,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             services.metrics.set_endpoints(
                 (model, r.endpoint, r.engine) for model, r in runtime.endpoint_reports()
             )
-        return Response(generate_latest(services.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        body, media_type = exposition(services.metrics)
+        return Response(body, media_type=media_type)
 
     return app

@@ -1,11 +1,29 @@
-"""Prometheus metrics, one registry per app so tests and reloads do not collide."""
+"""Prometheus metrics, one registry per app so tests and reloads do not collide.
+
+With several workers (`routegate serve --workers N`) prometheus_client runs in its
+multiprocess mode: PROMETHEUS_MULTIPROC_DIR is set before the workers start, every value is
+kept in a file per worker there, and `exposition()` sums the files, so /metrics from any worker
+gives the totals of all. Counters and histograms add up; the one gauge says how to combine.
+"""
 
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Iterable
 from typing import Generic, Protocol, TypeVar
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.multiprocess import MultiProcessCollector
+
+MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 M = TypeVar("M", Counter, Histogram)
 
@@ -125,6 +143,9 @@ class Metrics:
             "1 if the model has a usable endpoint",
             ("model",),
             registry=self.registry,
+            # Set by the worker a scrape reaches, from its own health checks: across workers,
+            # the latest value of the live ones.
+            multiprocess_mode="livemostrecent",
         )
         self.policy_reloads = Counter(
             "routegate_policy_reloads",
@@ -132,6 +153,14 @@ class Metrics:
             ("result",),
             registry=self.registry,
         )
+        # Which process answered: per worker pid, so N workers' shares can be seen (the other
+        # metrics are summed across workers). One label value per worker process.
+        self.worker_requests = Counter(
+            "routegate_worker_requests",
+            "Requests answered, by the worker process (pid) that answered them",
+            ("pid",),
+            registry=self.registry,
+        ).labels(str(os.getpid()))
         # The Postgres request log's spool (gateway/accounting/log_store/postgres.py): rows
         # written to it while Postgres was away, rows replayed from it, rows in it now.
         self.log_spooled_rows = Counter(
@@ -148,26 +177,31 @@ class Metrics:
             "routegate_request_log_spool_depth",
             "Request-log rows waiting in the local spool for Postgres",
             registry=self.registry,
+            multiprocess_mode="livesum",  # --workers N: the rows waiting in every worker's spool
         )
-        # Each vLLM endpoint's own load, as its /metrics last said (set on each scrape).
+        # Each vLLM endpoint's own load, as its /metrics last said, set by the worker a scrape
+        # reaches (every worker reads the same servers: the latest value of the live ones).
         endpoint = ("model", "endpoint")
         self.endpoint_running = Gauge(
             "routegate_endpoint_requests_running",
             "Requests in the endpoint's running batch (all its clients), from its /metrics",
             endpoint,
             registry=self.registry,
+            multiprocess_mode="livemostrecent",
         )
         self.endpoint_waiting = Gauge(
             "routegate_endpoint_requests_waiting",
             "Requests queued at the endpoint (all its clients), from its /metrics",
             endpoint,
             registry=self.registry,
+            multiprocess_mode="livemostrecent",
         )
         self.endpoint_kv_usage = Gauge(
             "routegate_endpoint_kv_cache_usage",
             "The endpoint's KV-cache usage, 0..1, from its /metrics",
             endpoint,
             registry=self.registry,
+            multiprocess_mode="livemostrecent",
         )
         self.endpoint_prefix_hit_rate = Gauge(
             "routegate_endpoint_prefix_cache_hit_rate",
@@ -175,7 +209,9 @@ class Metrics:
             "the server started, from its /metrics",
             endpoint,
             registry=self.registry,
+            multiprocess_mode="livemostrecent",
         )
+        self._endpoint_series: set[tuple[Gauge, str, str]] = set()  # what set_endpoints set
         # What every request counts, by label set (gateway/accounting/charge.py).
         self.requests_of = Children(self.requests)
         self.errors_of = Children(self.errors)
@@ -200,18 +236,38 @@ class Metrics:
         self.log_spool_depth_rows.set(rows)
 
     def set_endpoints(self, rows: Iterable[tuple[str, str, EngineFigures]]) -> None:
-        """The endpoint gauges, (model, endpoint URL, figures) each: replaced whole, so an
-        endpoint a reload removed, or one whose figures are unknown, shows no stale value."""
+        """The endpoint gauges, (model, endpoint URL, figures) each, replaced whole: an
+        endpoint a reload removed, or one whose figures are unknown now, shows no stale value.
+        Removed in one process; with --workers, where a value stays in the worker's file once
+        written, set to NaN (no value) instead."""
         gauges = (
             (self.endpoint_running, "running"),
             (self.endpoint_waiting, "waiting"),
             (self.endpoint_kv_usage, "kv_usage"),
             (self.endpoint_prefix_hit_rate, "prefix_hit_rate"),
         )
-        for gauge, _ in gauges:
-            gauge.clear()
+        multiprocess = bool(os.environ.get(MULTIPROC_DIR_ENV))
+        shown: set[tuple[Gauge, str, str]] = set()
         for model, endpoint, figures in rows:
             for gauge, field in gauges:
                 value = getattr(figures, field)
                 if value is not None:
                     gauge.labels(model, endpoint).set(value)
+                    shown.add((gauge, model, endpoint))
+        for gone in self._endpoint_series - shown:
+            gauge, model, endpoint = gone
+            if multiprocess:
+                gauge.labels(model, endpoint).set(math.nan)
+            else:
+                gauge.remove(model, endpoint)
+        self._endpoint_series = shown
+
+
+def exposition(metrics: Metrics) -> tuple[bytes, str]:
+    """The /metrics body and its content type: this process's registry, or in multiprocess
+    mode every worker's values summed (a fresh registry per scrape, as the mode requires)."""
+    if os.environ.get(MULTIPROC_DIR_ENV):
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(metrics.registry), CONTENT_TYPE_LATEST

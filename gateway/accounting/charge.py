@@ -150,6 +150,7 @@ class Accounting:
         rec, notes, m = self.record, self.notes, self._metrics
         route, model_label, status = rec.route or "", rec.model or "", str(rec.status)
         m.requests_of(route, model_label, status).inc()
+        m.worker_requests.inc()
         api = rec.api or rec.endpoint_kind
         m.api_requests_of(api, status).inc()
         if rec.cost_usd:

@@ -219,6 +219,11 @@ _INSERT = (
     f"VALUES ({', '.join('?' * len(_COLUMNS))})"
 )
 _STOP = object()
+# Several worker processes write the same file (`routegate serve --workers N`): SQLite lets
+# one writer in at a time and the others wait on its lock this long...
+BUSY_TIMEOUT_S = 30.0
+# ...and a batch that still finds it locked is tried again, never dropped for contention.
+_LOCKED_RETRIES = 20
 COLUMNS = tuple(_COLUMNS)  # what a sink's request rows hold, in order
 FEEDBACK_COLUMNS = ("request_id", "source", "model", "score", "ts", "api_key_id", "comment")
 
@@ -255,25 +260,29 @@ class SqliteSink:
         self.location = str(self.path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # Created here so a bad path fails at start-up, not on the first request.
-        with sqlite3.connect(self.path) as db:
+        with sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S) as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(SCHEMA)
             # A log written by an older version lacks newer columns: add them.
             have = {row[1] for row in db.execute("PRAGMA table_info(requests)")}
             for column in _COLUMNS:
                 if column not in have:
-                    db.execute(f"ALTER TABLE requests ADD COLUMN {column} {_COLUMN_TYPES[column]}")
+                    try:
+                        db.execute(
+                            f"ALTER TABLE requests ADD COLUMN {column} {_COLUMN_TYPES[column]}"
+                        )
+                    except sqlite3.OperationalError as exc:  # another worker added it first
+                        if "duplicate column" not in str(exc):
+                            raise
         db.close()
         self._db: sqlite3.Connection | None = None  # opened by the writer thread
 
     def store(self, records: list[tuple[Any, ...]], feedback: list[tuple[Any, ...]]) -> None:
         if self._db is None:
-            self._db = sqlite3.connect(self.path, check_same_thread=False)
+            self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=BUSY_TIMEOUT_S)
             self._db.execute("PRAGMA synchronous=NORMAL")
         try:
-            with self._db:
-                self._db.executemany(_INSERT, records)
-                self._db.executemany(_FEEDBACK_INSERT, feedback)
+            _commit(self._db, records, feedback)
         except sqlite3.Error:
             # Keep the gateway serving; the lost rows are named in the log.
             log.exception(
@@ -293,6 +302,24 @@ class SqliteSink:
     def close(self) -> None:
         if self._db is not None:
             self._db.close()
+
+
+def _commit(
+    db: sqlite3.Connection, records: list[tuple[Any, ...]], feedback: list[tuple[Any, ...]]
+) -> None:
+    """One transaction for the batch; on a lock held past the busy timeout by another
+    process, the whole batch again."""
+    for attempt in range(_LOCKED_RETRIES + 1):
+        try:
+            with db:
+                db.executemany(_INSERT, records)
+                db.executemany(_FEEDBACK_INSERT, feedback)
+            return
+        except sqlite3.OperationalError as exc:
+            locked = "locked" in str(exc) or "busy" in str(exc)
+            if not locked or attempt == _LOCKED_RETRIES:
+                raise
+            log.warning("request log is locked by another writer; trying the batch again")
 
 
 class RequestLog:

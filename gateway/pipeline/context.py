@@ -15,6 +15,7 @@ from gateway.admission.price_multiplier import Pacers
 from gateway.backends.base import Kind
 from gateway.cache.response_cache import CachedAnswer, ResponseCache
 from gateway.dialects import Dialect
+from gateway.drain import Drain
 from gateway.feedback.service import FeedbackService
 from gateway.metrics import Metrics
 from gateway.runtime import Runtime
@@ -57,6 +58,7 @@ class Services:
     pacers: Pacers
     feedback: FeedbackService  # explicit and implicit feedback, and learning from it
     ids: RequestIds = field(default_factory=RequestIds)
+    drain: Drain = field(default_factory=Drain)  # the process's shutdown, which streams heed
     tracing: Tracing = field(default_factory=Tracing)  # off unless OTEL_* configure it
 
 

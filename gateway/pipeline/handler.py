@@ -3,8 +3,10 @@ respond, with accounting (gateway/accounting/charge.py) writing its row exactly 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
+import anyio
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -12,6 +14,7 @@ from gateway.accounting.charge import Bill
 from gateway.admission.guard import state_unavailable
 from gateway.backends.base import Kind
 from gateway.dialects import Dialect
+from gateway.drain import DRAINED, Drain
 from gateway.errors import ApiError
 from gateway.pipeline import admit, cache, respond, spans
 from gateway.pipeline.context import RequestContext, Services, start
@@ -41,8 +44,29 @@ async def handle(
 async def _guarded(request: Request, ctx: RequestContext) -> Response:
     """The request, whatever fails inside: an answer in the client's API, and a row."""
     rec = ctx.record
+    drain = ctx.services.drain
     try:
-        return await _handle(request, ctx)
+        return await _until_cut(request, ctx, drain)
+    except _Drained:
+        # Still waiting on its upstream at the drain timeout: answered 503, the reservation
+        # settled for what is known (a stream is cut in respond.stream instead).
+        why = f"503 {DRAINED}: {drain.cut_message()}"
+        await ctx.account.finish(Bill(503, rec.model, error=why))
+        err = ApiError(
+            503,
+            "The gateway is shutting down; send the request again",
+            code=DRAINED,
+            headers={"retry-after": "1"},
+        )
+        return respond.error(ctx, err, respond.headers(ctx, rec.model, None))
+    except asyncio.CancelledError:
+        # The last resort: uvicorn cancels what still runs `CUT_SETTLE_S` after the cut (a
+        # client disconnect does not cancel a request that is not streaming). The reservation
+        # is settled and the row written all the same, then the cancellation goes on.
+        why = f"503 {DRAINED}: {drain.cut_message()}" if drain.draining else "cancelled"
+        with anyio.CancelScope(shield=True):
+            await ctx.account.finish(Bill(503 if drain.draining else 499, rec.model, error=why))
+        raise
     except StateUnavailable as exc:
         # Keys, budgets and rate limits cannot be checked: fail closed, and say it is passing.
         log.warning("request %s refused: %s", rec.request_id, exc)
@@ -56,6 +80,25 @@ async def _guarded(request: Request, ctx: RequestContext) -> Response:
         await ctx.account.finish(Bill(500, rec.model, error=f"internal error: {exc!r}"))
         err = ApiError(500, "Internal error in the gateway", code="internal_error")
         return respond.error(ctx, err, respond.headers(ctx, rec.model, None))
+
+
+class _Drained(Exception):
+    """The drain's cut ended the request before it had its answer."""
+
+
+async def _until_cut(request: Request, ctx: RequestContext, drain: Drain) -> Response:
+    """`_handle`, ended by the drain's cut (gateway/drain.py) wherever it waits then."""
+    try:
+        async with asyncio.timeout(None) as wait:
+            drain.waits.add(wait)  # cut() moves it to now
+            try:
+                return await _handle(request, ctx)
+            finally:
+                drain.waits.discard(wait)
+    except TimeoutError:
+        if wait.expired() and drain.cut_done:
+            raise _Drained from None
+        raise
 
 
 async def _handle(request: Request, ctx: RequestContext) -> Response:

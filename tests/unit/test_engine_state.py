@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from gateway.backends.vllm_pool.engine_state import (
     NotVllmMetrics,
     parse_engine_state,
 )
+from gateway.metrics import MULTIPROC_DIR_ENV, Metrics
 from policies.schema import VllmModel
 from tests.support import vllm_metrics
 from tests.support.inprocess import in_process_gateway
@@ -257,3 +259,28 @@ async def test_gauges_on_metrics_and_the_dashboard_table(
         )
         text = (await gw.client.get("/metrics")).text
         assert "routegate_endpoint_requests_running{" not in text
+
+
+def test_gauges_of_an_endpoint_gone_are_removed_or_nan_with_workers(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    def running(metrics: Metrics) -> list[float]:
+        return [
+            s.value
+            for f in metrics.registry.collect()
+            if f.name == "routegate_endpoint_requests_running"
+            for s in f.samples
+        ]
+
+    figures = EngineState(running=2, waiting=0, kv_usage=0.1, prefix_hit_rate=0.5, read_at=1.0)
+    one = Metrics()
+    one.set_endpoints([("m", "http://a/v1", figures)])
+    assert running(one) == [2]
+    one.set_endpoints([("m", "http://a/v1", EngineState())])  # unknown now: no sample
+    assert running(one) == []
+    # --workers: a value once written stays in the worker's file, so it is set to NaN.
+    monkeypatch.setenv(MULTIPROC_DIR_ENV, str(tmp_path))
+    workers = Metrics()
+    workers.set_endpoints([("m", "http://a/v1", figures)])
+    workers.set_endpoints([])
+    assert [math.isnan(v) for v in running(workers)] == [True]
