@@ -398,6 +398,12 @@ class Defaults(_Strict):
     max_request_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
     health_interval_s: float = Field(default=5.0, gt=0)
     health_timeout_s: float = Field(default=2.0, gt=0, description="one health probe")
+    metrics_interval_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="vLLM endpoints' own /metrics (running, waiting, KV cache, prefix cache) "
+        "are read this often",
+    )
     unhealthy_after: int = Field(
         default=2, ge=1, le=100, description="failed probes in a row that take an endpoint out"
     )

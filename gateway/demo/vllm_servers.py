@@ -66,13 +66,14 @@ def embedding_server(port: int, log_dir: Path) -> VllmServer:
 #  --distributed-executor-backend uni (+ VLLM_ENABLE_V1_MULTIPROCESSING=0 below): the model runs
 #    in the engine-core process instead of one more forked worker.
 #  --max-num-seqs 64: matches the KV budget at full length; the default batches far more.
-#  --disable-log-stats: no periodic throughput lines in the logs.
+#  No --disable-log-stats: it also turns off vLLM's Prometheus /metrics, which the gateway reads
+#    each endpoint's load from (gateway/backends/vllm_pool/engine_poll.py); an idle server
+#    logs its throughput lines at debug only.
 LEAN_ARGS: tuple[str, ...] = (
     "--enforce-eager",
     "--kv-cache-memory-bytes", "256M",
     "--distributed-executor-backend", "uni",
     "--max-num-seqs", "64",
-    "--disable-log-stats",
 )  # fmt: skip
 
 LEAN_ENV: dict[str, str] = {
