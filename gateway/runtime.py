@@ -176,8 +176,18 @@ def call_limits(policy: Policy) -> dict[str, CallLimits]:
             first_byte_timeout_s=_or(m.first_byte_timeout_s, d.first_byte_timeout_s),
             stream_timeout_s=m.stream_timeout_s or d.stream_timeout_s or timeout_s,
             stream_idle_timeout_s=_or(m.stream_idle_timeout_s, d.stream_idle_timeout_s),
+            **_sticky(m),
         )
     return out
+
+
+def _sticky(model: VllmModel | LitellmModel) -> dict[str, str | None]:
+    """Where the model's session key is read (`scheduling.sticky`); nothing without one."""
+    scheduling = model.scheduling if isinstance(model, VllmModel) else None
+    sticky = None if scheduling is None or isinstance(scheduling, str) else scheduling.sticky
+    if sticky is None:
+        return {}
+    return {"sticky_header": sticky.header and sticky.header.lower(), "sticky_field": sticky.field}
 
 
 def _cascade(

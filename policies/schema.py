@@ -99,6 +99,63 @@ class _ModelBase(_Strict):
     )
 
 
+class ScorerWeights(_Strict):
+    """How much each scorer counts in the endpoint choice (each scores 0..1 per endpoint)."""
+
+    prefix: float = Field(default=0, ge=0, description="affinity for the prompt's leading text")
+    queue: float = Field(default=0, ge=0, description="vLLM's running + waiting requests")
+    kv: float = Field(default=0, ge=0, description="vLLM's KV-cache usage")
+    outstanding: float = Field(default=0, ge=0, description="this replica's requests in flight")
+
+    @model_validator(mode="after")
+    def _some_weight(self) -> ScorerWeights:
+        if not (self.prefix or self.queue or self.kv or self.outstanding):
+            raise ValueError("at least one scorer needs a weight above 0")
+        return self
+
+
+class StickyConfig(_Strict):
+    """Requests with the same session key go to the same endpoint while it is usable."""
+
+    header: str | None = Field(default=None, min_length=1, description="a request header")
+    field: Literal["user"] | None = Field(default=None, description="a request body field")
+
+    @model_validator(mode="after")
+    def _one_key(self) -> StickyConfig:
+        if (self.header is None) == (self.field is None):
+            raise ValueError("sticky takes exactly one of 'header' or 'field'")
+        return self
+
+
+class SchedulingConfig(_Strict):
+    """Endpoint choice by weighted scorers (gateway/backends/vllm_pool/scheduling.py)."""
+
+    scorers: ScorerWeights
+    prefix_block_chars: int = Field(
+        default=256, ge=16, le=65536, description="the prefix scorer's block, in characters"
+    )
+    max_imbalance: float = Field(
+        default=2.0,
+        ge=1,
+        description="an endpoint whose load passes this many times the least-loaded one's "
+        "(at least 1) loses its prefix preference",
+    )
+    sticky: StickyConfig | None = None
+
+
+SchedulingPreset = Literal["least_outstanding", "round_robin", "prefix_aware"]
+
+
+def _scheduling_kind(value: object) -> str:
+    return "preset" if isinstance(value, str) else "scorers"
+
+
+Scheduling = Annotated[
+    Annotated[SchedulingPreset, Tag("preset")] | Annotated[SchedulingConfig, Tag("scorers")],
+    Discriminator(_scheduling_kind),
+]
+
+
 class VllmModel(_ModelBase):
     provider: Literal["vllm"]
     endpoints: list[HttpUrl] = Field(
@@ -106,6 +163,9 @@ class VllmModel(_ModelBase):
     )
     served_name: str | None = Field(default=None, description="the name vLLM serves it under")
     pricing: Pricing
+    scheduling: Scheduling = Field(
+        default="least_outstanding", description="how a request's endpoint is chosen"
+    )
 
 
 class LitellmModel(_ModelBase):

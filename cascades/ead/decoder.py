@@ -86,6 +86,9 @@ class Decoder:
         self._switch_raw: list[tuple[float, int, int]] = []
         self._prompts: dict[str, tuple[str, bool]] = {}  # model -> (prompt, add BOS): per request
         self._calls = 0
+        # Each model's calls of this request go to one endpoint (the pool's sticky map), whose
+        # prefix cache then holds the prompt and the text so far: unique per live request.
+        self._affinity = f"ead-{id(self):x}-{time.monotonic_ns():x}"
 
     # -- the loop --------------------------------------------------------------------------
     async def pieces(self) -> AsyncGenerator[str, None]:
@@ -195,9 +198,11 @@ class Decoder:
         if self.seed is not None:  # a fresh, reproducible draw for each call
             payload["seed"] = self.seed + self._calls
         self._calls += 1
+        call = self.c.limits.call("completions", payload)
+        call.affinity = self._affinity
         t0 = time.perf_counter()
         try:
-            done = await self.backends[model].complete(self.c.limits.call("completions", payload))
+            done = await self.backends[model].complete(call)
         except UpstreamError as err:
             if err.usage is not None:  # answered, but no answer: paid for all the same
                 self._count(model, err.usage, ",".join(err.attempts))

@@ -8,7 +8,7 @@ gateway drops the final usage chunk when the client did not ask for it).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -27,6 +27,9 @@ class UpstreamCall:
     first_byte_timeout_s: float | None = None
     # Sent upstream with the call: the trace context (traceparent) when tracing is on.
     headers: dict[str, str] | None = None
+    # A session key: calls with the same one go to the same endpoint while it is usable
+    # (a vLLM pool's sticky map): the model's `scheduling.sticky` key, or EAD's per request.
+    affinity: str | None = None
 
 
 @dataclass(slots=True, frozen=True)
@@ -39,11 +42,22 @@ class CallLimits:
     first_byte_timeout_s: float | None = None
     stream_timeout_s: float | None = None  # a whole stream; None: timeout_s
     stream_idle_timeout_s: float | None = None  # between two chunks; None: no limit
+    # Where the session key of `scheduling.sticky` is read: a request header, or a body field.
+    sticky_header: str | None = None
+    sticky_field: str | None = None
 
-    def call(self, kind: Kind, body: dict[str, Any]) -> UpstreamCall:
+    def call(
+        self, kind: Kind, body: dict[str, Any], headers: Mapping[str, str] | None = None
+    ) -> UpstreamCall:
+        affinity = None
+        if self.sticky_field is not None:
+            value = body.get(self.sticky_field)
+            affinity = value if isinstance(value, str) and value else None
+        elif self.sticky_header is not None and headers is not None:
+            affinity = headers.get(self.sticky_header) or None
         return UpstreamCall(
             kind, body, self.timeout_s, self.retries, self.connect_timeout_s,
-            self.first_byte_timeout_s,
+            self.first_byte_timeout_s, None, affinity,
         )  # fmt: skip
 
 

@@ -91,6 +91,7 @@ async def identify(request: Request, ctx: RequestContext) -> None:
     raw = await request.body()
     dialect = ctx.dialect
     ctx.body = body = parse_request(raw, ctx.kind) if dialect is None else dialect.parse(raw)
+    ctx.headers = request.headers
     rec.stream = bool(body.get("stream"))
     rec.route, ctx.config = resolve(ctx.runtime, body["model"])
     # The key's permission is for what it asked: the experiment, not the arm it is given.

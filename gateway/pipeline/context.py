@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,6 +95,8 @@ class RequestContext:
     dialect: Dialect | None = None  # the client's API, translated to and from chat (None: OpenAI)
     key: VirtualKey | None = None  # admit: the caller's key (None: anonymous)
     body: dict[str, Any] = field(default_factory=dict)  # admit: the parsed request
+    # admit: the client's headers, read for a model's sticky-session header (not copied).
+    headers: Mapping[str, str] | None = None
     config: RouteConfig | None = None  # admit: the route's policy (None: a model by name)
     cache: CacheUse | None = None  # cache: the route's cache entry for this request
     trace: RequestSpan | None = None  # its SERVER span, when tracing (pipeline/spans.py)

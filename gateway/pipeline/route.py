@@ -4,6 +4,7 @@ route's cascade when it has one."""
 from __future__ import annotations
 
 import inspect
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +29,12 @@ class Plan:
 
 
 async def plan(
-    runtime: Runtime, body: dict[str, Any], kind: Kind, route: str | None, ctx: RouteContext
+    runtime: Runtime,
+    body: dict[str, Any],
+    kind: Kind,
+    route: str | None,
+    ctx: RouteContext,
+    headers: Mapping[str, str] | None = None,
 ) -> tuple[RoutingDecision, list[Attempt]]:
     """Router: the models to try, in order, each with its upstream call."""
     if route is None:
@@ -37,7 +43,9 @@ async def plan(
         routed = runtime.routers[route].route(body, ctx)
         # Learned routers score off the event loop and are awaited; the rest answer at once.
         decision = await routed if inspect.isawaitable(routed) else routed
-    attempts = [Attempt(model, runtime.limits[model].call(kind, body)) for model in decision.models]
+    attempts = [
+        Attempt(model, runtime.limits[model].call(kind, body, headers)) for model in decision.models
+    ]
     return decision, attempts
 
 
@@ -48,7 +56,7 @@ async def route(ctx: RequestContext) -> Plan:
     # The prompt is walked once: budgets reserve on the bound, routers cost the typical.
     prompt_upper = prompt_tokens_upper(body)
     asked = RouteContext(rec.route or body["model"], multiplier, typical_from_upper(prompt_upper))
-    decision, attempts = await plan(runtime, body, ctx.kind, rec.route, asked)
+    decision, attempts = await plan(runtime, body, ctx.kind, rec.route, asked, ctx.headers)
     cascade = runtime.cascades.get(rec.route) if rec.route else None
     if multiplier != 1.0:
         ctx.notes.price_multiplier = multiplier

@@ -21,6 +21,7 @@ from gateway.backends.usage_bounds import (
 from gateway.backends.vllm_pool.endpoints import Endpoint, EndpointHealth
 from gateway.backends.vllm_pool.engine_poll import EnginePoller
 from gateway.backends.vllm_pool.engine_state import EndpointReport, EngineState
+from gateway.backends.vllm_pool.scheduling import Choice, Scheduler
 from gateway.backends.vllm_pool.stream import (
     PATHS,
     VllmStream,
@@ -35,8 +36,9 @@ _NO_TEMPLATE = {400, 404, 422}  # /tokenize refused the messages: the model has 
 
 
 class VllmPool:
-    """The endpoints of one model, tried by fewest outstanding requests (endpoints.py keeps
-    their health); requests and the chat rendering EAD uses."""
+    """The endpoints of one model, tried in the order its `scheduling:` policy gives
+    (scheduling.py; endpoints.py keeps their health); requests and the chat rendering EAD
+    uses."""
 
     provider = "vllm"  # the GenAI provider name in traces (gateway/backends/traced.py)
 
@@ -74,6 +76,7 @@ class VllmPool:
             unhealthy_after=unhealthy_after,
             eject_after=eject_after,
         )
+        self.scheduler = Scheduler(self.health, config.scheduling)
         self.engines = EnginePoller(
             name,
             self.endpoints,
@@ -158,18 +161,21 @@ class VllmPool:
             body["stream_options"] = {"include_usage": True, "continuous_usage_stats": True}
         return orjson.dumps(body)
 
-    def _attempts(self, call: UpstreamCall) -> list[Endpoint]:
+    def _attempts(self, call: UpstreamCall) -> tuple[list[Endpoint], Choice]:
         """The endpoints to try, in order (a list, not a generator: one fewer object per call
-        on the hot path)."""
-        return self.health.order()[: call.retries + 1]
+        on the hot path), and the choice to tell the scheduler which one was sent the call."""
+        choice = self.scheduler.choose(call)
+        return choice.order[: call.retries + 1], choice
 
     # -- calls ------------------------------------------------------------------------------
     async def complete(self, call: UpstreamCall) -> Completion:
         payload = self._body(call, stream=False)
         tried: list[str] = []
         last: UpstreamError | None = None
-        for endpoint in self._attempts(call):
+        attempts, choice = self._attempts(call)
+        for endpoint in attempts:
             tried.append(endpoint.base_url)
+            self.scheduler.sent(endpoint, call, choice)
             endpoint.outstanding += 1
             try:
                 post = self._posts[endpoint.base_url, call.kind]
@@ -246,8 +252,10 @@ class VllmPool:
         payload = self._body(call, stream=True)
         tried: list[str] = []
         last: UpstreamError | None = None
-        for endpoint in self._attempts(call):
+        attempts, choice = self._attempts(call)
+        for endpoint in attempts:
             tried.append(endpoint.base_url)
+            self.scheduler.sent(endpoint, call, choice)
             bound = call_bound(call.body, self.context_length)
             stream = VllmStream(self.name, self._client, self.health, endpoint, call.kind, bound)
             try:

@@ -1,0 +1,174 @@
+"""Endpoint choice by `scheduling:` presets, scorers and sticky sessions, over real HTTP to
+test upstreams (several fake vLLM servers, their /metrics pages from tests/support)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from gateway.backends.base import CallLimits, UpstreamCall
+from gateway.backends.http_client import new_upstream_client
+from gateway.backends.vllm_pool import VllmPool
+from gateway.backends.vllm_pool.scheduling import block_hashes, prompt_text
+from policies.schema import VllmModel
+from tests.support.upstream import Upstream
+from tests.support.vllm_metrics import new_names
+
+
+@pytest.fixture
+def ups() -> Iterator[list[Upstream]]:
+    started = [Upstream(n).start() for n in ("a", "b", "c")]
+    yield started
+    for up in started:
+        up.stop()
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[httpx.AsyncClient]:
+    async with new_upstream_client() as c:
+        yield c
+
+
+def pool(ups: list[Upstream], client: httpx.AsyncClient, scheduling: Any = None) -> VllmPool:
+    cfg: dict[str, Any] = {
+        "provider": "vllm",
+        "endpoints": [u.base_url for u in ups],
+        "pricing": {"input_per_1m": 1, "output_per_1m": 1},
+    }
+    if scheduling is not None:
+        cfg["scheduling"] = scheduling
+    return VllmPool("m", VllmModel.model_validate(cfg), client, health_interval_s=60)
+
+
+def chat(text: str, user: str | None = None) -> UpstreamCall:
+    body: dict[str, Any] = {"model": "m", "messages": [{"role": "user", "content": text}]}
+    if user is not None:
+        body["user"] = user
+    return UpstreamCall("chat", body, 5, 0)
+
+
+def doc(i: int) -> str:
+    return f"document {i}: " + "".join(
+        f"line {i}.{j} of a long shared context. " for j in range(60)
+    )
+
+
+async def test_default_is_least_outstanding(ups: list[Upstream], client: httpx.AsyncClient) -> None:
+    p = pool(ups[:2], client)
+    assert p.scheduler.preset == "least_outstanding" and p.scheduler.config is None
+    for up in ups[:2]:
+        up.mode, up.delay_s = "slow", 0.2
+    for _ in range(2):
+        await asyncio.gather(*(p.complete(chat("hi")) for _ in range(4)))
+    assert [u.hits for u in ups[:2]] == [4, 4]
+
+
+async def test_round_robin_alternates(ups: list[Upstream], client: httpx.AsyncClient) -> None:
+    p = pool(ups, client, "round_robin")
+    served = [(await p.complete(chat("hi"))).endpoint for _ in range(6)]
+    urls = [u.base_url for u in ups]
+    assert served == urls + urls
+
+
+async def test_prefix_aware_follows_a_repeated_prefix_and_spreads_others(
+    ups: list[Upstream], client: httpx.AsyncClient
+) -> None:
+    p = pool(ups, client, "prefix_aware")
+    first = {i: (await p.complete(chat(doc(i)))).endpoint for i in range(6)}
+    # Different prefixes spread: with no load, queue/outstanding tie, so ties are shuffled;
+    # six documents on one of three endpoints would be a 1-in-243 draw.
+    assert len(set(first.values())) > 1
+    for turn in range(3):
+        for i in range(6):
+            again = await p.complete(chat(doc(i) + f" turn {turn}: and now?"))
+            assert again.endpoint == first[i]
+
+
+async def test_prefix_preference_yields_to_the_imbalance_bound(
+    ups: list[Upstream], client: httpx.AsyncClient
+) -> None:
+    sched = {"scorers": {"prefix": 10, "outstanding": 1}, "max_imbalance": 2}
+    p = pool(ups[:2], client, sched)
+    home = (await p.complete(chat(doc(1)))).endpoint
+    for up in ups[:2]:
+        up.mode, up.delay_s = "slow", 0.3
+    # Eight at once on one hot prefix: the endpoint holding it takes them until its load
+    # passes twice the other's (at least 1), then the rest go to the other.
+    got = await asyncio.gather(*(p.complete(chat(doc(1) + f" q{i}")) for i in range(8)))
+    on_home = sum(1 for g in got if g.endpoint == home)
+    assert 3 <= on_home <= 5, on_home
+
+
+@pytest.mark.parametrize("scorer", ["queue", "kv"])
+async def test_queue_and_kv_scorers_read_the_endpoints_metrics(
+    scorer: str, ups: list[Upstream], client: httpx.AsyncClient
+) -> None:
+    busy, idle = (new_names(9, 5, 0.9, 0, 0), new_names(1, 0, 0.1, 0, 0))
+    ups[0].metrics_text, ups[1].metrics_text = busy, idle
+    p = pool(ups[:2], client, {"scorers": {scorer: 1}})
+    await p.engines.read_all()
+    assert p.engine_states()[ups[0].base_url].waiting == 5
+    served = {(await p.complete(chat("hi"))).endpoint for _ in range(5)}
+    assert served == {ups[1].base_url}
+    ups[0].metrics_text, ups[1].metrics_text = idle, busy
+    await p.engines.read_all()
+    served = {(await p.complete(chat("hi"))).endpoint for _ in range(5)}
+    assert served == {ups[0].base_url}
+
+
+async def test_queue_scorer_falls_back_to_outstanding_without_metrics(
+    ups: list[Upstream], client: httpx.AsyncClient
+) -> None:
+    p = pool(ups[:2], client, {"scorers": {"queue": 1}})
+    await p.engines.read_all()  # both answer 404: no vLLM metrics
+    for up in ups[:2]:
+        up.mode, up.delay_s = "slow", 0.2
+    await asyncio.gather(*(p.complete(chat("hi")) for _ in range(6)))
+    assert [u.hits for u in ups[:2]] == [3, 3]
+
+
+async def test_sticky_by_user_field(ups: list[Upstream], client: httpx.AsyncClient) -> None:
+    sched = {"scorers": {"outstanding": 1}, "sticky": {"field": "user"}}
+    p = pool(ups, client, sched)
+    limits = CallLimits(5, 0, sticky_field="user")
+    homes = {}
+    for user in ("ann", "bob", "cy", "dee"):
+        call = limits.call("chat", chat("hi", user).body)
+        assert call.affinity == user
+        homes[user] = (await p.complete(call)).endpoint
+    for _ in range(3):
+        for user, home in homes.items():
+            assert (await p.complete(limits.call("chat", chat("x", user).body))).endpoint == home
+    # Its endpoint out of use: the session moves, and stays on the new one.
+    moved = next(e for e in p.endpoints if e.base_url == homes["ann"])
+    moved.healthy = False
+    new = (await p.complete(limits.call("chat", chat("x", "ann").body))).endpoint
+    assert new != homes["ann"]
+    moved.healthy = True
+    assert (await p.complete(limits.call("chat", chat("x", "ann").body))).endpoint == new
+
+
+async def test_sticky_by_header(ups: list[Upstream], client: httpx.AsyncClient) -> None:
+    p = pool(ups, client, {"scorers": {"outstanding": 1}, "sticky": {"header": "x-session-id"}})
+    limits = CallLimits(5, 0, sticky_header="x-session-id")
+    body = chat("hi").body
+    homes = {s: (await p.complete(limits.call("chat", body, {"x-session-id": s}))).endpoint
+             for s in ("s1", "s2", "s3")}  # fmt: skip
+    for _ in range(4):
+        for s, home in homes.items():
+            got = await p.complete(limits.call("chat", body, {"x-session-id": s}))
+            assert got.endpoint == home
+    assert limits.call("chat", body, {}).affinity is None
+
+
+def test_block_hashes_chain_and_prompt_text() -> None:
+    a, b = block_hashes("x" * 100 + "y" * 50, 50), block_hashes("x" * 100 + "z" * 50, 50)
+    assert len(a) == 3 and a[:2] == b[:2] and a[2] != b[2]
+    assert block_hashes("short", 50) == []
+    body = {"messages": [{"role": "system", "content": "S"},
+                         {"role": "user", "content": [{"type": "text", "text": "T"}]}]}  # fmt: skip
+    assert prompt_text(body) == "system\x00S\x00user\x00T"
