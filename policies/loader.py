@@ -170,12 +170,15 @@ def _clean_loc(tree: Any, loc: Loc) -> Loc:
     """Drop the union tags pydantic puts in locations ("vllm", "token", ...): they are not keys.
 
     A missing field is always the last part of a location, so a string that is not a key of
-    the current mapping and is not last must be such a tag.
+    the current mapping and is not last must be such a tag; so is anything past a scalar
+    (`scheduling: fastest` is reported at `scheduling.preset`).
     """
     out: list[str | int] = []
     node = tree
     for i, part in enumerate(loc):
         if isinstance(node, CommentedMap) and part not in node and i < len(loc) - 1:
+            continue
+        if isinstance(node, str | int | float):
             continue
         out.append(part)
         if isinstance(node, CommentedMap | CommentedSeq):

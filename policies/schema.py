@@ -147,11 +147,11 @@ SchedulingPreset = Literal["least_outstanding", "round_robin", "prefix_aware"]
 
 
 def _scheduling_kind(value: object) -> str:
-    return "preset" if isinstance(value, str) else "scorers"
+    return "preset" if isinstance(value, str) else "weighted"
 
 
 Scheduling = Annotated[
-    Annotated[SchedulingPreset, Tag("preset")] | Annotated[SchedulingConfig, Tag("scorers")],
+    Annotated[SchedulingPreset, Tag("preset")] | Annotated[SchedulingConfig, Tag("weighted")],
     Discriminator(_scheduling_kind),
 ]
 

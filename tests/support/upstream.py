@@ -68,6 +68,9 @@ class Upstream:
     # GET /metrics: this text as Prometheus exposition (None: 404, as a non-vLLM server).
     metrics_text: str | None = None
     metrics_hits: int = 0
+    # Text completions: these top logprobs, one per token, as vLLM answers `logprobs: k`
+    # (None: `logprobs: null`); EAD reads its entropies from them.
+    top_logprobs: list[dict[str, float]] | None = None
     _server: uvicorn.Server | None = None
 
     @property
@@ -107,7 +110,12 @@ class Upstream:
                 "index": 0,
                 "text": f"hi from {self.name}",
                 "finish_reason": self.finish_reason,
-                "logprobs": None,
+                "logprobs": None
+                if self.top_logprobs is None
+                else {
+                    "text_offset": list(range(len(self.top_logprobs))),
+                    "top_logprobs": self.top_logprobs,
+                },
             }
             obj = "text_completion"
         answer: dict[str, Any] = {

@@ -4,6 +4,7 @@ test upstreams (several fake vLLM servers, their /metrics pages from tests/suppo
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -14,6 +15,7 @@ from gateway.backends.base import CallLimits, UpstreamCall
 from gateway.backends.http_client import new_upstream_client
 from gateway.backends.vllm_pool import VllmPool
 from gateway.backends.vllm_pool.scheduling import block_hashes, prompt_text
+from policies.loader import PolicyError, parse_policy
 from policies.schema import VllmModel
 from tests.support.upstream import Upstream
 from tests.support.vllm_metrics import new_names
@@ -172,3 +174,77 @@ def test_block_hashes_chain_and_prompt_text() -> None:
     body = {"messages": [{"role": "system", "content": "S"},
                          {"role": "user", "content": [{"type": "text", "text": "T"}]}]}  # fmt: skip
     assert prompt_text(body) == "system\x00S\x00user\x00T"
+
+
+async def test_ead_calls_of_one_request_land_on_one_endpoint_per_model(
+    client: httpx.AsyncClient,
+) -> None:
+    from cascades.ead import EadCascade
+    from policies.schema import EadRoute
+
+    sure, unsure = {"x": 0.0}, {"x": math.log(0.5), "y": math.log(0.5)}
+    small_ups = [Upstream(f"s{i}", finish_reason="length").start() for i in range(3)]
+    large_ups = [Upstream(f"l{i}", finish_reason="length").start() for i in range(3)]
+    try:
+        for up in small_ups:
+            up.top_logprobs = [sure, unsure]  # hands over at its second token
+        for up in large_ups:
+            up.top_logprobs = [sure, sure]  # and hands back
+        backends = {"s": pool(small_ups, client), "l": pool(large_ups, client)}
+        route = EadRoute(kind="ead", small="s", large="l", window=1, threshold=0.5, chunk=2, span=2)
+        cascade = EadCascade("ead", route, {m: (lambda p, c, _: 0.0) for m in "sl"}, 5, 0)
+        used: dict[str, set[str]] = {"s": set(), "l": set()}
+        for _ in range(6):
+            result = await cascade.complete(
+                "completions", {"prompt": "p", "max_tokens": 12}, backends
+            )
+            for step in result.steps:
+                assert step.detail["calls"] >= 3  # several calls, and all on one endpoint
+                assert "," not in step.endpoint, step.endpoint
+                used[step.model].add(step.endpoint)
+        # Requests still spread (ties shuffled): six on one of three endpoints is 1 in 243.
+        assert len(used["s"]) > 1 or len(used["l"]) > 1
+    finally:
+        for up in small_ups + large_ups:
+            up.stop()
+
+
+SCHED_POLICY = """\
+version: 1
+models:
+  m:
+    provider: vllm
+    endpoints: [http://127.0.0.1:1/v1]
+    pricing: {{input_per_1m: 1, output_per_1m: 1}}
+    scheduling:
+{sched}
+"""
+
+
+def problems(sched: str) -> list[str]:
+    with pytest.raises(PolicyError) as exc:
+        parse_policy(SCHED_POLICY.format(sched=sched), "p.yaml")
+    return [str(p) for p in exc.value.problems]
+
+
+def test_scheduling_policy_is_validated_with_lines() -> None:
+    ok = parse_policy(SCHED_POLICY.format(sched="      scorers: {prefix: 2, kv: 1}"))
+    sched = ok.models["m"].scheduling
+    assert not isinstance(sched, str) and sched.scorers.prefix == 2
+    assert sched.prefix_block_chars == 256 and sched.sticky is None
+    default = parse_policy(SCHED_POLICY.replace("    scheduling:\n{sched}\n", "").format())
+    assert default.models["m"].scheduling == "least_outstanding"
+
+    unknown = problems("      scorers:\n        prefix: 1\n        latency: 3")
+    assert any(p.startswith("p.yaml:10:9 models.m.scheduling.scorers.latency:") for p in unknown)
+    preset = problems("      fastest")
+    assert any(p.startswith("p.yaml:7:5 models.m.scheduling:") for p in preset), preset
+    sticky = problems("      scorers: {queue: 1}\n      sticky: {header: x, field: user}")
+    assert any(
+        p.startswith("p.yaml:9:7 models.m.scheduling.sticky:") and "exactly one" in p
+        for p in sticky
+    ), sticky
+    zero = problems("      scorers: {prefix: 0}")
+    assert any("models.m.scheduling.scorers:" in p and "above 0" in p for p in zero), zero
+    field = problems("      scorers: {kv: 1}\n      sticky: {field: session}")
+    assert any(p.startswith("p.yaml:9:16 models.m.scheduling.sticky.field:") for p in field)
