@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,6 +18,7 @@ from gateway.backends.vllm_pool import VllmPool
 from gateway.backends.vllm_pool.scheduling import block_hashes, prompt_text
 from policies.loader import PolicyError, parse_policy
 from policies.schema import VllmModel
+from tests.support.inprocess import in_process_gateway
 from tests.support.upstream import Upstream
 from tests.support.vllm_metrics import new_names
 
@@ -248,3 +250,40 @@ def test_scheduling_policy_is_validated_with_lines() -> None:
     assert any("models.m.scheduling.scorers:" in p and "above 0" in p for p in zero), zero
     field = problems("      scorers: {kv: 1}\n      sticky: {field: session}")
     assert any(p.startswith("p.yaml:9:16 models.m.scheduling.sticky.field:") for p in field)
+
+
+GATEWAY_POLICY = """
+version: 1
+defaults: {{health_interval_s: 60}}
+models:
+  local:
+    provider: vllm
+    endpoints: [{urls}]
+    pricing: {{input_per_1m: 1.0, output_per_1m: 2.0}}
+    scheduling:
+      scorers: {{outstanding: 1}}
+      sticky: {{header: X-Session-Id}}
+"""
+
+
+async def test_sticky_header_through_the_gateway(
+    ups: list[Upstream], client: httpx.AsyncClient, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    monkeypatch.delenv("ROUTEGATE_MASTER_KEY", raising=False)
+
+    def real_pools(name: str, config: Any) -> VllmPool:
+        return VllmPool(name, config, client, health_interval_s=60)
+
+    policy = GATEWAY_POLICY.format(urls=", ".join(u.base_url for u in ups))
+    body = {"model": "local", "messages": [{"role": "user", "content": "hi"}]}
+    async with in_process_gateway(policy, tmp_path, backend_factory=real_pools) as gw:
+        for session in ("s1", "s2", "s3", "s4"):
+            before = [u.hits for u in ups]
+            for _ in range(4):
+                r = await gw.client.post(
+                    "/v1/chat/completions", json=body, headers={"x-session-id": session}
+                )
+                assert r.status_code == 200, r.text
+            gained = [u.hits - b for u, b in zip(ups, before, strict=True)]
+            assert sorted(gained) == [0, 0, 4], gained  # all four on one endpoint
