@@ -1,7 +1,8 @@
 """A pool of vLLM OpenAI servers serving one model.
 
-Choice by fewest outstanding requests among usable endpoints; a connect error, timeout or 5xx
-before any byte was streamed moves the call to the next endpoint.
+Choice among usable endpoints by the model's `scheduling:` (scheduling.py: fewest outstanding
+by default, round robin, or weighted prefix/queue/kv/outstanding scorers, sticky sessions); a
+connect error, timeout or 5xx before any byte was streamed moves the call to the next endpoint.
 
 An endpoint is out of use while it is unhealthy (`unhealthy_after` failed health probes in a
 row; back after one success) or ejected (`eject_after` failed calls in a row, as Envoy's outlier
@@ -16,7 +17,7 @@ servers with long requests).
 
 Beside the health check, each endpoint's own /metrics (running and waiting requests, KV-cache
 and prefix-cache figures) is read every `metrics_interval_s` into `Endpoint.engine`
-(engine_poll.py, engine_state.py): what a load- or prefix-aware choice can score by.
+(engine_poll.py, engine_state.py): what the `queue` and `kv` scorers read.
 """
 
 from gateway.backends.vllm_pool.endpoints import Endpoint
