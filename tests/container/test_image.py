@@ -159,3 +159,13 @@ def test_default_policy_is_valid(image: str) -> None:
         "policy", "validate", "/etc/routegate/policy.yaml",
     )  # fmt: skip
     assert out.endswith("ok (4 models, 6 routes)"), out
+
+
+def test_compose_fleet_policy_is_valid_in_the_image(image: str) -> None:
+    # deploy/policies/fleet.yaml names the image's router folder, so only the image can check it.
+    fleet = ROOT / "deploy" / "policies" / "fleet.yaml"
+    out = docker(
+        "run", "--rm", "--network", "none", "-v", f"{fleet}:/etc/routegate/policy.yaml:ro",
+        "--entrypoint", "routegate", image, "policy", "validate", "/etc/routegate/policy.yaml",
+    )  # fmt: skip
+    assert out.endswith("ok (4 models, 6 routes)"), out
