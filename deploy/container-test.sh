@@ -33,11 +33,13 @@ fi
 
 # A daemon of our own where none answers: no bridge and no iptables rules, so a container can
 # only share the host's network namespace (--network host), never reach out through NAT.
+# The daemon it starts is stopped again at exit (by its pid; a daemon already running is left).
 if ! docker info >/dev/null 2>&1; then
   mkdir -p "$CACHE"
   step "starting dockerd (log: $CACHE/dockerd.log)"
   $SUDO sh -c "nohup dockerd --bridge=none --iptables=false --ip6tables=false \
-    >'$CACHE/dockerd.log' 2>&1 &"
+    --pidfile '$PWD/$CACHE/dockerd.pid' >'$CACHE/dockerd.log' 2>&1 &"
+  trap '$SUDO kill "$(cat "$CACHE/dockerd.pid" 2>/dev/null)" 2>/dev/null || true' EXIT
   for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 0.5; done
   docker info >/dev/null 2>&1 || { tail -20 "$CACHE/dockerd.log" >&2; exit 1; }
 fi
@@ -87,7 +89,6 @@ docker build --network host "${build_args[@]}" -f deploy/Dockerfile -t "$IMAGE" 
   >"$CACHE/build.log" 2>&1 || { tail -40 "$CACHE/build.log" >&2; exit 1; }
 step "built $IMAGE ($(docker image inspect -f '{{.Size}}' "$IMAGE" | numfmt --to=iec))"
 
-# shellcheck disable=SC1091
 [ -x .venv/bin/python ] || bash deploy/setup.sh
 step "tests/container"
 ROUTEGATE_IMAGE=$IMAGE .venv/bin/python -m pytest -q -p no:cacheprovider tests/container "$@"
