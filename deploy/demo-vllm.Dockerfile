@@ -41,10 +41,10 @@ RUN pip install -c deploy/requirements.lock --find-links /wheels '.[demo]'
 FROM ${BASE}
 ENV DEBIAN_FRONTEND=noninteractive
 # vLLM's CPU kernels link libnuma, and vLLM compiles its logprobs sampler with torch.compile
-# at the first request (inductor needs g++). A demo image, so it keeps a compiler; the
-# gateway image (deploy/Dockerfile) has none.
+# at the first request (inductor needs g++ and Python's headers). A demo image, so it keeps a
+# compiler; the gateway image (deploy/Dockerfile) has none.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends libnuma1 g++ \
+    && apt-get install -y --no-install-recommends libnuma1 g++ python3-dev \
     && rm -rf /var/lib/apt/lists/* \
     && groupadd --gid 10001 routegate \
     && useradd --uid 10001 --gid 10001 --home-dir /var/lib/routegate --create-home \
