@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The container tier: builds deploy/Dockerfile for real, runs the image, and checks /readyz and
-# a completion (tests/container). No image registry is reachable here, so the base image is a
+# a completion (tests/container, which also validates deploy/compose.yaml with Compose). No image registry is reachable here, so the base image is a
 # minimal Debian bookworm made by debootstrap and turned into an image with `docker import`;
 # its tarball is cached under var/container/ (git-ignored), so only the first run pays for it.
 #
@@ -25,6 +25,9 @@ step() { printf 'container-test: %s (%ss)\n' "$1" "$SECONDS"; }
 need=()
 command -v dockerd >/dev/null || need+=(docker.io)
 command -v debootstrap >/dev/null || need+=(debootstrap)
+# tests/container/test_compose_config.py: Debian's Compose (1.29) where no `docker compose` is.
+docker compose version >/dev/null 2>&1 || command -v docker-compose >/dev/null \
+  || need+=(docker-compose)
 if [ "${#need[@]}" -gt 0 ]; then
   step "installing ${need[*]}"
   $SUDO apt-get update -qq

@@ -5,6 +5,7 @@ policy ConfigMap, master-key Secret, external Redis and Postgres)."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -25,7 +26,14 @@ K8S_VERSION = "1.30.0"  # the oldest release the manifests promise to work on
 def objects() -> list[dict[str, Any]]:
     kubectl = shutil.which("kubectl")
     if kubectl is None:
-        pytest.skip("kubectl is missing (Debian: apt-get install kubernetes-client)")
+        pytest.skip("kubectl is missing: rendering needs kubectl 1.27+ (kustomize v5)")
+    # Debian's kubernetes-client (1.20) bundles kustomize v2, which lacks `labels:`.
+    version = subprocess.run(
+        [kubectl, "version", "--client"], capture_output=True, text=True, timeout=30
+    ).stdout
+    found = re.search(r"Kustomize Version: v(\d+)", version)
+    if found is None or int(found.group(1)) < 5:
+        pytest.skip(f"kubectl's kustomize is older than v5 ({version.strip()!r})")
     done = subprocess.run(
         [kubectl, "kustomize", str(OVERLAY)], capture_output=True, text=True, timeout=60
     )
