@@ -5,6 +5,8 @@ proxy) against the same do-nothing upstream, at several concurrency levels.
     python bench/gateway_overhead.py --targets direct fixed budget -c 1 16 64 --repeat 2
     python bench/gateway_overhead.py --compare-litellm     # ... and the LiteLLM proxy
     python bench/gateway_overhead.py --stream --json var/bench.json
+    python bench/gateway_overhead.py --targets fixed --no-pin --state-url redis://127.0.0.1:6379/0 \
+        --routegate-arg=--workers=2                      # 2 worker processes (needs Redis)
 
 Routegate's targets: `fixed` (route `auto` names one model), `learned` (`auto` is the shipped
 learned router complexity-default) and `budget` (the fixed route, every request sent with a
@@ -370,7 +372,7 @@ LEARNED_ROUTER = ROOT / "routers" / "artifacts" / "complexity-default"
 BUDGET_KEY = {"team": "bench", "budget_usd": 1_000_000.0, "period": "month"}
 
 
-def routegate_policy(kind: str, upstream_port: int) -> str:
+def routegate_policy(kind: str, upstream_port: int, state_url: str | None = None) -> str:
     """The policy a Routegate target serves. Retries 0: a failure must show up as an error
     here, not be hidden by a second attempt. `fixed` and `budget`: route `auto` names the one
     model. `learned`: `auto` is the shipped learned router (complexity-default) over two models,
@@ -404,9 +406,11 @@ def routegate_policy(kind: str, upstream_port: int) -> str:
     else:
         models = model("fast", "input_per_1m: 0.1, output_per_1m: 0.2")
         routes = "  auto: {models: [fast]}\n"
+    # A shared store (redis://) is what `routegate serve --workers N` needs.
+    state = f'state: {{url: "{state_url}", prefix: "bench{os.getpid()}"}}\n' if state_url else ""
     return (
         "version: 1\ndefaults: {timeout_s: 30, retries: 0, health_interval_s: 5}\n"
-        f"models:\n{models}routes:\n{routes}"
+        f"{state}models:\n{models}routes:\n{routes}"
     )
 
 
@@ -428,10 +432,11 @@ def routegate_target(
     cpus: set[int] | None,
     model: str,
     extra: Sequence[str],
+    state_url: str | None = None,
 ) -> Target:
     name = ROUTEGATE_TARGETS[kind]
     policy = tmp / f"{name}-policy.yaml"
-    policy.write_text(routegate_policy(kind, upstream_port))
+    policy.write_text(routegate_policy(kind, upstream_port, state_url))
     exe = Path(sys.executable).with_name("routegate")
     argv = [
         str(exe) if exe.exists() else "routegate",
@@ -672,6 +677,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--model", default="auto", help="model name sent through the gateways")
     ap.add_argument(
+        "--state-url",
+        default=None,
+        help="the policies' state.url (a redis:// URL: needed with --routegate-arg=--workers=N)",
+    )
+    ap.add_argument(
         "--distinct-prompts",
         type=int,
         default=100_000,
@@ -743,7 +753,14 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 targets.append(
                     routegate_target(
-                        kind, free_port(), up_port, tmp, target_cpus, args.model, args.routegate_arg
+                        kind,
+                        free_port(),
+                        up_port,
+                        tmp,
+                        target_cpus,
+                        args.model,
+                        args.routegate_arg,
+                        args.state_url,
                     )
                 )
         idle_check = foreign_load()

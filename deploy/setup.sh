@@ -26,6 +26,30 @@ if ! command -v redis-server >/dev/null; then
   fi
 fi
 
+# The Postgres request-log tests start their own throw-away server (tests/support/
+# postgres_server.py): only the initdb and postgres binaries are needed, from PATH or Debian's
+# /usr/lib/postgresql/*/bin.
+if ! command -v initdb >/dev/null && ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null; then SUDO=sudo; fi
+  if command -v apt-get >/dev/null && { [ "$(id -u)" -eq 0 ] || [ -n "$SUDO" ]; }; then
+    echo "setup: installing postgresql"
+    # No system-wide cluster: the tests make their own.
+    if [ ! -e /etc/postgresql-common/createcluster.conf ]; then
+      $SUDO mkdir -p /etc/postgresql-common
+      echo "create_main_cluster = false" | $SUDO tee /etc/postgresql-common/createcluster.conf >/dev/null
+    fi
+    $SUDO apt-get update -qq
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+    if [ -d /run/systemd/system ]; then
+      $SUDO systemctl disable --now postgresql >/dev/null 2>&1 || true
+    fi
+  else
+    echo "setup: WARNING: postgres is missing and cannot be installed here;" \
+      "install it (Debian: apt-get install postgresql) to run the Postgres request-log tests" >&2
+  fi
+fi
+
 # The browser tests (dashboard, policy page, HTML report) drive the system Chromium through
 # Playwright; Playwright's own browser download is never used.
 if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -14,11 +16,10 @@ from typing import Any
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from gateway.accounting.request_log import RequestLog
+from gateway.accounting.log_store import default_spool_path, open_reader, open_request_log
 from gateway.admission.access import Access
 from gateway.admission.admin_api import router as admin_router
 from gateway.admission.guard import (
@@ -35,12 +36,13 @@ from gateway.dashboard import mount_dashboard
 from gateway.dialects import Dialect
 from gateway.dialects.messages import MessagesApi
 from gateway.dialects.responses import ResponsesApi
+from gateway.drain import Drain
 from gateway.errors import ApiError
 from gateway.feedback.endpoint import feedback
 from gateway.feedback.service import FeedbackService
 from gateway.hot_routes import HotRoutes
 from gateway.http_limits import RequestLimits
-from gateway.metrics import Metrics
+from gateway.metrics import Metrics, exposition
 from gateway.model_list import model_entries, visible_names
 from gateway.model_list import not_found as model_not_found
 from gateway.pipeline import Services, handle
@@ -48,7 +50,8 @@ from gateway.pipeline.count_tokens import count_tokens
 from gateway.reloader import PolicyHolder
 from gateway.route_errors import http_error
 from gateway.runtime import BackendFactory, Runtime
-from gateway.state import StateUnavailable, open_state
+from gateway.state import StateUnavailable, is_memory_url, open_state
+from gateway.tracing import Tracing, from_env
 from policies.loader import example_policy_path
 
 log = logging.getLogger("routegate")
@@ -67,8 +70,19 @@ class Settings:
     policy_history_path: Path | None = None
     # A request's whole body must arrive within this long of the first read (408 after).
     body_timeout_s: float = 60.0
+    # The request log on Postgres (postgresql://...) instead of the SQLite file log_path; rows
+    # wait in log_spool_path (default: beside state_path, named by replica) while it is away.
+    log_url: str | None = None
+    log_spool_path: Path | None = None
+    # Each answer waits until its row is committed or spooled (no row lost to a SIGKILL).
+    log_durable: bool = False
     # Builds each model's backend instead of vLLM pools and litellm: a test seam (a fake backend).
     backend_factory: BackendFactory | None = None
+    # This process's name among the replicas (`serve --replica`): in the shared store's policy
+    # reports, /readyz and the dashboard.
+    replica: str = field(default_factory=socket.gethostname)
+    # Spans go where OTEL_* say (off unless set); a test seam: a provider of its own.
+    tracing: Tracing | None = None
 
 
 def _json(data: Any, status: int = 200) -> Response:
@@ -86,14 +100,19 @@ async def _operator(request: Request) -> bool:
         raise
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, drain: Drain | None = None) -> FastAPI:
+    """`drain`: the serving process's shutdown state (gateway/draining_server.py sets it)."""
     settings = settings or Settings()
+    drain = drain or Drain()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        tracing = settings.tracing or from_env()
         client = new_upstream_client()
         metrics = Metrics()
-        holder = PolicyHolder(settings.policy_path, client, metrics, settings.backend_factory)
+        holder = PolicyHolder(
+            settings.policy_path, client, metrics, settings.backend_factory, settings.replica
+        )
         runtime = await holder.load()  # a bad policy is fatal here: PolicyError names the lines
         # The state store is chosen at start-up; a reload that changes it needs a restart.
         config = runtime.policy.state
@@ -106,11 +125,30 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         holder.state = state
         runtime.bind_state(state)
-        request_log = RequestLog(settings.log_path)
+        if not is_memory_url(config.url):
+            # Several replicas: the policy published in the store wins over the file.
+            await holder.follow(state)
+        log_location = settings.log_url or settings.log_path
+        request_log = open_request_log(
+            log_location,
+            replica=settings.replica,
+            spool_path=settings.log_spool_path
+            or default_spool_path(settings.state_path, settings.replica),
+            counters=metrics,
+            durable=settings.log_durable,
+        )
         app.state.holder = holder
-        pacers = Pacers(state, request_log.path)
-        feedback_service = FeedbackService(request_log, state)
-        app.state.services = Services(request_log, metrics, Access(state), pacers, feedback_service)
+        pacers = Pacers(state, log_location)
+        feedback_service = FeedbackService(request_log, state, open_reader(log_location))
+        app.state.services = Services(
+            request_log,
+            metrics,
+            Access(state),
+            pacers,
+            feedback_service,
+            tracing=tracing,
+            drain=drain,
+        )
         app.state.started = time.time()
         if settings.watch_policy:
             holder.watch()
@@ -125,6 +163,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await client.aclose()
             await state.aclose()
             request_log.close()
+            await asyncio.to_thread(tracing.shutdown)  # the spans still batched, exported
 
     app = FastAPI(
         title="Routegate", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None
@@ -264,10 +303,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await services.access.state.ping(READY_PING_TIMEOUT_S)
         except StateUnavailable as exc:
             state_error = str(exc)
-        ready = bool(healthy) and state_error is None
+        ready = bool(healthy) and state_error is None and not drain.draining
         status = 200 if ready else 503
+        word = "draining" if drain.draining else "ready" if ready else "not_ready"
         body: dict[str, Any] = {
-            "status": "ready" if ready else "not_ready",
+            "status": word,
             "state": "unavailable" if state_error else "ok",
         }
         rules = rules_of(request)
@@ -276,9 +316,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return _json(body, status)
         body.update(
             policy_version=runtime.version if runtime else None,
+            policy_id=holder.policy_id,
+            policy_source=holder.source,
+            replica=holder.replica,
             healthy_models=healthy,
             state_error=state_error,
             last_reload_error=str(holder.last_error) if holder.last_error else None,
+            # Spooling while Postgres is away is degraded, not down: no rows are lost.
+            request_log=services.request_log.status(),
         )
         return _json(body, status)
 
@@ -295,6 +340,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if runtime is not None:
             for name, backend in runtime.backends.items():
                 services.metrics.backend_healthy.labels(name).set(1 if backend.healthy() else 0)
-        return Response(generate_latest(services.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        body, media_type = exposition(services.metrics)
+        return Response(body, media_type=media_type)
 
     return app

@@ -1,10 +1,27 @@
-"""Prometheus metrics, one registry per app so tests and reloads do not collide."""
+"""Prometheus metrics, one registry per app so tests and reloads do not collide.
+
+With several workers (`routegate serve --workers N`) prometheus_client runs in its
+multiprocess mode: PROMETHEUS_MULTIPROC_DIR is set before the workers start, every value is
+kept in a file per worker there, and `exposition()` sums the files, so /metrics from any worker
+gives the totals of all. Counters and histograms add up; the one gauge says how to combine.
+"""
 
 from __future__ import annotations
 
+import os
 from typing import Generic, TypeVar
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.multiprocess import MultiProcessCollector
+
+MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 M = TypeVar("M", Counter, Histogram)
 
@@ -111,12 +128,41 @@ class Metrics:
             "1 if the model has a usable endpoint",
             ("model",),
             registry=self.registry,
+            # Set by the worker a scrape reaches, from its own health checks: across workers,
+            # the latest value of the live ones.
+            multiprocess_mode="livemostrecent",
         )
         self.policy_reloads = Counter(
             "routegate_policy_reloads",
             "Policy reload attempts",
             ("result",),
             registry=self.registry,
+        )
+        # Which process answered: per worker pid, so N workers' shares can be seen (the other
+        # metrics are summed across workers). One label value per worker process.
+        self.worker_requests = Counter(
+            "routegate_worker_requests",
+            "Requests answered, by the worker process (pid) that answered them",
+            ("pid",),
+            registry=self.registry,
+        ).labels(str(os.getpid()))
+        # The Postgres request log's spool (gateway/accounting/log_store/postgres.py): rows
+        # written to it while Postgres was away, rows replayed from it, rows in it now.
+        self.log_spooled_rows = Counter(
+            "routegate_request_log_spooled_rows",
+            "Request-log rows written to the local spool because Postgres was unreachable",
+            registry=self.registry,
+        )
+        self.log_replayed_rows = Counter(
+            "routegate_request_log_replayed_rows",
+            "Spooled request-log rows replayed into Postgres",
+            registry=self.registry,
+        )
+        self.log_spool_depth_rows = Gauge(
+            "routegate_request_log_spool_depth",
+            "Request-log rows waiting in the local spool for Postgres",
+            registry=self.registry,
+            multiprocess_mode="livesum",  # --workers N: the rows waiting in every worker's spool
         )
         # What every request counts, by label set (gateway/accounting/charge.py).
         self.requests_of = Children(self.requests)
@@ -129,3 +175,24 @@ class Metrics:
         self.api_cost_of = Children(self.api_cost)
         self.fallbacks_of = Children(self.fallbacks)
         self.cache_of = Children(self.cache)
+
+    # The request log's counters (gateway.accounting.log_store.postgres.LogCounters); called
+    # from its writer thread (prometheus_client's metrics take a lock).
+    def log_spooled(self, rows: int) -> None:
+        self.log_spooled_rows.inc(rows)
+
+    def log_replayed(self, rows: int) -> None:
+        self.log_replayed_rows.inc(rows)
+
+    def log_spool_depth(self, rows: int) -> None:
+        self.log_spool_depth_rows.set(rows)
+
+
+def exposition(metrics: Metrics) -> tuple[bytes, str]:
+    """The /metrics body and its content type: this process's registry, or in multiprocess
+    mode every worker's values summed (a fresh registry per scrape, as the mode requires)."""
+    if os.environ.get(MULTIPROC_DIR_ENV):
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(metrics.registry), CONTENT_TYPE_LATEST

@@ -125,3 +125,36 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield server.url
     finally:
         stop_redis_server(server)
+
+
+# -- a real Postgres, for the system tier ---------------------------------------------------------
+# Imported here rather than at the top so this section stays one appended block.
+from tests.support.postgres_server import (  # noqa: E402
+    PostgresServer,
+    PostgresServerError,
+    start_postgres_server,
+)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A real Postgres started once per session (only when a test asks for it). Tests that
+    stop it must start it again before they end (see test_request_log_postgres.py)."""
+    try:
+        server = start_postgres_server()
+    except PostgresServerError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> str:
+    """The URL of a fresh, empty database on the session's server (one per test)."""
+    import uuid
+
+    if postgres_server.proc is None or postgres_server.proc.poll() is not None:
+        postgres_server.start()  # a test before this one left it stopped
+    return postgres_server.create_database(f"t_{uuid.uuid4().hex[:12]}")

@@ -78,6 +78,8 @@ class Accounting:
         # that learns, what hands that feedback to its online layer (off the request path).
         self.route_config: RouteConfig | None = None
         self.learn: Callable[[FeedbackRecord], None] | None = None
+        # Told once the row is written: the request's trace span ends (pipeline/spans.py).
+        self.on_finish: Callable[[], None] | None = None
 
     def cost(self, model: str, usage: Usage, provider_cost: float | None) -> float:
         price = self._prices.get(model)
@@ -134,13 +136,21 @@ class Accounting:
             self._request_log.write_feedback(feedback)
             if self.learn is not None:
                 self.learn(feedback)
+        if self._request_log.durable:  # the answer waits for its row (serve --log-durable)
+            await self._request_log.stored()
         self._count(step_costs, anomalies)
+        if self.on_finish is not None:
+            try:
+                self.on_finish()
+            except Exception:  # tracing must never cost a request its answer
+                log.exception("ending the trace span of %s failed", rec.request_id)
         return rec.cost_usd
 
     def _count(self, step_costs: list[tuple[Step, float]], anomalies: list[dict[str, Any]]) -> None:
         rec, notes, m = self.record, self.notes, self._metrics
         route, model_label, status = rec.route or "", rec.model or "", str(rec.status)
         m.requests_of(route, model_label, status).inc()
+        m.worker_requests.inc()
         api = rec.api or rec.endpoint_kind
         m.api_requests_of(api, status).inc()
         if rec.cost_usd:

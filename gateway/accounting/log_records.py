@@ -11,14 +11,13 @@ routers that train on observed pairs only (knn, mf, complexity) accept.
 
 from __future__ import annotations
 
-import sqlite3
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
 
-from gateway.accounting.request_log import read_feedback
+from gateway.accounting.log_store import LogError, open_reader
 from routers.records import RoutingRecord
 
 JUDGE = "judge"
@@ -56,18 +55,16 @@ def quality_of(scores: dict[str, list[float]]) -> tuple[str, float] | None:
 
 
 def records_from_log(path: str | Path) -> LogRecords:
-    """The log's requests with a prompt and feedback, as routing records."""
-    db = sqlite3.connect(f"file:{Path(path)}?mode=ro", uri=True)
-    db.row_factory = sqlite3.Row
+    """The log's requests with a prompt and feedback, as routing records. `path`: a SQLite
+    file or a Postgres URL; ValueError names a log that cannot be read."""
+    reader = open_reader(path)
     try:
-        columns = {row[1] for row in db.execute("PRAGMA table_info(requests)")}
-        if not columns:
-            raise ValueError(f"{path}: not a request log (no requests table)")
-        rows = [dict(r) for r in db.execute("SELECT * FROM requests ORDER BY ts")]
-    finally:
-        db.close()
+        rows = [row for batch in reader.batches() for row in batch]
+        found = reader.feedback()
+    except LogError as exc:
+        raise ValueError(str(exc).removeprefix(f"{reader.location}: ")) from None
     feedback: dict[str, list[dict[str, object]]] = defaultdict(list)
-    for f in read_feedback(path):
+    for f in found:
         feedback[str(f["request_id"])].append(f)
     out = LogRecords([], rows=len(rows))
     for row in rows:

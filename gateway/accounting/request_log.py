@@ -1,11 +1,14 @@
-"""The request log: one row per request, in SQLite, written off the event loop.
+"""The request log: one row per request, written off the event loop.
 
-Requests only enqueue a record (no I/O); a writer thread batches the inserts. Later reports
-read the same file.
+Requests only enqueue a record (no I/O); a writer thread batches the inserts into a sink: the
+SQLite file here by default, or Postgres (gateway/accounting/log_store/, which opens either).
+Later reports read the same store.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import queue
 import sqlite3
@@ -13,7 +16,7 @@ import threading
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -41,7 +44,8 @@ CREATE TABLE IF NOT EXISTS requests (
     extra TEXT NOT NULL DEFAULT '{}',      -- JSON: per-step details for routers and cascades
     team TEXT,                       -- the API key's team
     prompt TEXT,                     -- the router's text, redacted (routes with log_prompts)
-    api TEXT                         -- chat | completions | messages | responses | embeddings
+    api TEXT,                        -- chat | completions | messages | responses | embeddings
+    replica TEXT                     -- the gateway replica that served it (serve --replica)
 );
 CREATE INDEX IF NOT EXISTS requests_ts ON requests(ts);
 -- Feedback on a request's answer: explicit (POST /v1/feedback, source "user" unless named)
@@ -188,6 +192,7 @@ class RequestRecord:
     team: str | None = None
     prompt: str | None = None  # redacted, and only on routes with `log_prompts: true`
     api: str | None = None  # the API the client called (endpoint_kind: what the backend got)
+    replica: str | None = None  # which gateway served it; RequestLog.write fills it in
 
     def row(self, notes: RequestNotes | None = None) -> tuple[Any, ...]:
         # Runs in the writer thread. In field order (the columns'); asdict() would deep-copy.
@@ -197,7 +202,7 @@ class RequestRecord:
             self.route, self.model, self.endpoint, self.prompt_tokens, self.completion_tokens,
             int(self.usage_exact), self.cost_usd, self.latency_ms, self.ttft_ms, self.status,
             self.error, orjson.dumps(self.fallbacks).decode(), orjson.dumps(extra).decode(),
-            self.team, self.prompt, self.api,
+            self.team, self.prompt, self.api, self.replica,
         )  # fmt: skip
 
 
@@ -207,58 +212,191 @@ _COLUMN_TYPES = {
     "team": "TEXT",
     "prompt": "TEXT",
     "api": "TEXT",
+    "replica": "TEXT",
 }  # columns added after the first release, and their types
 _INSERT = (
     f"INSERT OR REPLACE INTO requests ({', '.join(_COLUMNS)}) "
     f"VALUES ({', '.join('?' * len(_COLUMNS))})"
 )
 _STOP = object()
+# Several worker processes write the same file (`routegate serve --workers N`): SQLite lets
+# one writer in at a time and the others wait on its lock this long...
+BUSY_TIMEOUT_S = 30.0
+# ...and a batch that still finds it locked is tried again, never dropped for contention.
+_LOCKED_RETRIES = 20
+COLUMNS = tuple(_COLUMNS)  # what a sink's request rows hold, in order
+FEEDBACK_COLUMNS = ("request_id", "source", "model", "score", "ts", "api_key_id", "comment")
 
 
-class RequestLog:
-    """Append-only SQLite request log fed through a queue by a single writer thread."""
+class LogSink(Protocol):
+    """Where the writer thread puts its batches. Every method runs in the writer thread."""
 
-    def __init__(self, path: str | Path, *, batch: int = 512, window_s: float = 0.05):
+    location: str  # the file or URL, for messages (no password)
+
+    def store(self, records: list[tuple[Any, ...]], feedback: list[tuple[Any, ...]]) -> None:
+        """Keep one batch (rows in COLUMNS / FEEDBACK_COLUMNS order); never raises."""
+        ...
+
+    def retry_in(self) -> float | None:
+        """Seconds until `tick` is wanted even with nothing queued; None: not needed."""
+        ...
+
+    def tick(self) -> None:
+        """Work the sink left for later (a replay of rows it could not store yet)."""
+        ...
+
+    def status(self) -> dict[str, Any]:
+        """What /readyz shows of the store."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class SqliteSink:
+    """The default store: one SQLite file, created (and given newer columns) at start-up."""
+
+    def __init__(self, path: str | Path):
         self.path = Path(path)
+        self.location = str(self.path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._batch = batch
-        self._window_s = window_s
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._closing = threading.Event()  # cuts the writer's window short at close()
-        self._flushed = threading.Condition()
-        self._pending = 0
         # Created here so a bad path fails at start-up, not on the first request.
-        self._init_db()
-        self._thread = threading.Thread(target=self._run, name="request-log", daemon=True)
-        self._thread.start()
-
-    def _init_db(self) -> None:
-        with sqlite3.connect(self.path) as db:
+        with sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S) as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(SCHEMA)
             # A log written by an older version lacks newer columns: add them.
             have = {row[1] for row in db.execute("PRAGMA table_info(requests)")}
             for column in _COLUMNS:
                 if column not in have:
-                    db.execute(f"ALTER TABLE requests ADD COLUMN {column} {_COLUMN_TYPES[column]}")
+                    try:
+                        db.execute(
+                            f"ALTER TABLE requests ADD COLUMN {column} {_COLUMN_TYPES[column]}"
+                        )
+                    except sqlite3.OperationalError as exc:  # another worker added it first
+                        if "duplicate column" not in str(exc):
+                            raise
+        db.close()
+        self._db: sqlite3.Connection | None = None  # opened by the writer thread
+
+    def store(self, records: list[tuple[Any, ...]], feedback: list[tuple[Any, ...]]) -> None:
+        if self._db is None:
+            self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=BUSY_TIMEOUT_S)
+            self._db.execute("PRAGMA synchronous=NORMAL")
+        try:
+            _commit(self._db, records, feedback)
+        except sqlite3.Error:
+            # Keep the gateway serving; the lost rows are named in the log.
+            log.exception(
+                "request log write failed for %s",
+                [r[0] for r in records] + [f[0] for f in feedback],
+            )
+
+    def retry_in(self) -> float | None:
+        return None
+
+    def tick(self) -> None:
+        pass
+
+    def status(self) -> dict[str, Any]:
+        return {"store": "sqlite", "spooled_total": 0, "spool_depth": 0}
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+
+
+def _commit(
+    db: sqlite3.Connection, records: list[tuple[Any, ...]], feedback: list[tuple[Any, ...]]
+) -> None:
+    """One transaction for the batch; on a lock held past the busy timeout by another
+    process, the whole batch again."""
+    for attempt in range(_LOCKED_RETRIES + 1):
+        try:
+            with db:
+                db.executemany(_INSERT, records)
+                db.executemany(_FEEDBACK_INSERT, feedback)
+            return
+        except sqlite3.OperationalError as exc:
+            locked = "locked" in str(exc) or "busy" in str(exc)
+            if not locked or attempt == _LOCKED_RETRIES:
+                raise
+            log.warning("request log is locked by another writer; trying the batch again")
+
+
+class RequestLog:
+    """Append-only request log fed through a queue by a single writer thread. `path_or_sink`: a
+    SQLite file, or a sink (gateway.accounting.log_store.open_request_log makes one)."""
+
+    def __init__(
+        self,
+        path_or_sink: str | Path | LogSink,
+        *,
+        batch: int = 512,
+        window_s: float = 0.05,
+        replica: str | None = None,
+        durable: bool = False,
+    ):
+        """`durable`: requests wait (`stored()`) until their row is committed or spooled, so a
+        process killed right after answering loses no row (group commit: one wait per batch)."""
+        if isinstance(path_or_sink, str | Path):
+            path_or_sink = SqliteSink(path_or_sink)
+        self.sink: LogSink = path_or_sink
+        self.location = self.sink.location
+        self.path = Path(self.location)  # the SQLite file (a URL's sink has none: unused)
+        self.replica = replica
+        self.durable = durable
+        self._batch = batch
+        self._window_s = window_s
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._closing = threading.Event()  # cuts the writer's window short at close()
+        self._flushed = threading.Condition()
+        self._pending = 0
+        self._queued = 0  # items ever queued, and stored: `stored()` waits on these
+        self._stored = 0
+        self._waiters: list[tuple[int, asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        self._thread = threading.Thread(target=self._run, name="request-log", daemon=True)
+        self._thread.start()
 
     def write(self, record: RequestRecord, notes: RequestNotes | None = None) -> None:
         """Never blocks: the record (and the notes that go in its `extra`) is queued for the
         writer thread."""
-        with self._flushed:
-            self._pending += 1
-        self._queue.put((record, notes))
+        if record.replica is None:
+            record.replica = self.replica
+        self._put((record, notes))
 
     def write_feedback(self, feedback: FeedbackRecord) -> None:
         """Never blocks, like `write`; the same writer thread stores it."""
+        self._put(feedback)
+
+    def _put(self, item: Any) -> None:
+        # Counted and queued under one lock: the queue's order is the count's.
         with self._flushed:
             self._pending += 1
-        self._queue.put(feedback)
+            self._queued += 1
+            self._queue.put(item)
+
+    async def stored(self, timeout: float = 5.0) -> bool:
+        """Wait until every row queued so far is stored (committed, or fsync'd to the spool);
+        False after `timeout` (a store that hangs must not hang the requests: the rows stay
+        queued and are written when it answers)."""
+        with self._flushed:
+            if self._stored >= self._queued:
+                return True
+            future = asyncio.get_running_loop().create_future()
+            self._waiters.append((self._queued, asyncio.get_running_loop(), future))
+        try:
+            await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            log.warning("request log: a row is not stored after %.1f s; answering anyway", timeout)
+            return False
+        return True
 
     def flush(self, timeout: float = 10.0) -> bool:
-        """Wait until every queued record is on disk (tests, shutdown, reports)."""
+        """Wait until every queued record is stored (in the store, or in its spool)."""
         with self._flushed:
             return self._flushed.wait_for(lambda: self._pending == 0, timeout)
+
+    def status(self) -> dict[str, Any]:
+        return self.sink.status()
 
     def close(self) -> None:
         self._queue.put(_STOP)
@@ -266,11 +404,14 @@ class RequestLog:
         self._thread.join(timeout=30)
 
     def _run(self) -> None:
-        db = sqlite3.connect(self.path, check_same_thread=False)
-        db.execute("PRAGMA synchronous=NORMAL")
         stop = False
         while not stop:
-            items = [self._queue.get()]
+            try:
+                # A sink with rows to replay asks to be woken even when no request comes.
+                items = [self._queue.get(timeout=self.sink.retry_in())]
+            except queue.Empty:
+                self.sink.tick()
+                continue
             # Gather what arrives within a short window: one commit per window, not per row.
             # The writer sleeps through the window and then takes what came, rather than
             # waiting on the queue: a waiting writer is woken by every request's put(), a
@@ -288,23 +429,25 @@ class RequestLog:
                 self._closing.wait(remaining)
             kept = [i for i in items if i is not _STOP]
             stop = len(kept) != len(items)
-            records = [i for i in kept if not isinstance(i, FeedbackRecord)]
-            feedback = [i for i in kept if isinstance(i, FeedbackRecord)]
             if kept:
-                try:
-                    with db:
-                        db.executemany(_INSERT, [r.row(notes) for r, notes in records])
-                        db.executemany(_FEEDBACK_INSERT, [f.row() for f in feedback])
-                except sqlite3.Error:
-                    # Keep the gateway serving; the lost rows are named in the log.
-                    log.exception(
-                        "request log write failed for %s",
-                        [r.request_id for r, _ in records] + [f.request_id for f in feedback],
-                    )
+                records = [i.row(n) for i, n in (k for k in kept if isinstance(k, tuple))]
+                feedback = [i.row() for i in kept if isinstance(i, FeedbackRecord)]
+                self.sink.store(records, feedback)
             with self._flushed:
                 self._pending -= len(kept)
+                self._stored += len(kept)
+                ready = [w for w in self._waiters if w[0] <= self._stored]
+                self._waiters = [w for w in self._waiters if w[0] > self._stored]
                 self._flushed.notify_all()
-        db.close()
+            for _, loop, future in ready:
+                with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
+                    loop.call_soon_threadsafe(_resolve, future)
+        self.sink.close()
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():  # not cancelled meanwhile (the client went away)
+        future.set_result(None)
 
 
 def read_records(path: str | Path) -> list[dict[str, Any]]:

@@ -14,10 +14,10 @@ as a custom plan, so its step stays pure.
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gateway.accounting.log_store import open_reader
 from gateway.admission.periods import period_bounds
 
 MIX = 0.15  # share of the uniform plan mixed into the learned shape
@@ -42,26 +42,14 @@ def previous_window(period: str, now: float) -> tuple[float, float]:
 
 
 def read_shape(
-    log_path: Path, column: str, owner: str, start: float, end: float, slices: int
+    log: str | Path, column: str, owner: str, start: float, end: float, slices: int
 ) -> tuple[list[float], list[int]]:
-    """Per-slice spend and request count of `owner` (a route or key id) in [start, end)."""
+    """Per-slice spend and request count of `owner` (a route or key id) in [start, end), from
+    the log at `log` (a SQLite path or a Postgres URL)."""
     spend, counts = [0.0] * slices, [0] * slices
-    if not log_path.exists():
-        return spend, counts
-    db = sqlite3.connect(f"file:{log_path}?mode=ro", uri=True)
-    try:
-        rows = db.execute(
-            f"SELECT CAST((ts - ?) * ? / (? - ?) AS INTEGER) AS slice, SUM(cost_usd), COUNT(*) "
-            f"FROM requests WHERE ts >= ? AND ts < ? AND {column} = ? GROUP BY slice",
-            (start, slices, end, start, start, end, owner),
-        ).fetchall()
-    except sqlite3.OperationalError:  # no table yet
-        return spend, counts
-    finally:
-        db.close()
-    for i, cost, count in rows:
+    for i, cost, count in open_reader(log).shape(column, owner, start, end, slices):
         if 0 <= i < slices:
-            spend[i], counts[i] = float(cost or 0.0), int(count)
+            spend[i], counts[i] = cost, count
     return spend, counts
 
 
@@ -69,7 +57,7 @@ def read_shape(
 class LearnedPlans:
     """Learned plan weights per (owner, window), read from the request log when first asked."""
 
-    log_path: Path | None
+    log_path: str | Path | None  # a SQLite path or a Postgres URL
     _cache: dict[tuple[str, str, float], list[float] | None] = field(default_factory=dict)
 
     async def weights(self, kind: str, owner: str, period: str, now: float) -> list[float] | None:

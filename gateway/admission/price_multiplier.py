@@ -18,7 +18,7 @@ from policies.schema import PacingConfig, RouteConfig
 
 
 class Pacers:
-    def __init__(self, state: State, log_path: Path | None = None):
+    def __init__(self, state: State, log_path: str | Path | None = None):
         self._state = state
         self._controllers: dict[str, PacingController] = {}
         # `plan: learned` reads the previous period's shape from the request log.

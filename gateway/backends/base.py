@@ -25,6 +25,8 @@ class UpstreamCall:
     connect_timeout_s: float = 2.0
     # No byte this long: a vLLM endpoint is asked /health, and abandoned if it does not answer.
     first_byte_timeout_s: float | None = None
+    # Sent upstream with the call: the trace context (traceparent) when tracing is on.
+    headers: dict[str, str] | None = None
 
 
 @dataclass(slots=True, frozen=True)

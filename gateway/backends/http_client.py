@@ -61,26 +61,35 @@ class JsonPost:
         built = client.build_request("POST", url, content=b"", headers=self._json)
         self._headers = [(k, v) for k, v in built.headers.multi_items() if k != "content-length"]
 
-    async def __call__(self, payload: bytes, connect_timeout_s: float) -> Answer:
+    async def __call__(
+        self, payload: bytes, connect_timeout_s: float, extra: dict[str, str] | None = None
+    ) -> Answer:
+        """`extra`: headers of this call (the trace context), sent after the usual ones."""
         # Reads are bounded by the caller (EndpointHealth.watched), connects here.
         transport, client = self._transport, self._client
         if transport is None or client.is_closed or client.cookies:
             resp = await client.post(
                 self._url,
                 content=payload,
-                headers=self._json,
+                headers={**self._json, **extra} if extra else self._json,
                 timeout=httpx.Timeout(None, connect=connect_timeout_s),
             )
             return Answer(resp.status_code, resp.content)
-        return await self._direct(transport, payload, connect_timeout_s)
+        return await self._direct(transport, payload, connect_timeout_s, extra)
 
     async def _direct(
-        self, transport: AiohttpTransport, payload: bytes, connect_timeout_s: float
+        self,
+        transport: AiohttpTransport,
+        payload: bytes,
+        connect_timeout_s: float,
+        extra: dict[str, str] | None,
     ) -> Answer:
         if not isinstance(transport.client, aiohttp.ClientSession):
             transport.client = transport.get_client()  # as the transport does on first use
         session = transport.client
         headers = [*self._headers, ("content-length", str(len(payload)))]
+        if extra:
+            headers.extend(extra.items())
         # What AiohttpTransport.handle_async_request passes for this request.
         timeout = self._timeouts.get(connect_timeout_s)
         if timeout is None:

@@ -1,3 +1,4 @@
 from gateway.cli import app
 
-app()
+if __name__ == "__main__":  # not again in a spawned worker (gateway/cli/workers.py)
+    app()

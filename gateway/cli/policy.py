@@ -1,4 +1,5 @@
-"""`routegate policy validate | diff | simulate`: check a policy file and compare two."""
+"""`routegate policy validate | diff | simulate | apply`: check a policy file, compare two, and
+publish one to the replicas that share a state store (gateway/cli/policy_publish.py)."""
 
 from __future__ import annotations
 
@@ -82,7 +83,11 @@ def policy_diff(
 def policy_simulate(
     file: Annotated[Path, typer.Argument(help="The candidate policy.")],
     data: Annotated[
-        Path, typer.Option("--data", help="Routing records (JSONL) or a request log (SQLite).")
+        str,
+        typer.Option(
+            "--data",
+            help="Routing records (JSONL), or a request log: a SQLite file or postgresql://...",
+        ),
     ],
     current: Annotated[
         Path | None, typer.Option(help="The policy to compare with; default: the example.")
@@ -128,3 +133,23 @@ def policy_simulate(
         out.print(f"note: {note}")
     if new.skipped:
         out.print(f"{new.skipped:,} rows name a route or model {file} lacks; left out.")
+
+
+@policy_app.command("apply")
+def policy_apply(
+    file: Annotated[
+        Path, typer.Argument(help="The policy to publish; its state.url names the store.")
+    ],
+    author: Annotated[str, typer.Option(help="Who is applying it (kept with the version).")],
+    note: Annotated[str, typer.Option(help="Why, in a few words.")] = "",
+    wait: Annotated[
+        float, typer.Option(help="Seconds to wait for the replicas' outcomes (0: do not wait).")
+    ] = 0.0,
+) -> None:
+    """Validate FILE and publish it to the shared store: every replica loads it within 5 s.
+
+    Prints the published version's id. With the in-process store (state.url: memory) the file
+    itself is the source: there is nothing to publish to, and this refuses."""
+    from gateway.cli.policy_publish import publish
+
+    raise typer.Exit(publish(file, author, note, wait))

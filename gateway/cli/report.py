@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from gateway.accounting.log_store import is_postgres_url, safe_location
 from gateway.report.build import GROUPINGS, Report, build_report
 from gateway.report.load import ReportError, count_rows
 from gateway.report.render import to_csv, to_html, to_json, to_tables
@@ -41,7 +42,7 @@ def _when(option: str, value: str | None, now: float) -> float | None:
 
 
 def _read_with_progress(
-    log: Path, since: float | None, until: float | None, build: Callable[..., Report]
+    log: str | Path, since: float | None, until: float | None, build: Callable[..., Report]
 ) -> Report:
     rows = count_rows(log, since, until)
     if rows <= PROGRESS_MIN_ROWS:
@@ -51,14 +52,17 @@ def _read_with_progress(
         TimeRemainingColumn(),
     )  # fmt: skip
     with Progress(*columns, console=err, transient=True) as progress:
-        task = progress.add_task(str(log), total=rows)
+        task = progress.add_task(safe_location(log), total=rows)
         return build(on_batch=lambda n: progress.advance(task, n))
 
 
 def report(
-    log: Annotated[Path, typer.Option("--log", help="SQLite request log.")] = Path(
-        "routegate-requests.sqlite"
-    ),
+    log: Annotated[
+        str,
+        typer.Option(
+            "--log", help="Request log: a SQLite file, or postgresql://user@host:port/db."
+        ),
+    ] = "routegate-requests.sqlite",
     by: Annotated[
         str,
         typer.Option(
@@ -99,11 +103,12 @@ def report(
     except PolicyError as exc:
         raise _fail(str(exc)) from None
     try:
+        location = log if is_postgres_url(log) else Path(log)
         build = partial(
-            build_report, log, loaded, str(policy_path), by=by, since=start, until=end,
+            build_report, location, loaded, str(policy_path), by=by, since=start, until=end,
             baseline=baseline,
         )  # fmt: skip
-        result = _read_with_progress(log, start, end, build)
+        result = _read_with_progress(location, start, end, build)
     except ReportError as exc:
         raise _fail(str(exc)) from None
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import logging
+import socket
 from pathlib import Path
 from typing import Annotated
 
@@ -20,9 +20,36 @@ def serve(
     ] = None,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
-    log: Annotated[Path, typer.Option("--log", help="SQLite request log.")] = Path(
-        "routegate-requests.sqlite"
-    ),
+    log: Annotated[
+        str,
+        typer.Option(
+            "--log", help="Request log: a SQLite file, or postgresql://user@host:port/db (shared)."
+        ),
+    ] = "routegate-requests.sqlite",
+    log_spool: Annotated[
+        Path | None,
+        typer.Option(
+            help="Postgres log: where rows wait while Postgres is unreachable (replayed in "
+            "order when it returns). Default: routegate-log-spool-REPLICA.jsonl beside "
+            "--state-file."
+        ),
+    ] = None,
+    log_durable: Annotated[
+        bool,
+        typer.Option(
+            envvar="ROUTEGATE_LOG_DURABLE",
+            help="Answer only once the request's row is committed (or spooled): a process "
+            "killed right after answering loses no row. Adds one short batch wait (~5 ms).",
+        ),
+    ] = False,
+    replica: Annotated[
+        str | None,
+        typer.Option(
+            envvar="ROUTEGATE_REPLICA",
+            help="This gateway's name among the replicas (the request log's replica column, the "
+            "shared store's policy reports, /readyz); default host:port.",
+        ),
+    ] = None,
     state_file: Annotated[
         Path, typer.Option(help="Keys and spend of the in-process state store (state.url: memory).")
     ] = Path("routegate-state.sqlite"),
@@ -71,46 +98,93 @@ def serve(
             help="Seconds an idle keep-alive connection stays open.",
         ),
     ] = 5,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            envvar="ROUTEGATE_WORKERS",
+            help="Processes serving the one port; above 1 needs state.url: redis://...",
+        ),
+    ] = 1,
+    drain_timeout: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            envvar="ROUTEGATE_DRAIN_TIMEOUT_S",
+            help="On SIGTERM, seconds in-flight requests and streams may take once the "
+            "listener is closed; then streams are cut (503 drained) and charged for what was sent.",
+        ),
+    ] = 30.0,
+    drain_grace: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            envvar="ROUTEGATE_DRAIN_GRACE_S",
+            help="On SIGTERM, seconds /readyz answers 503 while new requests are still "
+            "accepted (a load balancer's time to stop sending), before the listener closes.",
+        ),
+    ] = 0.0,
 ) -> None:
-    """Run the gateway (one uvicorn worker)."""
-    import uvicorn
-
-    from gateway.app import Settings, create_app
-    from gateway.http_server import ServerLimits, guarded_protocol
+    """Run the gateway: one process, or --workers N on one port."""
+    from gateway.app import Settings
+    from gateway.cli.workers import (
+        ServeSpec,
+        Supervisor,
+        configure_logging,
+        memory_store_refusal,
+        run_single,
+    )
+    from gateway.drain import DrainConfig
+    from gateway.http_server import ServerLimits
+    from gateway.tracing import check_env as check_tracing_env
 
     path = policy or example_policy_path()
     try:
-        load_policy(path)  # fail before binding the port, with the validator's messages
+        loaded = load_policy(path)  # fail before binding the port, with the validator's messages
     except PolicyError as exc:
         for problem in exc.problems:
             typer.echo(str(problem), err=True)
         raise typer.Exit(1) from None
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    for noisy in ("httpx", "watchfiles", "LiteLLM"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    err.print(f"routegate: policy {path} -> http://{host}:{port}/v1  (request log: {log})")
-    uvicorn.run(
-        create_app(
-            Settings(
-                policy_path=path,
-                log_path=log,
-                state_path=state_file,
-                watch_policy=watch,
-                policy_history_path=policy_history,
-                body_timeout_s=body_timeout,
-            )
+    if refusal := memory_store_refusal(loaded, path, workers):
+        typer.echo(refusal, err=True)
+        raise typer.Exit(2)
+    try:
+        check_tracing_env()  # a bad OTEL_* exporter or protocol, named before binding too
+    except ValueError as exc:
+        typer.echo(f"routegate serve: {exc}", err=True)
+        raise typer.Exit(1) from None
+    configure_logging(log_level)
+    from gateway.accounting.log_store import is_postgres_url, safe_location
+
+    log_url = log if is_postgres_url(log) else None
+    replica = replica or f"{socket.gethostname()}:{port}"
+    spec = ServeSpec(
+        settings=Settings(
+            policy_path=path,
+            log_path=Path(log) if log_url is None else Settings.log_path,
+            log_url=log_url,
+            log_spool_path=log_spool,
+            log_durable=log_durable,
+            replica=replica,
+            state_path=state_file,
+            watch_policy=watch,
+            policy_history_path=policy_history,
+            body_timeout_s=body_timeout,
         ),
+        limits=ServerLimits(header_timeout, max_headers, max_header_bytes),
+        drain=DrainConfig(grace_s=drain_grace, timeout_s=drain_timeout),
         host=host,
         port=port,
-        loop="uvloop",
-        # httptools, with the header limits and timeout uvicorn lacks (gateway/http_server.py).
-        http=guarded_protocol(ServerLimits(header_timeout, max_headers, max_header_bytes)),
-        timeout_keep_alive=keep_alive_timeout,
-        access_log=access_log,
         log_level=log_level,
-        timeout_graceful_shutdown=30,
-        proxy_headers=bool(forwarded_allow_ips),
-        forwarded_allow_ips=forwarded_allow_ips or None,
+        access_log=access_log,
+        keep_alive_timeout=keep_alive_timeout,
+        forwarded_allow_ips=forwarded_allow_ips,
     )
+    shape = f"{workers} workers" if workers > 1 else "1 process"
+    err.print(
+        f"routegate: policy {path} -> http://{host}:{port}/v1  "
+        f"(request log: {safe_location(log)}, replica {replica}; {shape})"
+    )
+    status = Supervisor(spec, workers).run() if workers > 1 else run_single(spec)
+    if status:
+        raise typer.Exit(status)

@@ -1,17 +1,18 @@
 """What the dashboard shows, gathered from the request log and the state store.
 
-Request-log reads are read-only SQLite queries over a recent window, run in a thread so the
-event loop keeps serving; each poll is a few indexed range scans, not a full-table read.
+Request-log reads are read-only queries over a recent window (SQLite or Postgres, through
+gateway.accounting.log_store), run in a thread so the event loop keeps serving; each poll is a
+few indexed range scans, not a full-table read.
 """
 
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any
 
+from gateway.accounting.log_store import open_reader
 from gateway.admission.access import Budget, key_budget, route_budget
 from gateway.admission.pacing_controller import planned_fraction
 from gateway.percentiles import percentile
@@ -26,16 +27,10 @@ TIMELINE_BUCKETS = 60
 LATENCY_SAMPLE = 50_000
 # Several open tabs share one read of the log per window this often (each polls every 3 s).
 STATS_TTL_S = 2.0
-_recent: dict[tuple[Path, float], tuple[float, dict[str, Any]]] = {}
+_recent: dict[tuple[str, float], tuple[float, dict[str, Any]]] = {}
 
 
-def _connect(path: Path) -> sqlite3.Connection | None:
-    if not path.exists():
-        return None
-    return sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True, timeout=2)
-
-
-def request_stats(path: Path, window_s: float, now: float) -> dict[str, Any]:
+def request_stats(log: str | Path, window_s: float, now: float) -> dict[str, Any]:
     """Counts, spend, cache hits, latency percentiles and a timeline over the last `window_s`."""
     since = now - window_s
     bucket_s = window_s / TIMELINE_BUCKETS
@@ -50,6 +45,7 @@ def request_stats(path: Path, window_s: float, now: float) -> dict[str, Any]:
         "latency_p95_ms": None,
         "models": [],
         "apis": [],  # by the API the client called (chat, completions, messages, ...)
+        "replicas": [],  # by the gateway replica that served it (serve --replica)
         "timeline": {
             "bucket_s": bucket_s,
             "start": since,
@@ -57,37 +53,24 @@ def request_stats(path: Path, window_s: float, now: float) -> dict[str, Any]:
             "spend_usd": [0.0] * TIMELINE_BUCKETS,
         },
     }
-    db = _connect(path)
-    if db is None:
-        return out
-    try:
-        # One scan of the window gives the per-model and per-API totals and the timeline
-        # together. Rows written before the api column: the endpoint kind was the API.
-        cells = db.execute(
-            "SELECT COALESCE(model, '(none)'), CAST((ts - ?) / ? AS INTEGER), COUNT(*),"
-            " SUM(status >= 400), SUM(cost_usd),"
-            " SUM(COALESCE(json_extract(extra, '$.cache.hit'), 0) = 1),"
-            " COALESCE(api, endpoint_kind)"
-            " FROM requests WHERE ts >= ? GROUP BY 1, 2, 7",
-            (since, bucket_s, since),
-        ).fetchall()
-        latencies: dict[str, list[float]] = {}
-        for model, latency in db.execute(
-            "SELECT COALESCE(model, '(none)'), latency_ms FROM requests"
-            " WHERE ts >= ? AND status < 400 AND latency_ms IS NOT NULL"
-            " ORDER BY ts DESC LIMIT ?",
-            (since, LATENCY_SAMPLE),
-        ):
-            latencies.setdefault(model, []).append(latency)
-    except sqlite3.OperationalError:  # the log exists but the writer has not created the table
-        return out
-    finally:
-        db.close()
+    traffic = open_reader(log).traffic(since, bucket_s, LATENCY_SAMPLE)
+    latencies: dict[str, list[float]] = {}
+    replica_latencies: dict[str, list[float]] = {}
+    for model, replica, latency in traffic.latencies:
+        latencies.setdefault(model, []).append(latency)
+        replica_latencies.setdefault(replica, []).append(latency)
 
     per_model: dict[str, dict[str, Any]] = {}
     per_api: dict[str, dict[str, Any]] = {}
+    per_replica: dict[str, dict[str, Any]] = {}
     timeline = out["timeline"]
-    for model, bucket, count, errors, cost, hits, api in cells:
+    for model, bucket, count, errors, cost, hits, api, replica in traffic.cells:
+        r = per_replica.setdefault(
+            replica, {"replica": replica, "requests": 0, "errors": 0, "spend_usd": 0.0}
+        )
+        r["requests"] += count
+        r["errors"] += errors or 0
+        r["spend_usd"] += cost or 0.0
         a = per_api.setdefault(api, {"api": api, "requests": 0, "errors": 0, "spend_usd": 0.0})
         a["requests"] += count
         a["errors"] += errors or 0
@@ -114,6 +97,11 @@ def request_stats(path: Path, window_s: float, now: float) -> dict[str, Any]:
         for field in ("requests", "errors", "spend_usd", "cache_hits"):
             out[field] += m[field]
     out["apis"] = sorted(per_api.values(), key=lambda a: (-a["requests"], a["api"]))
+    for r in sorted(per_replica.values(), key=lambda r: r["replica"]):
+        lat = replica_latencies.get(r["replica"], [])
+        r["latency_p50_ms"] = percentile(lat, 50)
+        r["latency_p95_ms"] = percentile(lat, 95)
+        out["replicas"].append(r)
     out["latency_p50_ms"] = percentile(everything, 50)
     out["latency_p95_ms"] = percentile(everything, 95)
     return out
@@ -175,16 +163,17 @@ def policy_info(runtime: Runtime, last_error: Exception | None) -> dict[str, Any
 
 
 async def snapshot(
-    log_path: Path, state: State, runtime: Runtime, last_error: Exception | None, window: str
+    log: str | Path, state: State, runtime: Runtime, last_error: Exception | None, window: str
 ) -> dict[str, Any]:
+    """`log`: the request log's SQLite path or Postgres URL."""
     now = time.time()
     window_s = WINDOWS_S.get(window, WINDOWS_S[DEFAULT_WINDOW])
-    cached = _recent.get((log_path, window_s))
+    cached = _recent.get((str(log), window_s))
     if cached is not None and 0 <= now - cached[0] < STATS_TTL_S:
         stats = cached[1]
     else:
-        stats = await asyncio.to_thread(request_stats, log_path, window_s, now)
-        _recent[(log_path, window_s)] = (now, stats)
+        stats = await asyncio.to_thread(request_stats, log, window_s, now)
+        _recent[(str(log), window_s)] = (now, stats)
     return {
         "now": now,
         "window": window if window in WINDOWS_S else DEFAULT_WINDOW,

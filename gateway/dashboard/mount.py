@@ -20,7 +20,8 @@ def mount_dashboard(app: FastAPI, settings: Any) -> None:
     history_path = getattr(settings, "policy_history_path", None) or (
         Path(settings.log_path).parent / "routegate-policy-history.sqlite"
     )
-    app.state.dashboard_log_path = Path(settings.log_path)
+    # The request log the traffic panels read: its Postgres URL, or its SQLite file.
+    app.state.dashboard_log_path = getattr(settings, "log_url", None) or Path(settings.log_path)
     app.state.policy_editor = PolicyEditor(PolicyHistory(Path(history_path)), settings.watch_policy)
     app.include_router(router)
     app.include_router(policy_router)

@@ -3,6 +3,9 @@
 Apply goes through the gateway's own reloader: the text is validated, written over the policy
 file atomically, and the file watcher reloads it; apply returns once the new Runtime serves
 (or the reloader rejected it). Without a watcher (`--no-watch`) apply asks the holder directly.
+
+With a shared store (several replicas) the file is not written: the holder starts the text, then
+publishes it in the store, and every replica loads it from there (gateway/reloader.py).
 """
 
 from __future__ import annotations
@@ -89,6 +92,13 @@ class PolicyEditor:
         latest = await asyncio.to_thread(self.history.latest)
         if latest is not None and latest.version == runtime.version:
             return
+        if holder.record is not None:  # published by another replica or the CLI
+            record = holder.record
+            await asyncio.to_thread(
+                self.history.add, record.text, record.version, record.author, "",
+                f"shared v{record.id}" + (f": {record.note}" if record.note else ""), record.ts,
+            )  # fmt: skip
+            return
         try:
             text = await asyncio.to_thread(holder.path.read_text, encoding="utf-8")
         except OSError:
@@ -106,6 +116,8 @@ class PolicyEditor:
         runtime = holder.current
         if latest is not None and runtime is not None and latest.version == runtime.version:
             return latest.text
+        if holder.text is not None:
+            return holder.text
         return await asyncio.to_thread(holder.path.read_text, encoding="utf-8")
 
     async def apply(
@@ -118,6 +130,14 @@ class PolicyEditor:
         found = await self.rejection(text, str(holder.path))
         if found is not None:
             raise found
+        if holder.following:
+            async with self._lock:
+                await self._sync(holder)
+                record = await holder.publish(text, who, note)
+                return await asyncio.to_thread(
+                    self.history.add, text, record.version, who, client,
+                    f"{note} (shared v{record.id})", record.ts,
+                )  # fmt: skip
         async with self._lock:
             await self._sync(holder)
             old_runtime, old_error = holder.current, holder.last_error

@@ -20,6 +20,8 @@ from gateway.dashboard.common import (
     templates,
 )
 from gateway.errors import ApiError
+from gateway.reloader import PolicyHolder
+from gateway.state import StateUnavailable
 from policies.diff import diff_policies
 from policies.loader import PolicyError, PolicyTooLarge, Problem, parse_policy
 
@@ -87,6 +89,43 @@ def _history(request: Request, versions: list[Any]) -> list[dict[str, Any]]:
     ]
 
 
+async def _fleet(holder: PolicyHolder, policy_id: int | None = None) -> dict[str, Any]:
+    """Which replica serves which version, and each one's outcome for the latest (or the given)
+    published version: rejections included. Empty lists while the file is the source."""
+    here = {
+        "replica": holder.replica, "source": holder.source, "policy_id": holder.policy_id,
+        "policy_version": holder.current.version if holder.current else None,
+        "last_reload_error": str(holder.last_error) if holder.last_error else None,
+    }  # fmt: skip
+    state = holder.state
+    if not holder.following or state is None:
+        return {**here, "latest": None, "replicas": [], "reports": []}
+    try:
+        latest_id = await state.policy_latest_id()
+        wanted = policy_id or latest_id
+        latest = await state.policy_get(latest_id) if latest_id else None
+        replicas = await state.policy_replicas()
+        reports = await state.policy_reports(wanted) if wanted else []
+    except StateUnavailable as exc:  # the page still shows what serves here
+        return {**here, "latest": None, "replicas": [], "reports": [], "store_error": str(exc)}
+    return {
+        **here,
+        "latest": latest.summary() if latest else None,
+        "reports_for": wanted or None,
+        "replicas": [r.as_dict() for r in replicas],
+        "reports": [r.as_dict() for r in reports],
+    }
+
+
+@router.get("/replicas.json")
+async def replicas_json(request: Request, id: int | None = None) -> Response:
+    """The fleet's view of the policy (see `_fleet`); `?id=N`: the outcomes for version N."""
+    await api_guard(request)
+    if id is not None and not 1 <= id <= MAX_VERSION_ID:
+        raise ApiError(400, "'id' must be a version number", param="id", code="invalid_value")
+    return json_response(await _fleet(holder_of(request), id))
+
+
 @router.get("")
 async def policy_page(request: Request) -> Response:
     if (redirect := await page_guard(request)) is not None:
@@ -102,6 +141,7 @@ async def policy_page(request: Request) -> Response:
             "runtime": holder.current,
             "path": str(holder.path),
             "history": _history(request, versions),
+            "fleet": await _fleet(holder),
             "is_master": await auth.has_master(request),
         },
     )
@@ -146,9 +186,20 @@ async def validate_text(request: Request) -> Response:
 
 
 def _applied(request: Request, version: Any) -> Response:
-    runtime = holder_of(request).current
+    holder = holder_of(request)
+    runtime = holder.current
     assert runtime is not None
-    return json_response({"ok": True, **version.summary(), "loaded_at": runtime.loaded_at})
+    return json_response(
+        {
+            "ok": True,
+            **version.summary(),
+            "loaded_at": runtime.loaded_at,
+            # The shared store's number for it (the other replicas' /readyz policy_id), or None
+            # when the file is the source.
+            "policy_id": holder.policy_id,
+            "policy_source": holder.source,
+        }
+    )
 
 
 def _rejected(exc: PolicyError) -> Response:

@@ -10,7 +10,8 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.accounting.request_log import FeedbackRecord, RequestLog, find_record
+from gateway.accounting.log_store import LogError, LogReader, SqliteReader
+from gateway.accounting.request_log import FeedbackRecord, RequestLog
 from gateway.errors import ApiError
 from gateway.runtime import Runtime
 from gateway.state import State, VirtualKey
@@ -24,6 +25,7 @@ CLAIM_TTL_S = 7 * 86400.0  # one learning update per (request, source, model) fo
 class FeedbackService:
     request_log: RequestLog
     state: State
+    reader: LogReader | None = None  # None: the SQLite file request_log writes
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     async def record(
@@ -69,11 +71,23 @@ class FeedbackService:
         self._spawn(self.learn(runtime, route, online, fb))
 
     async def _find(self, request_id: str) -> dict[str, Any] | None:
-        path = self.request_log.path
-        row = await asyncio.to_thread(find_record, path, request_id)
-        if row is None:  # perhaps still queued for the writer thread
-            await asyncio.to_thread(self.request_log.flush, 2.0)
-            row = await asyncio.to_thread(find_record, path, request_id)
+        reader = self.reader or SqliteReader(self.request_log.path)
+        # Postgres away, or not yet replayed to: the row may wait in the sink's spool.
+        spooled = getattr(self.request_log.sink, "find_spooled", None)
+        try:
+            row = await asyncio.to_thread(reader.find, request_id)
+            if row is None:  # perhaps still queued for the writer thread
+                await asyncio.to_thread(self.request_log.flush, 2.0)
+                row = await asyncio.to_thread(reader.find, request_id)
+        except LogError as exc:
+            if spooled is not None and (row := await asyncio.to_thread(spooled, request_id)):
+                return row
+            log.warning("feedback lookup: %s", exc)  # the row may exist: not a 404
+            raise ApiError(
+                503, "The request log is unavailable; try again", code="request_log_unavailable"
+            ) from None
+        if row is None and spooled is not None:
+            row = await asyncio.to_thread(spooled, request_id)
         return row
 
     def _spawn(self, coro: Coroutine[Any, Any, bool]) -> None:

@@ -24,10 +24,13 @@ async def lookup(ctx: RequestContext) -> CacheUse | None:
     if key is None:
         return None
     ctx.cache = use = CacheUse(cache, key)
-    try:
-        use.hit = await cache.get(key, time.time())
-    except Exception:  # a cache that cannot answer is a miss, not a failed request
-        log.exception("looking up the %s cache failed", rec.route)
+    with ctx.services.tracing.span("routegate.cache") as span:
+        try:
+            use.hit = await cache.get(key, time.time())
+        except Exception:  # a cache that cannot answer is a miss, not a failed request
+            log.exception("looking up the %s cache failed", rec.route)
+        if span is not None:
+            span.set_attribute("routegate.cache.hit", use.hit is not None)
     if use.hit is None:
         ctx.notes.cache = CacheOutcome(hit=False)
     return use

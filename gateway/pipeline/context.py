@@ -15,10 +15,12 @@ from gateway.admission.price_multiplier import Pacers
 from gateway.backends.base import Kind
 from gateway.cache.response_cache import CachedAnswer, ResponseCache
 from gateway.dialects import Dialect
+from gateway.drain import Drain
 from gateway.feedback.service import FeedbackService
 from gateway.metrics import Metrics
 from gateway.runtime import Runtime
 from gateway.state import VirtualKey
+from gateway.tracing import RequestSpan, Tracing
 from policies.schema import RouteConfig
 
 log = logging.getLogger("routegate.pipeline")
@@ -56,6 +58,8 @@ class Services:
     pacers: Pacers
     feedback: FeedbackService  # explicit and implicit feedback, and learning from it
     ids: RequestIds = field(default_factory=RequestIds)
+    drain: Drain = field(default_factory=Drain)  # the process's shutdown, which streams heed
+    tracing: Tracing = field(default_factory=Tracing)  # off unless OTEL_* configure it
 
 
 @dataclass(slots=True)
@@ -92,6 +96,7 @@ class RequestContext:
     body: dict[str, Any] = field(default_factory=dict)  # admit: the parsed request
     config: RouteConfig | None = None  # admit: the route's policy (None: a model by name)
     cache: CacheUse | None = None  # cache: the route's cache entry for this request
+    trace: RequestSpan | None = None  # its SERVER span, when tracing (pipeline/spans.py)
 
 
 def start(

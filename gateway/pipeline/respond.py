@@ -20,6 +20,7 @@ from gateway.backends.base import CallLimits, UpstreamError, UpstreamStream
 from gateway.cache.response_cache import body_from_chunks, chunks_from_body
 from gateway.dialects import StreamEncoder
 from gateway.dialects.base import H_COST, cost_comment
+from gateway.drain import DRAINED, Drain
 from gateway.errors import ApiError
 from gateway.pipeline.context import RequestContext
 
@@ -163,22 +164,32 @@ def _sse(h: dict[str, str]) -> dict[str, str]:
 
 
 async def _within(
-    chunks: AsyncIterator[dict[str, Any]], limits: CallLimits, opened: float
+    chunks: AsyncIterator[dict[str, Any]], limits: CallLimits, opened: float, drain: Drain
 ) -> AsyncIterator[dict[str, Any]]:
     """The stream's chunks, cut (UpstreamError 504) past its deadline, `stream_timeout_s` after
-    the first upstream call, or after a gap of `stream_idle_timeout_s` between two chunks."""
+    the first upstream call, or after a gap of `stream_idle_timeout_s` between two chunks; cut
+    (503 drained) when a shutting-down gateway's drain timeout is over."""
     total = limits.stream_timeout_s or limits.timeout_s
     deadline = opened + total
     idle = limits.stream_idle_timeout_s
+    waits = drain.waits
     while True:
+        if drain.cut_done:
+            raise UpstreamError(503, drain.cut_message(), DRAINED, retryable=False)
         left = deadline - time.monotonic()
         by_deadline = idle is None or left <= idle
         try:
-            async with asyncio.timeout(max(left, 0.0) if by_deadline else idle):
-                chunk = await anext(chunks)
+            async with asyncio.timeout(max(left, 0.0) if by_deadline else idle) as wait:
+                waits.add(wait)  # drain.cut() moves it to now
+                try:
+                    chunk = await anext(chunks)
+                finally:
+                    waits.discard(wait)
         except StopAsyncIteration:
             return
         except TimeoutError:
+            if drain.cut_done:
+                raise UpstreamError(503, drain.cut_message(), DRAINED, retryable=False) from None
             why = (
                 f"the stream ran past its deadline of {total:g} s (stream_timeout_s)"
                 if by_deadline
@@ -206,8 +217,9 @@ def stream(
 
     async def events() -> AsyncIterator[bytes]:
         status, why = 499, "client disconnected"  # unless the stream runs to its end
+        drain = ctx.services.drain
         try:
-            async for chunk in _within(aiter(upstream), limits, opened):
+            async for chunk in _within(aiter(upstream), limits, opened, drain):
                 if kept is not None:
                     kept.append(chunk)
                 if data := encoder.chunk(chunk):
@@ -225,6 +237,8 @@ def stream(
             # upstream (which aborts generation there), settling the budget and the request
             # log row must still happen.
             with anyio.CancelScope(shield=True):
+                if status == 499 and drain.cut_done:  # cancelled by the server's shutdown
+                    status, why = 503, f"503 {DRAINED}: {drain.cut_message()}"
                 await upstream.aclose()
                 cost = await settle(status, why)
                 if cache is not None and kept is not None and status == 200:

@@ -13,7 +13,7 @@ from cascades.base import Cascade, CascadeFailed, CascadeStream, Step
 from cascades.fallback import ChainFailed, Outcome, first_success
 from gateway.accounting.charge import Bill
 from gateway.backends.base import CallLimits, UpstreamCall, UpstreamStream
-from gateway.pipeline import respond
+from gateway.pipeline import respond, spans
 from gateway.pipeline.context import RequestContext
 from gateway.pipeline.route import Plan
 
@@ -23,12 +23,13 @@ async def run(ctx: RequestContext, plan: Plan) -> Response:
     if plan.cascade is not None:
         return await _run_cascade(ctx, plan.cascade)
     runtime = ctx.runtime
+    backends = spans.backends(ctx)  # the runtime's, each call a span when tracing
     try:
         if ctx.record.stream:
             opened = time.monotonic()
-            stream = await first_success(plan.attempts, runtime.backends, _open_stream)
+            stream = await first_success(plan.attempts, backends, _open_stream)
             return _chain_stream(ctx, stream, runtime.limits[stream.model], opened)
-        done = await first_success(plan.attempts, runtime.backends, _complete)
+        done = await first_success(plan.attempts, backends, _complete)
     except ChainFailed as failed:
         return await respond.failed(
             ctx,
@@ -56,16 +57,26 @@ async def run(ctx: RequestContext, plan: Plan) -> Response:
 async def _run_cascade(ctx: RequestContext, cascade: Cascade) -> Response:
     """A route whose answer may take several models: every step is charged, even on failure."""
     runtime = ctx.runtime
+    trace = spans.cascade_span(ctx, cascade)  # None unless tracing
+    backends = runtime.backends if trace is None else trace.backends
     try:
         if ctx.record.stream:
             opened = time.monotonic()
-            stream = await cascade.open_stream(ctx.kind, ctx.body, runtime.backends)
+            stream = await cascade.open_stream(ctx.kind, ctx.body, backends)
             # The streaming model's limits; EAD's combined name has none: its small model's.
             limits = runtime.limits.get(stream.model) or runtime.limits[cascade.models()[0]]
-            return _cascade_stream(ctx, stream, limits, opened)
-        result = await cascade.complete(ctx.kind, ctx.body, runtime.backends)
+            return _cascade_stream(ctx, stream, limits, opened, trace)
+        result = await cascade.complete(ctx.kind, ctx.body, backends)
     except CascadeFailed as failed:
+        if trace is not None:
+            trace.end(failed.steps, None, failed.error)
         return await respond.failed(ctx, failed.error, failed.model, steps=failed.steps)
+    except BaseException as exc:
+        if trace is not None:
+            trace.end([], None, exc)
+        raise
+    if trace is not None:
+        trace.end(result.steps, result.detail)
     bill = Bill(
         200,
         result.model,
@@ -110,9 +121,15 @@ def _chain_stream(
 
 
 def _cascade_stream(
-    ctx: RequestContext, stream: CascadeStream, limits: CallLimits, opened: float
+    ctx: RequestContext,
+    stream: CascadeStream,
+    limits: CallLimits,
+    opened: float,
+    trace: spans.CascadeSpan | None,
 ) -> StreamingResponse:
     def settle(status: int, error: str | None) -> Awaitable[float]:
+        if trace is not None:
+            trace.end(stream.steps, stream.detail, error if status != 200 else None)
         last = stream.steps[-1].endpoint if stream.steps else None
         bill = Bill(
             status,

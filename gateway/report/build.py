@@ -9,11 +9,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from gateway.accounting.request_log import read_feedback
+from gateway.accounting.log_store import safe_location
 from gateway.report.baseline import Baselines
 from gateway.report.charts import ChartData
 from gateway.report.experiments import Experiments, feedback_scores
-from gateway.report.load import iter_batches
+from gateway.report.load import iter_batches, read_feedback
 from gateway.report.stats import GroupStats, escalated
 from policies.schema import ExperimentRoute, Policy
 
@@ -74,7 +74,7 @@ class Report:
 
 
 def build_report(
-    log: Path,
+    log: str | Path,
     policy: Policy,
     policy_source: str,
     *,
@@ -108,7 +108,7 @@ def build_report(
             on_batch(len(batch))
     return Report(
         by=by,
-        log=str(log),
+        log=safe_location(log),  # a URL's password left out
         policy=policy_source,
         since=since,
         until=until,
@@ -123,7 +123,7 @@ def build_report(
     )
 
 
-def _experiments(log: Path, policy: Policy) -> Experiments:
+def _experiments(log: str | Path, policy: Policy) -> Experiments:
     """Feedback read up front (one score per request); the policy's arm order, where the
     experiment is still in it, makes its first arm the control."""
     order = {

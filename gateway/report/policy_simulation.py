@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gateway.accounting.log_store import is_postgres_url
 from gateway.report.stats import ExactSum
 from policies.pricing import CostFn, price_table
 from policies.schema import (
@@ -108,7 +109,11 @@ class Simulation:
         }
 
 
-def is_request_log(path: Path) -> bool:
+def is_request_log(path: str | Path) -> bool:
+    """A SQLite request log (by its magic bytes) or a Postgres URL (routing records: JSONL)."""
+    if is_postgres_url(path):
+        return True
+    path = Path(path)
     try:
         with path.open("rb") as f:
             return f.read(len(SQLITE_MAGIC)) == SQLITE_MAGIC
@@ -313,7 +318,7 @@ def simulate_log(policy: Policy, source: str, rows: Iterable[dict[str, Any]]) ->
     return sim
 
 
-def read_log_rows(path: Path) -> Iterable[dict[str, Any]]:
+def read_log_rows(path: str | Path) -> Iterable[dict[str, Any]]:
     from gateway.report.load import ReportError, iter_batches
 
     try:
@@ -323,11 +328,12 @@ def read_log_rows(path: Path) -> Iterable[dict[str, Any]]:
         raise SimulationError(str(exc)) from None
 
 
-def simulate(policy: Policy, source: str, data: Path, route: str | None = None) -> Simulation:
-    """Replay `data` (routing records JSONL or a request-log SQLite file) through `policy`."""
+def simulate(policy: Policy, source: str, data: str | Path, route: str | None = None) -> Simulation:
+    """Replay `data` (routing records JSONL, a request-log SQLite file or a Postgres URL)
+    through `policy`."""
     if is_request_log(data):
         return simulate_log(policy, source, read_log_rows(data))
-    return simulate_records(policy, source, data, route)
+    return simulate_records(policy, source, Path(data), route)
 
 
 # ---------------------------------------------------------------- output

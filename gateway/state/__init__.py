@@ -6,6 +6,8 @@ from pathlib import Path
 
 from gateway.state.base import (
     PacingState,
+    PolicyRecord,
+    PolicyReport,
     Reservation,
     RunningStat,
     State,
@@ -21,6 +23,8 @@ from gateway.state.redis_store import RedisState, redact_url
 __all__ = [
     "MemoryState",
     "PacingState",
+    "PolicyRecord",
+    "PolicyReport",
     "RedisState",
     "Reservation",
     "RunningStat",
@@ -29,9 +33,15 @@ __all__ = [
     "VirtualKey",
     "WindowResult",
     "from_micros",
+    "is_memory_url",
     "open_state",
     "to_micros",
 ]
+
+
+def is_memory_url(url: str | None) -> bool:
+    """True for the in-process store: one process, whose policy file is the source."""
+    return url is None or url.strip() in ("", "memory", "memory://")
 
 
 async def open_state(
@@ -45,8 +55,9 @@ async def open_state(
     """The store `url` names: None or "memory" -> in-process (persisted to `memory_path` when
     given); "redis://..." or "rediss://..." -> Redis, checked with a PING so a wrong URL fails at
     start-up rather than on the first request."""
-    if url is None or url.strip() in ("", "memory", "memory://"):
+    if is_memory_url(url):
         return MemoryState(memory_path)
+    assert url is not None
     if url.startswith(("redis://", "rediss://", "unix://")):
         state = RedisState(
             url, prefix=prefix, connect_timeout_s=connect_timeout_s, timeout_s=timeout_s

@@ -127,6 +127,58 @@ def cache_priority(
     return now
 
 
+@dataclass(frozen=True, slots=True)
+class PolicyRecord:
+    """A policy version published to the shared store (`routegate policy apply`, the policy
+    page): every replica loads the latest one. `id` is the store's own number, 1, 2, 3, ...
+    (0 before publishing); `version` is Runtime.version, the hash of `text`."""
+
+    id: int
+    text: str
+    version: str
+    author: str
+    ts: float
+    note: str = ""
+
+    def summary(self) -> dict[str, object]:
+        """Without the text, for listings."""
+        return {
+            "id": self.id, "version": self.version, "author": self.author, "ts": self.ts,
+            "note": self.note,
+        }  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyReport:
+    """One replica's outcome for one published version: loaded (`ok`) or rejected (`error`,
+    the validator's messages), and what it serves after it (a rejecting replica keeps its
+    previous version; `serving_id` None: its own file)."""
+
+    replica: str
+    id: int
+    ok: bool
+    error: str | None
+    ts: float
+    serving_id: int | None
+    serving_version: str
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "replica": self.replica, "id": self.id, "ok": self.ok, "error": self.error,
+            "ts": self.ts, "serving_id": self.serving_id, "serving_version": self.serving_version,
+        }  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> PolicyReport:
+        serving = data.get("serving_id")
+        error = data.get("error")
+        return cls(
+            str(data["replica"]), int(str(data["id"])), bool(data["ok"]),
+            None if error is None else str(error), float(str(data["ts"])),
+            None if serving is None else int(str(serving)), str(data.get("serving_version", "")),
+        )  # fmt: skip
+
+
 class StateUnavailable(RuntimeError):
     """The state store cannot be reached (refused, timed out, loading). Every `State` method
     may raise it; the gateway answers 503 `state_unavailable` and fails closed."""
@@ -234,6 +286,28 @@ class State(Protocol):
 
     async def stats_read(self, table: str) -> dict[str, RunningStat]:
         """Every cell of `table` (empty when there is none), in one round trip."""
+
+    # -- the published policy (several replicas, one policy) ---------------------------------
+    async def policy_publish(self, record: PolicyRecord) -> int:
+        """Atomically give `record` the next id (1, 2, ...; its own `id` is ignored) and make it
+        the latest. Returns the id."""
+
+    async def policy_latest_id(self) -> int:
+        """The latest published id, 0 when none: what replicas poll (one small read)."""
+
+    async def policy_get(self, policy_id: int) -> PolicyRecord | None: ...
+
+    async def policy_history(self, limit: int = 50) -> list[PolicyRecord]:
+        """The latest `limit` published versions, newest first."""
+
+    async def policy_report(self, report: PolicyReport) -> None:
+        """Record a replica's outcome for a version, and as that replica's latest word."""
+
+    async def policy_reports(self, policy_id: int) -> list[PolicyReport]:
+        """Every replica's outcome for one version, by replica name."""
+
+    async def policy_replicas(self) -> list[PolicyReport]:
+        """Each replica's latest report (what it serves now), by replica name."""
 
     # -- lifecycle --------------------------------------------------------------------------
     async def ping(self, timeout_s: float | None = None) -> None:

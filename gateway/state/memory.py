@@ -42,6 +42,8 @@ from gateway.state.base import (
     CacheEntry,
     Eviction,
     PacingState,
+    PolicyRecord,
+    PolicyReport,
     Reservation,
     RunningStat,
     VirtualKey,
@@ -258,6 +260,9 @@ class MemoryState:
         self._caches: dict[str, _CacheSpace] = {}
         self._claims: dict[str, float] = {}  # name -> expiry
         self._stats: dict[str, dict[str, RunningStat]] = {}
+        self._policies: list[PolicyRecord] = []  # id i at index i - 1
+        self._policy_reports: dict[int, dict[str, PolicyReport]] = {}
+        self._policy_replicas: dict[str, PolicyReport] = {}
         self._path = path
         self._db: sqlite3.Connection | None = None
         self._db_lock = threading.Lock()  # the snapshot thread and the loop share one connection
@@ -612,6 +617,35 @@ class MemoryState:
 
     async def stats_read(self, table: str) -> dict[str, RunningStat]:
         return dict(self._stats.get(table, {}))
+
+    # -- the published policy ------------------------------------------------------------------
+    # Not persisted: with the in-process store the policy file is the source (one process);
+    # these serve the same contract as Redis for tests and for a process that follows itself.
+
+    async def policy_publish(self, record: PolicyRecord) -> int:
+        new_id = len(self._policies) + 1
+        self._policies.append(dataclasses.replace(record, id=new_id))
+        return new_id
+
+    async def policy_latest_id(self) -> int:
+        return len(self._policies)
+
+    async def policy_get(self, policy_id: int) -> PolicyRecord | None:
+        return self._policies[policy_id - 1] if 1 <= policy_id <= len(self._policies) else None
+
+    async def policy_history(self, limit: int = 50) -> list[PolicyRecord]:
+        return self._policies[::-1][: max(0, limit)]
+
+    async def policy_report(self, report: PolicyReport) -> None:
+        self._policy_reports.setdefault(report.id, {})[report.replica] = report
+        self._policy_replicas[report.replica] = report
+
+    async def policy_reports(self, policy_id: int) -> list[PolicyReport]:
+        found = self._policy_reports.get(policy_id, {})
+        return [found[name] for name in sorted(found)]
+
+    async def policy_replicas(self) -> list[PolicyReport]:
+        return [self._policy_replicas[name] for name in sorted(self._policy_replicas)]
 
     # -- lifecycle ---------------------------------------------------------------------------
 

@@ -23,6 +23,10 @@ Key layout (all under `prefix`, written `P` below):
     P:cache:{<ns>}:meta         hash   bytes (sum of sizes), clock (GDSF's aging value L)
     P:cache:{<ns>}:ghost        hash   key -> misses counted while not cached
     P:cache:{<ns>}:ghost-at     zset   key -> last miss time (the bound drops the oldest)
+    P:policy:seq                string the latest published policy id (what replicas poll)
+    P:policy:v:<id>             hash   text, version, author, ts, note of published policy <id>
+    P:policy:reports:<id>       hash   replica -> its outcome for <id> (PolicyReport as JSON)
+    P:policy:replicas           hash   replica -> its latest outcome (what it serves now)
 
 The `{<budget>}` hash tag keeps one budget's four keys in one cluster slot. Budget keys expire
 `BUDGET_KEEP_S` after their last write; window keys two windows after theirs.
@@ -57,6 +61,8 @@ from gateway.state.base import (
     CacheEntry,
     Eviction,
     PacingState,
+    PolicyRecord,
+    PolicyReport,
     Reservation,
     RunningStat,
     StateUnavailable,
@@ -103,6 +109,14 @@ def _unavailable_on_outage(
 
     return wrapper
 
+
+# KEYS: the policy id counter. ARGV: the version hashes' key prefix, field, value, ...
+# One step: a replica that reads the new id always finds its version.
+_POLICY_PUBLISH = """
+local id = redis.call('INCR', KEYS[1])
+redis.call('HSET', ARGV[1] .. id, unpack(ARGV, 2))
+return id
+"""
 
 # KEYS: key hash, index key of the new secret hash, ids set, has-keys flag
 # ARGV: index key prefix, id, secret hash (JSON), field, value, field, value, ...
@@ -420,6 +434,7 @@ class RedisState:
         self._window_hit = r.register_script(_WINDOW_HIT)
         self._pacing_cas = r.register_script(_PACING_CAS)
         self._stats_update = r.register_script(_STATS_UPDATE)
+        self._policy_publish = r.register_script(_POLICY_PUBLISH)
         # Cached answers are bytes: their own small pool, without decoding.
         self._raw_pool = aioredis.BlockingConnectionPool.from_url(
             url, max_connections=max(4, max_connections // 4), decode_responses=False, **limits
@@ -693,6 +708,74 @@ class RedisState:
             w, t, q, at = (float(x) for x in str(text).split(","))
             out[str(cell)] = RunningStat(w, t, q, at)
         return out
+
+    # -- the published policy ------------------------------------------------------------------
+
+    @_unavailable_on_outage
+    async def policy_publish(self, record: PolicyRecord) -> int:
+        fields = {
+            "text": record.text, "version": record.version, "author": record.author,
+            "ts": repr(float(record.ts)), "note": record.note,
+        }  # fmt: skip
+        flat = [item for pair in fields.items() for item in pair]
+        return int(
+            await self._policy_publish(
+                keys=[self._k("policy", "seq")], args=[self._k("policy", "v", ""), *flat]
+            )
+        )
+
+    @_unavailable_on_outage
+    async def policy_latest_id(self) -> int:
+        return int(await self._redis.get(self._k("policy", "seq")) or 0)
+
+    @staticmethod
+    def _policy_record(policy_id: int, raw: dict[str, str]) -> PolicyRecord | None:
+        if not raw:
+            return None
+        return PolicyRecord(
+            policy_id, raw["text"], raw["version"], raw["author"], float(raw["ts"]),
+            raw.get("note", ""),
+        )  # fmt: skip
+
+    @_unavailable_on_outage
+    async def policy_get(self, policy_id: int) -> PolicyRecord | None:
+        raw = await self._redis.hgetall(self._k("policy", "v", str(policy_id)))
+        return self._policy_record(policy_id, raw)
+
+    @_unavailable_on_outage
+    async def policy_history(self, limit: int = 50) -> list[PolicyRecord]:
+        latest = int(await self._redis.get(self._k("policy", "seq")) or 0)
+        ids = list(range(latest, max(0, latest - max(0, limit)), -1))
+        if not ids:
+            return []
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for policy_id in ids:
+                pipe.hgetall(self._k("policy", "v", str(policy_id)))
+            raws = await pipe.execute()
+        found = (self._policy_record(i, raw) for i, raw in zip(ids, raws, strict=True))
+        return [record for record in found if record is not None]
+
+    @_unavailable_on_outage
+    async def policy_report(self, report: PolicyReport) -> None:
+        text = json.dumps(report.as_dict())
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self._k("policy", "reports", str(report.id)), report.replica, text)
+            pipe.hset(self._k("policy", "replicas"), report.replica, text)
+            await pipe.execute()
+
+    @staticmethod
+    def _reports(raw: dict[str, str]) -> list[PolicyReport]:
+        return [PolicyReport.from_dict(json.loads(raw[name])) for name in sorted(raw)]
+
+    @_unavailable_on_outage
+    async def policy_reports(self, policy_id: int) -> list[PolicyReport]:
+        return self._reports(
+            await self._redis.hgetall(self._k("policy", "reports", str(policy_id)))
+        )
+
+    @_unavailable_on_outage
+    async def policy_replicas(self) -> list[PolicyReport]:
+        return self._reports(await self._redis.hgetall(self._k("policy", "replicas")))
 
     # -- lifecycle ---------------------------------------------------------------------------
 

@@ -16,10 +16,22 @@ from tests.support.upstream import free_port
 
 
 class GatewayProcess:
-    def __init__(self, policy: Path, workdir: Path, env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        policy: Path,
+        workdir: Path,
+        env: dict[str, str] | None = None,
+        *,
+        log: str | None = None,
+        args: list[str] | None = None,
+    ):
+        """`log`: a request log other than workdir/requests.sqlite (a Postgres URL); `args`:
+        more `routegate serve` options."""
         self.policy = policy
         self.port = free_port()
         self.log_path = workdir / "requests.sqlite"
+        self.log = log or str(self.log_path)
+        self._args = args or []
         self.state_path = workdir / "state.sqlite"
         self.stderr_path = workdir / "gateway.log"
         self._env = {**os.environ, **(env or {})}
@@ -40,9 +52,10 @@ class GatewayProcess:
             "--port",
             str(self.port),
             "--log",
-            str(self.log_path),
+            self.log,
             "--state-file",
             str(self.state_path),
+            *self._args,
         ]
         with self.stderr_path.open("wb") as err:
             self.proc = subprocess.Popen(cmd, stdout=err, stderr=subprocess.STDOUT, env=self._env)
@@ -75,6 +88,10 @@ class GatewayProcess:
     def signal(self, sig: int) -> None:
         assert self.proc is not None
         self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = 30) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout=timeout)
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:

@@ -20,6 +20,7 @@ from fastapi import FastAPI
 from gateway.accounting.request_log import read_records
 from gateway.app import Settings, create_app
 from gateway.reloader import PolicyHolder
+from gateway.tracing import Tracing
 from tests.support.fake_backend import FakeBackends
 
 BASE_URL = "http://gateway.test"
@@ -73,9 +74,14 @@ class InProcessGateway:
 
 @asynccontextmanager
 async def in_process_gateway(
-    policy: str, workdir: Path, fakes: FakeBackends | None = None, watch: bool = False
+    policy: str,
+    workdir: Path,
+    fakes: FakeBackends | None = None,
+    watch: bool = False,
+    tracing: Tracing | None = None,
 ) -> AsyncIterator[InProcessGateway]:
-    """The app serving `policy` (YAML text, written to workdir/policy.yaml), started."""
+    """The app serving `policy` (YAML text, written to workdir/policy.yaml), started.
+    `tracing`: spans through a provider of the test's (tracing is off otherwise)."""
     path = workdir / "policy.yaml"
     path.write_text(policy)
     fakes = fakes if fakes is not None else FakeBackends()
@@ -85,6 +91,7 @@ async def in_process_gateway(
         state_path=workdir / "state.sqlite",
         watch_policy=watch,
         backend_factory=fakes,
+        tracing=tracing if tracing is not None else Tracing(),
     )
     app = create_app(settings)
     async with AsyncExitStack() as stack:

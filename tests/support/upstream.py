@@ -51,6 +51,7 @@ class Upstream:
     health_hits: int = 0
     disconnects: int = 0
     bodies: list[dict[str, Any]] = field(default_factory=list)
+    headers: list[dict[str, str]] = field(default_factory=list)  # each call's, beside its body
     port: int = field(default_factory=free_port)
     # When set, every usage the upstream reports (whole answers, each stream chunk) is this.
     usage_report: dict[str, Any] | None = None
@@ -130,6 +131,7 @@ class Upstream:
         body = orjson.loads(await request.body())
         self.hits += 1
         self.bodies.append(body)
+        self.headers.append(dict(request.headers))
         if self.mode in {"500", "400", "401", "404", "429"}:
             err = {
                 "error": {

@@ -1,6 +1,7 @@
 """The State contract on RedisState over a real redis-server: the unit tier's tests that take the
 `state` fixture (tests/unit/test_state.py, test_cache_store.py, test_pacing.py,
-test_response_cache.py, test_learning_state.py) rerun here, plus what only redis has (replicas, key expiry)."""
+test_response_cache.py, test_learning_state.py, test_policy_store.py) rerun here, plus what
+only redis has (replicas, key expiry)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from tests.unit import test_cache_store as cache_store_tests
 from tests.unit import test_learned_plan as learned_plan_tests
 from tests.unit import test_learning_state as learning_state_tests
 from tests.unit import test_pacing as pacing_tests
+from tests.unit import test_policy_store as policy_store_tests
 from tests.unit import test_response_cache as response_cache_tests
 from tests.unit import test_state as state_contract_tests
 from tests.unit.test_state import START, T0, W, make_key
@@ -25,6 +27,7 @@ _MODULES = (
     response_cache_tests,
     learning_state_tests,
     learned_plan_tests,
+    policy_store_tests,
 )
 _names = [name for module in _MODULES for name in state_tests(module)]
 assert len(_names) == len(set(_names)), "two contract tests share a name"

@@ -66,3 +66,31 @@ async def test_the_feed_has_requests_errors_and_spend_per_api(
         page = await gw.client.get("/dashboard")
         assert page.status_code == 200
         assert '<table id="apis-table">' in page.text and "<td>messages</td>" in page.text
+
+
+async def test_the_feed_and_page_show_which_replica_served_what(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("ROUTEGATE_MASTER_KEY", raising=False)  # an open dashboard
+    async with in_process_gateway(POLICY, tmp_path) as gw:
+        assert (await gw.chat("cheap")).status_code == 200  # this gateway: the host's name
+        here = gw.app.state.holder.replica
+        log = gw.app.state.services.request_log
+        now = time.time()
+        for i, replica in enumerate(["r2", "r2", "r1"]):
+            log.write(
+                RequestRecord(
+                    f"x{i}", now, "chat", False, model="fast", cost_usd=0.5, replica=replica
+                )
+            )
+        await asyncio.to_thread(log.flush)
+        feed = (await gw.client.get("/dashboard/data.json?window=15m")).json()
+        replicas = {r["replica"]: r for r in feed["traffic"]["replicas"]}
+        assert sorted(replicas) == sorted([here, "r1", "r2"])
+        assert (replicas["r2"]["requests"], replicas["r2"]["spend_usd"]) == (2, 1.0)
+        assert replicas[here]["spend_usd"] == pytest.approx(COST)
+        assert replicas["r1"]["latency_p50_ms"] is None  # written without a latency
+        page = await gw.client.get("/dashboard")
+        assert '<table id="replicas-table">' in page.text and "<td>r2</td>" in page.text
+        ready = (await gw.client.get("/readyz")).json()
+        assert ready["request_log"] == {"store": "sqlite", "spooled_total": 0, "spool_depth": 0}

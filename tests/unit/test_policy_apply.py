@@ -38,6 +38,7 @@ class _Holder:
         self.path, self.fail = path, fail
         self.current: SimpleNamespace | None = None
         self.last_error = None
+        self.following, self.record, self.text = False, None, None  # the file is the source
 
     async def load(self) -> SimpleNamespace:
         if self.fail is not None:

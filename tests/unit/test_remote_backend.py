@@ -489,3 +489,25 @@ async def test_stream_without_upstream_usage_still_ends_with_a_usage_chunk(
     assert final["usage"]["completion_tokens"] == stream.usage.completion_tokens == 2
     assert final["usage"]["prompt_tokens"] == stream.usage.prompt_tokens > 0
     assert sum(1 for c in chunks if not c["choices"]) == 1
+
+
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+@pytest.mark.parametrize(
+    ("kind", "stream"), [("chat", False), ("completions", False), ("chat", True)]
+)
+async def test_a_calls_headers_reach_the_provider(
+    upstream: Upstream, kind: Kind, stream: bool
+) -> None:
+    # The trace context of a traced call (gateway/backends/traced.py), as litellm's extra headers.
+    body = {**(CHAT_BODY if kind == "chat" else TEXT_BODY), "stream": stream}
+    traced = UpstreamCall(kind, body, 5.0, 0, headers={"traceparent": TRACEPARENT})
+    b = backend("echo", upstream.base)
+    if stream:
+        s = await b.open_stream(traced)
+        await drain(s)
+    else:
+        await b.complete(traced)
+    [req] = upstream.requests
+    assert req["headers"]["traceparent"] == TRACEPARENT

@@ -68,3 +68,50 @@ def test_an_older_log_gains_the_new_columns(tmp_path: Path) -> None:
     old, new = read_records(path)
     assert (old["team"], old["prompt"]) == (None, None)
     assert (new["team"], new["prompt"]) == ("red", "what is [digits]?")
+
+
+async def test_a_durable_log_answers_once_the_row_is_stored(tmp_path: Path) -> None:
+    log = RequestLog(tmp_path / "r.sqlite", window_s=0.005, durable=True)
+    for i in range(3):
+        log.write(RequestRecord(f"rg-{i}", float(i), "chat", False))
+        assert await log.stored()
+        # No flush: stored() returned, so the row is in the file already.
+        assert [r["request_id"] for r in read_records(tmp_path / "r.sqlite")][-1] == f"rg-{i}"
+    assert await log.stored()  # nothing queued: at once
+    log.close()
+
+
+class StuckSink:
+    """A store that hangs (a frozen database) until released."""
+
+    location = "stuck"
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.rows: list[tuple[object, ...]] = []
+
+    def store(self, records: list[tuple[object, ...]], feedback: list[tuple[object, ...]]) -> None:
+        self.release.wait(10)
+        self.rows += records
+
+    def retry_in(self) -> float | None:
+        return None
+
+    def tick(self) -> None:
+        pass
+
+    def status(self) -> dict[str, object]:
+        return {"store": "stuck"}
+
+    def close(self) -> None:
+        pass
+
+
+async def test_a_hung_store_delays_a_durable_answer_only_up_to_the_timeout() -> None:
+    sink = StuckSink()
+    log = RequestLog(sink, window_s=0.001, durable=True)
+    log.write(RequestRecord("rg-1", 1.0, "chat", False))
+    assert await log.stored(timeout=0.2) is False  # answered anyway; the row stays queued
+    sink.release.set()
+    assert log.flush() and [r[0] for r in sink.rows] == ["rg-1"]
+    log.close()

@@ -205,3 +205,26 @@ async def test_no_endpoint_connecting_is_a_plain_503_with_a_retry_time(
     assert sorted(err.attempts) == sorted(dead)
     # Both are ejected for the cooldown: the first to come back is when to retry.
     assert 11 < (err.retry_after_s or 0) <= 12
+
+
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_calls_headers_reach_the_upstream(
+    ups: list[Upstream], client: httpx.AsyncClient, stream: bool
+) -> None:
+    # The trace context of a traced call (gateway/backends/traced.py), on the direct lane too.
+    p = pool([ups[0].base_url], client)
+    body = {**BODY, "stream": True} if stream else BODY
+    traced = UpstreamCall("chat", body, 5, 0, headers={"traceparent": TRACEPARENT})
+    if stream:
+        s = await p.open_stream(traced)
+        _ = [chunk async for chunk in s]
+        await s.aclose()
+    else:
+        await p.complete(traced)
+        await p.complete(call())  # untraced: no header
+    assert ups[0].headers[0]["traceparent"] == TRACEPARENT
+    assert ups[0].headers[0]["content-type"] == "application/json"
+    assert all("traceparent" not in h for h in ups[0].headers[1:])

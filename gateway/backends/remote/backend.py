@@ -109,6 +109,11 @@ class LitellmBackend:
             if self._connect_failures >= UNHEALTHY_AFTER_FAILURES:
                 err.retry_after_s = UNHEALTHY_FOR_S  # traffic comes back to it after that
 
+    @property
+    def provider(self) -> str:
+        """The provider litellm calls ("openai", "anthropic"...): the GenAI provider in traces."""
+        return self._provider_name() or "litellm"
+
     # -- request building -------------------------------------------------------------------
     def _provider_name(self) -> str | None:
         if not self._provider_known:
@@ -165,6 +170,8 @@ class LitellmBackend:
             options = dict(options) if isinstance(options, dict) else {}
             options["include_usage"] = True  # usage must be known, whatever the client asked
             kwargs.update(stream=True, stream_options=options)
+        if call.headers:  # the trace context, for the provider's (or proxy's) own traces
+            kwargs["extra_headers"] = call.headers
         if call.kind == "completions" and self.api_base and self._provider_name() in _OPENAI_LIKE:
             kwargs["client"] = openai_client(self.api_base, key, timeouts(call))
         return kwargs

@@ -34,6 +34,8 @@ class VllmPool:
     """The endpoints of one model, tried by fewest outstanding requests (endpoints.py keeps
     their health); requests and the chat rendering EAD uses."""
 
+    provider = "vllm"  # the GenAI provider name in traces (gateway/backends/traced.py)
+
     def __init__(
         self,
         name: str,
@@ -148,7 +150,7 @@ class VllmPool:
             try:
                 post = self._posts[endpoint.base_url, call.kind]
                 resp = await self.health.watched(
-                    endpoint, call, post(payload, call.connect_timeout_s)
+                    endpoint, call, post(payload, call.connect_timeout_s, call.headers)
                 )
             except httpx.HTTPError as exc:
                 last = transport_error(exc, self.name)

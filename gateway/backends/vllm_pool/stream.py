@@ -106,7 +106,7 @@ class VllmStream:
             "POST",
             self._ep.base_url + PATHS[self._kind],
             content=payload,
-            headers={"content-type": "application/json"},
+            headers={"content-type": "application/json", **(call.headers or {})},
             timeout=upstream_timeouts(call),
         )
         self._resp = await self._client.send(req, stream=True)

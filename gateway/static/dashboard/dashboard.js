@@ -132,6 +132,9 @@
       ms(m.latency_p50_ms), ms(m.latency_p95_ms),
     ]));
     fillTable("apis-table", t.apis.map((a) => [a.api, a.requests, a.errors, usd(a.spend_usd)]));
+    fillTable("replicas-table", (t.replicas || []).map((r) => [
+      r.replica, r.requests, r.errors, usd(r.spend_usd), ms(r.latency_p50_ms), ms(r.latency_p95_ms),
+    ]));
     document.body.dataset.renderedAt = String(data.now);
   }
 
