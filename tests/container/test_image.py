@@ -16,8 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 
+from tests.support.postgres_server import start_postgres_server
+from tests.support.redis_server import start_redis_server, stop_redis_server
 from tests.support.upstream import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -169,3 +172,48 @@ def test_compose_fleet_policy_is_valid_in_the_image(image: str) -> None:
         "--entrypoint", "routegate", image, "policy", "validate", "/etc/routegate/policy.yaml",
     )  # fmt: skip
     assert out.endswith("ok (4 models, 6 routes)"), out
+
+
+def test_fleet_replica_on_redis_and_postgres_survives_a_docker_stop(
+    image: str, upstream: int, tmp_path: Path
+) -> None:
+    """A replica as compose and Kubernetes run it: two workers on a real redis-server (state)
+    and a real Postgres (the request log: the image's driver and the wheel's migrations), its
+    name from the environment; SIGTERM (docker stop) drains and flushes every row."""
+    server = start_postgres_server()
+    redis = start_redis_server(tmp_path / "redis")
+    try:
+        url = server.create_database("routegate")
+        policy = tmp_path / "policy.yaml"
+        policy.write_text(POLICY.format(port=upstream) + f"state: {{url: '{redis.url}'}}\n")
+        policy.chmod(0o644)
+        port = free_port()
+        name = f"routegate-test-pg-{uuid.uuid4().hex[:8]}"
+        docker(
+            "run", "-d", "--name", name, "--network", "host",
+            "-v", f"{policy}:/etc/routegate/policy.yaml:ro",
+            "-e", "ROUTEGATE_REPLICA=image-test", "-e", f"ROUTEGATE_READYZ_URL=http://127.0.0.1:{port}/readyz",
+            image, "--host", "127.0.0.1", "--port", str(port), "--log", url,
+            "--state-file", "/var/lib/routegate/state.sqlite", "--drain-timeout", "5",
+            "--workers", "2",
+        )  # fmt: skip
+        try:
+            box = Container(name, f"http://127.0.0.1:{port}")
+            wait_ready(box)
+            body = {"model": "cheap", "messages": [{"role": "user", "content": "hi"}]}
+            ids = []
+            for _ in range(6):
+                r = httpx.post(box.url + "/v1/chat/completions", json=body, timeout=10)
+                assert r.status_code == 200, r.text
+                ids.append(r.headers["x-routegate-request-id"])
+            docker("stop", "-t", "30", name, timeout=60)
+            assert docker("inspect", "-f", "{{.State.ExitCode}}", name) == "0"
+        finally:
+            print(docker("logs", name, check=False)[-3000:])
+            docker("rm", "-f", name, check=False)
+        with psycopg.connect(url) as conn:
+            rows = conn.execute("SELECT request_id, replica, status FROM requests").fetchall()
+        assert sorted(rows) == sorted((i, "image-test", 200) for i in ids)
+    finally:
+        stop_redis_server(redis)
+        server.cleanup()

@@ -29,8 +29,9 @@ def test_two_gateway_replicas_share_redis_and_postgres() -> None:
         replicas.append(args[args.index("--replica") + 1])
         mounts = [v for v in gateway["volumes"] if v.endswith(":/etc/routegate/policy.yaml:ro")]
         assert mounts == ["./policies/fleet.yaml:/etc/routegate/policy.yaml:ro"], name
-        # The compose stop grace must outlast the drain.
+        # The compose stop grace must outlast the drain (grace, then in-flight requests).
         drain = float(args[args.index("--drain-timeout") + 1])
+        drain += float(args[args.index("--drain-grace") + 1])
         assert float(gateway["stop_grace_period"].rstrip("s")) > drain
         assert set(gateway["depends_on"]) >= {"redis", "postgres"}
     assert replicas == sorted(set(replicas)) and len(replicas) == 2
