@@ -340,6 +340,9 @@ def create_app(settings: Settings | None = None, drain: Drain | None = None) -> 
         if runtime is not None:
             for name, backend in runtime.backends.items():
                 services.metrics.backend_healthy.labels(name).set(1 if backend.healthy() else 0)
+            services.metrics.set_endpoints(
+                (model, r.endpoint, r.engine) for model, r in runtime.endpoint_reports()
+            )
         body, media_type = exposition(services.metrics)
         return Response(body, media_type=media_type)
 

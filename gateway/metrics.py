@@ -8,8 +8,10 @@ gives the totals of all. Counters and histograms add up; the one gauge says how 
 
 from __future__ import annotations
 
+import math
 import os
-from typing import Generic, TypeVar
+from collections.abc import Iterable
+from typing import Generic, Protocol, TypeVar
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -44,6 +46,19 @@ class Children(Generic[M]):
         if child is None:
             child = self._children[values] = self._metric.labels(*values)
         return child
+
+
+class EngineFigures(Protocol):
+    """What a vLLM endpoint reports of its load (gateway.backends.vllm_pool.EngineState)."""
+
+    @property
+    def running(self) -> float | None: ...
+    @property
+    def waiting(self) -> float | None: ...
+    @property
+    def kv_usage(self) -> float | None: ...
+    @property
+    def prefix_hit_rate(self) -> float | None: ...
 
 
 class Metrics:
@@ -164,6 +179,39 @@ class Metrics:
             registry=self.registry,
             multiprocess_mode="livesum",  # --workers N: the rows waiting in every worker's spool
         )
+        # Each vLLM endpoint's own load, as its /metrics last said, set by the worker a scrape
+        # reaches (every worker reads the same servers: the latest value of the live ones).
+        endpoint = ("model", "endpoint")
+        self.endpoint_running = Gauge(
+            "routegate_endpoint_requests_running",
+            "Requests in the endpoint's running batch (all its clients), from its /metrics",
+            endpoint,
+            registry=self.registry,
+            multiprocess_mode="livemostrecent",
+        )
+        self.endpoint_waiting = Gauge(
+            "routegate_endpoint_requests_waiting",
+            "Requests queued at the endpoint (all its clients), from its /metrics",
+            endpoint,
+            registry=self.registry,
+            multiprocess_mode="livemostrecent",
+        )
+        self.endpoint_kv_usage = Gauge(
+            "routegate_endpoint_kv_cache_usage",
+            "The endpoint's KV-cache usage, 0..1, from its /metrics",
+            endpoint,
+            registry=self.registry,
+            multiprocess_mode="livemostrecent",
+        )
+        self.endpoint_prefix_hit_rate = Gauge(
+            "routegate_endpoint_prefix_cache_hit_rate",
+            "Prompt tokens served from the endpoint's prefix cache / tokens looked up, since "
+            "the server started, from its /metrics",
+            endpoint,
+            registry=self.registry,
+            multiprocess_mode="livemostrecent",
+        )
+        self._endpoint_series: set[tuple[Gauge, str, str]] = set()  # what set_endpoints set
         # What every request counts, by label set (gateway/accounting/charge.py).
         self.requests_of = Children(self.requests)
         self.errors_of = Children(self.errors)
@@ -186,6 +234,33 @@ class Metrics:
 
     def log_spool_depth(self, rows: int) -> None:
         self.log_spool_depth_rows.set(rows)
+
+    def set_endpoints(self, rows: Iterable[tuple[str, str, EngineFigures]]) -> None:
+        """The endpoint gauges, (model, endpoint URL, figures) each, replaced whole: an
+        endpoint a reload removed, or one whose figures are unknown now, shows no stale value.
+        Removed in one process; with --workers, where a value stays in the worker's file once
+        written, set to NaN (no value) instead."""
+        gauges = (
+            (self.endpoint_running, "running"),
+            (self.endpoint_waiting, "waiting"),
+            (self.endpoint_kv_usage, "kv_usage"),
+            (self.endpoint_prefix_hit_rate, "prefix_hit_rate"),
+        )
+        multiprocess = bool(os.environ.get(MULTIPROC_DIR_ENV))
+        shown: set[tuple[Gauge, str, str]] = set()
+        for model, endpoint, figures in rows:
+            for gauge, field in gauges:
+                value = getattr(figures, field)
+                if value is not None:
+                    gauge.labels(model, endpoint).set(value)
+                    shown.add((gauge, model, endpoint))
+        for gone in self._endpoint_series - shown:
+            gauge, model, endpoint = gone
+            if multiprocess:
+                gauge.labels(model, endpoint).set(math.nan)
+            else:
+                gauge.remove(model, endpoint)
+        self._endpoint_series = shown
 
 
 def exposition(metrics: Metrics) -> tuple[bytes, str]:

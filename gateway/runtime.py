@@ -19,7 +19,7 @@ import httpx
 from cascades.base import Cascade
 from gateway.admission.guard import AccessRules, access_rules, master_key
 from gateway.backends.base import Backend, CallLimits
-from gateway.backends.vllm_pool import VllmPool
+from gateway.backends.vllm_pool import EndpointReport, VllmPool
 from gateway.state import State
 from policies.learned_routes import router_dir
 from policies.loader import PolicyError, Problem
@@ -71,6 +71,15 @@ class Runtime:
     def healthy_models(self) -> list[str]:
         return [name for name, b in self.backends.items() if b.healthy()]
 
+    def endpoint_reports(self) -> list[tuple[str, EndpointReport]]:
+        """(model, endpoint) of every vLLM pool, with its load as the server reports it."""
+        return [
+            (name, report)
+            for name, backend in self.backends.items()
+            if isinstance(backend, VllmPool)
+            for report in backend.endpoint_reports()
+        ]
+
     def bind_state(self, state: State) -> None:
         """The shared store, for what learns from feedback (opened after the first policy)."""
         for learner in self.learners.values():
@@ -101,6 +110,7 @@ def _backend(name: str, policy: Policy, client: httpx.AsyncClient) -> Backend:
         health_timeout_s=policy.defaults.health_timeout_s,
         unhealthy_after=policy.defaults.unhealthy_after,
         eject_after=policy.defaults.eject_after,
+        metrics_interval_s=policy.defaults.metrics_interval_s,
     )
 
 

@@ -32,6 +32,16 @@ class TokenPricing(_Strict):
 
     input_per_1m: float = Field(ge=0)
     output_per_1m: float = Field(ge=0)
+    # Prompt tokens the upstream read from its prefix cache. Unset: litellm's cache-read
+    # price for a remote model where its map has one, else input_per_1m (no discount).
+    cached_input_per_1m: float | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _cached_not_dearer(self) -> TokenPricing:
+        # A cache read is never dearer than the prefill it saves: a larger number is a typo.
+        if self.cached_input_per_1m is not None and self.cached_input_per_1m > self.input_per_1m:
+            raise ValueError("cached_input_per_1m must not exceed input_per_1m")
+        return self
 
 
 class GpuHourPricing(_Strict):
@@ -43,9 +53,12 @@ class GpuHourPricing(_Strict):
 
     def as_token_pricing(self) -> TokenPricing:
         per_second = self.gpu_hour_usd / 3600.0
+        # The GPU time a prompt costs is its prefill; a token read from the prefix cache is
+        # not prefilled again, so only the uncached tokens are charged GPU time.
         return TokenPricing(
             input_per_1m=per_second / self.input_tokens_per_second * 1e6,
             output_per_1m=per_second / self.output_tokens_per_second * 1e6,
+            cached_input_per_1m=0.0,
         )
 
 
@@ -385,6 +398,12 @@ class Defaults(_Strict):
     max_request_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
     health_interval_s: float = Field(default=5.0, gt=0)
     health_timeout_s: float = Field(default=2.0, gt=0, description="one health probe")
+    metrics_interval_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="vLLM endpoints' own /metrics (running, waiting, KV cache, prefix cache) "
+        "are read this often",
+    )
     unhealthy_after: int = Field(
         default=2, ge=1, le=100, description="failed probes in a row that take an endpoint out"
     )

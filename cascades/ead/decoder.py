@@ -219,6 +219,7 @@ class Decoder:
         tally.calls += 1
         tally.usage.prompt_tokens += usage.prompt_tokens
         tally.usage.completion_tokens += usage.completion_tokens
+        tally.usage.cached_tokens += usage.cached_tokens
         tally.usage.exact = tally.usage.exact and usage.exact
         # The backend clamped each call to its own bound; the first impossible report is kept.
         tally.usage.anomaly = tally.usage.anomaly or usage.anomaly
@@ -235,6 +236,7 @@ class Decoder:
                     t.usage.completion_tokens,
                     t.usage.exact,
                     t.usage.anomaly,
+                    t.usage.cached_tokens,
                 ),
                 ",".join(t.endpoints),
                 None,

@@ -82,10 +82,24 @@ class Accounting:
         self.on_finish: Callable[[], None] | None = None
 
     def cost(self, model: str, usage: Usage, provider_cost: float | None) -> float:
+        """The call's cost: its cached prompt tokens at the cached price, the rest at the
+        input price (a provider's own price already counts its cache reads)."""
         price = self._prices.get(model)
         if price is not None:
-            return price(usage.prompt_tokens, usage.completion_tokens, provider_cost)
+            return price(
+                usage.prompt_tokens, usage.completion_tokens, provider_cost, usage.cached_tokens
+            )
         return provider_cost or 0.0
+
+    def cache_saved(self, model: str, usage: Usage) -> float:
+        """What prompt caching saved on a call: its cost at the full input price, less the
+        cost with its cached tokens priced as cached (list prices both, never the provider's
+        own figure, so the two sides are priced alike)."""
+        price = self._prices.get(model)
+        if price is None or not usage.cached_tokens:
+            return 0.0
+        p, c = usage.prompt_tokens, usage.completion_tokens
+        return max(0.0, price(p, c, None) - price(p, c, None, usage.cached_tokens))
 
     async def finish(self, bill: Bill) -> float:
         """Write down how the request ended; the cost charged. Later calls change nothing."""
@@ -106,6 +120,10 @@ class Accounting:
         if calls:
             rec.prompt_tokens = sum(s.usage.prompt_tokens for s in calls)
             rec.completion_tokens = sum(s.usage.completion_tokens for s in calls)
+            rec.cached_tokens = sum(s.usage.cached_tokens for s in calls)
+            saved = math.fsum(self.cache_saved(s.model, s.usage) for s in calls)
+            if saved > 0:
+                self.notes.prompt_cache_saved_usd = saved
             rec.usage_exact = all(s.usage.exact for s in calls) and not anomalies
             rec.cost_usd = math.fsum(c for _, c in step_costs)
         if bill.steps:
@@ -241,4 +259,5 @@ def _charged(step: Step, cost: float) -> ChargedStep:
         cost,
         step.endpoint,
         dict(step.detail),  # as it is now: the row is written later, in another thread
+        step.usage.cached_tokens,
     )

@@ -45,7 +45,8 @@ CREATE TABLE IF NOT EXISTS requests (
     team TEXT,                       -- the API key's team
     prompt TEXT,                     -- the router's text, redacted (routes with log_prompts)
     api TEXT,                        -- chat | completions | messages | responses | embeddings
-    replica TEXT                     -- the gateway replica that served it (serve --replica)
+    replica TEXT,                    -- the gateway replica that served it (serve --replica)
+    cached_tokens INTEGER NOT NULL DEFAULT 0  -- of prompt_tokens, read from a prefix cache
 );
 CREATE INDEX IF NOT EXISTS requests_ts ON requests(ts);
 -- Feedback on a request's answer: explicit (POST /v1/feedback, source "user" unless named)
@@ -89,12 +90,15 @@ class ChargedStep:
     cost_usd: float
     endpoint: str
     detail: dict[str, Any] = field(default_factory=dict)  # what the step decided
+    cached_tokens: int = 0  # of prompt_tokens, read from the upstream's prefix cache
 
     def json(self) -> dict[str, Any]:
+        cached = {"cached_tokens": self.cached_tokens} if self.cached_tokens else {}
         return {
             "model": self.model,
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
+            **cached,
             "cost_usd": self.cost_usd,
             "endpoint": self.endpoint,
             **self.detail,
@@ -118,6 +122,9 @@ class RequestNotes:
     online: dict[str, Any] | None = None
     # An experiment route's assignment: {"name": the experiment, "arm": the route that served}.
     experiment: dict[str, str] | None = None
+    # What the upstreams' prefix caches saved: the calls at the full input price, less their
+    # cost with the cached prompt tokens priced as cached (set only when it saved something).
+    prompt_cache_saved_usd: float | None = None
 
     def json(self, extra: dict[str, Any]) -> dict[str, Any]:
         """The `extra` column: these notes, then the record's free-form `extra`."""
@@ -140,6 +147,8 @@ class RequestNotes:
             out["online"] = self.online
         if self.experiment is not None:
             out["experiment"] = self.experiment
+        if self.prompt_cache_saved_usd is not None:
+            out["prompt_cache_saved_usd"] = self.prompt_cache_saved_usd
         out.update(extra)
         return out
 
@@ -193,6 +202,7 @@ class RequestRecord:
     prompt: str | None = None  # redacted, and only on routes with `log_prompts: true`
     api: str | None = None  # the API the client called (endpoint_kind: what the backend got)
     replica: str | None = None  # which gateway served it; RequestLog.write fills it in
+    cached_tokens: int = 0  # of prompt_tokens, those the upstreams read from their prefix cache
 
     def row(self, notes: RequestNotes | None = None) -> tuple[Any, ...]:
         # Runs in the writer thread. In field order (the columns'); asdict() would deep-copy.
@@ -202,7 +212,7 @@ class RequestRecord:
             self.route, self.model, self.endpoint, self.prompt_tokens, self.completion_tokens,
             int(self.usage_exact), self.cost_usd, self.latency_ms, self.ttft_ms, self.status,
             self.error, orjson.dumps(self.fallbacks).decode(), orjson.dumps(extra).decode(),
-            self.team, self.prompt, self.api, self.replica,
+            self.team, self.prompt, self.api, self.replica, self.cached_tokens,
         )  # fmt: skip
 
 
@@ -213,6 +223,7 @@ _COLUMN_TYPES = {
     "prompt": "TEXT",
     "api": "TEXT",
     "replica": "TEXT",
+    "cached_tokens": "INTEGER NOT NULL DEFAULT 0",
 }  # columns added after the first release, and their types
 _INSERT = (
     f"INSERT OR REPLACE INTO requests ({', '.join(_COLUMNS)}) "

@@ -56,6 +56,10 @@ class Usage:
     # Set when the upstream reported usage no call can produce: what it said, and the bound
     # the numbers above were clamped to (gateway/backends/usage_bounds.py).
     anomaly: dict[str, Any] | None = None
+    # Of prompt_tokens, those the upstream read from its prefix cache (vLLM's and OpenAI's
+    # `prompt_tokens_details.cached_tokens`, Anthropic's cache reads): priced at the cached
+    # input price. Never more than prompt_tokens.
+    cached_tokens: int = 0
 
 
 @dataclass(slots=True)

@@ -90,6 +90,11 @@ def usage_dict(prompt_tokens: int, completion_tokens: int, **extra: Any) -> dict
 
 def usage_object(usage: Usage) -> dict[str, Any]:
     """OpenAI's `usage` for what is charged: it replaces an anomalous report in the answer."""
+    if usage.cached_tokens:
+        details = {"cached_tokens": usage.cached_tokens}
+        return usage_dict(
+            usage.prompt_tokens, usage.completion_tokens, prompt_tokens_details=details
+        )
     return usage_dict(usage.prompt_tokens, usage.completion_tokens)
 
 

@@ -107,7 +107,11 @@ class TracedBackends(Mapping[str, Backend]):
         span.set_attribute("http.response.status_code", 200)
         _usage(span, usage)
         price = self._prices.get(model)
-        cost = price(usage.prompt_tokens, usage.completion_tokens, provider_cost) if price else None
+        cost = (
+            price(usage.prompt_tokens, usage.completion_tokens, provider_cost, usage.cached_tokens)
+            if price
+            else None
+        )
         if cost is None:
             cost = provider_cost
         if cost is not None:

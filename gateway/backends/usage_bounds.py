@@ -66,7 +66,7 @@ def read_usage(raw: Any, bound: CallBound, completion_estimate: int | None = Non
     fields = {} if missing else raw
     prompt, p_ok = _field(fields.get("prompt_tokens"), bound.prompt, bound.prompt, kinds)
     completion, c_ok = _field(fields.get("completion_tokens"), bound.completion, estimate, kinds)
-    usage = Usage(prompt, completion, p_ok and c_ok)
+    usage = Usage(prompt, completion, p_ok and c_ok, cached_tokens=cached_tokens(fields, prompt))
     if kinds:
         kinds = ["missing_usage"] if missing else list(dict.fromkeys(kinds))
         usage.anomaly = {
@@ -77,6 +77,22 @@ def read_usage(raw: Any, bound: CallBound, completion_estimate: int | None = Non
             "bound": {"prompt_tokens": bound.prompt, "completion_tokens": bound.completion},
         }
     return usage
+
+
+def cached_tokens(usage: dict[str, Any], prompt_tokens: int) -> int:
+    """The prompt tokens a usage report says were read from cache, within [0, prompt_tokens].
+
+    OpenAI and vLLM (`--enable-prompt-tokens-details`) send `prompt_tokens_details.
+    cached_tokens`; litellm passes Anthropic's cache reads as `cache_read_input_tokens` too.
+    A count that is no number or out of range is not trusted to discount anything: cached
+    tokens only lower a charge, so an odd report is read as no cache hit, not clamped up."""
+    details = usage.get("prompt_tokens_details")
+    value = details.get("cached_tokens") if isinstance(details, dict) else None
+    if value is None:
+        value = usage.get("cache_read_input_tokens")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return 0
+    return min(max(0, math.floor(value)), prompt_tokens)
 
 
 def answer_bytes(kind: str, body: dict[str, Any]) -> int:

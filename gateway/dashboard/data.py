@@ -150,6 +150,26 @@ async def budgets(state: State, runtime: Runtime, now: float) -> list[dict[str, 
     return rows
 
 
+def endpoints(runtime: Runtime) -> list[dict[str, Any]]:
+    """Each vLLM endpoint: usable or not, this process's outstanding calls, and its load as its
+    own /metrics last said (None where unknown: no vLLM /metrics, or not read yet)."""
+    return [
+        {
+            "model": model,
+            "endpoint": r.endpoint,
+            "usable": r.usable,
+            "outstanding": r.outstanding,
+            "metrics": r.status,
+            "running": r.engine.running,
+            "waiting": r.engine.waiting,
+            "kv_cache_usage": r.engine.kv_usage,
+            "prefix_cache_hit_rate": r.engine.prefix_hit_rate,
+            "read_at": r.engine.read_at,
+        }
+        for model, r in runtime.endpoint_reports()
+    ]
+
+
 def policy_info(runtime: Runtime, last_error: Exception | None) -> dict[str, Any]:
     return {
         "version": runtime.version,
@@ -179,5 +199,6 @@ async def snapshot(
         "window": window if window in WINDOWS_S else DEFAULT_WINDOW,
         "traffic": stats,
         "budgets": await budgets(state, runtime, now),
+        "endpoints": endpoints(runtime),
         "policy": policy_info(runtime, last_error),
     }

@@ -67,13 +67,14 @@ def embedding_server(port: int, log_dir: Path, host: str = "127.0.0.1") -> VllmS
 #  --distributed-executor-backend uni (+ VLLM_ENABLE_V1_MULTIPROCESSING=0 below): the model runs
 #    in the engine-core process instead of one more forked worker.
 #  --max-num-seqs 64: matches the KV budget at full length; the default batches far more.
-#  --disable-log-stats: no periodic throughput lines in the logs.
+#  No --disable-log-stats: it also turns off vLLM's Prometheus /metrics, which the gateway reads
+#    each endpoint's load from (gateway/backends/vllm_pool/engine_poll.py); an idle server
+#    logs its throughput lines at debug only.
 LEAN_ARGS: tuple[str, ...] = (
     "--enforce-eager",
     "--kv-cache-memory-bytes", "256M",
     "--distributed-executor-backend", "uni",
     "--max-num-seqs", "64",
-    "--disable-log-stats",
 )  # fmt: skip
 
 LEAN_ENV: dict[str, str] = {
@@ -156,6 +157,9 @@ class VllmServer:
             # instruction") when nothing in the process has requested AMX permission yet,
             # e.g. a short first request with warm-up skipped. fp32 is plain AVX-512.
             "--dtype", self.dtype,
+            # usage.prompt_tokens_details.cached_tokens: the prompt tokens read from the
+            # prefix cache, which the gateway charges at the cached input price.
+            "--enable-prompt-tokens-details",
         ]  # fmt: skip
         if self.lean:
             cmd += LEAN_ARGS

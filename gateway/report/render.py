@@ -20,7 +20,8 @@ TEMPLATES_DIR = GATEWAY_DIR / "templates"
 CHART_JS = GATEWAY_DIR / "static" / "vendor" / "chart.umd.min.js"
 FIGURES = [
     "requests", "errors", "error_rate", "prompt_tokens", "completion_tokens", "tokens",
-    "cost_usd", "latency_p50_ms", "latency_p95_ms", "cache_lookups", "cache_hits",
+    "cached_tokens", "cached_token_rate", "prompt_cache_saved_usd", "cost_usd",
+    "latency_p50_ms", "latency_p95_ms", "cache_lookups", "cache_hits",
     "cache_hit_rate", "cache_saved_usd", "cascade_requests", "escalation_rate", "ead_requests",
     "switching_rate", "baseline_cost_usd", "savings_usd", "savings_rate", "quality_requests",
     "predicted_quality", "baseline_predicted_quality",
@@ -64,6 +65,8 @@ _SPEND_COLUMNS: list[tuple[str, Any]] = [
 ]
 _ROUTING_COLUMNS: list[tuple[str, Any]] = [
     ("cache hit", lambda f: pct(f["cache_hit_rate"])),
+    # Prompt tokens the upstreams read from their prefix caches, and what that saved.
+    ("cached tok/saved", lambda f: f"{f['cached_tokens']:,}/{usd(f['prompt_cache_saved_usd'])}"),
     ("escal./switch", lambda f: f"{pct(f['escalation_rate'])}/{pct(f['switching_rate'])}"),
     ("baseline", lambda f: usd(f["baseline_cost_usd"])),
     ("savings", lambda f: f"{usd(f['savings_usd'])} ({pct(f['savings_rate'])})"),

@@ -75,6 +75,8 @@ class GroupStats:
     errors: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0  # of prompt_tokens, read from the upstreams' prefix caches
+    prompt_cache_saved: ExactSum = field(default_factory=ExactSum)
     cost: ExactSum = field(default_factory=ExactSum)
     baseline_cost: ExactSum = field(default_factory=ExactSum)
     latencies: array[float] = field(default_factory=lambda: array("d"))
@@ -96,6 +98,8 @@ class GroupStats:
         self.errors += row["status"] >= 400
         self.prompt_tokens += row["prompt_tokens"] or 0
         self.completion_tokens += row["completion_tokens"] or 0
+        self.cached_tokens += row.get("cached_tokens") or 0
+        self.prompt_cache_saved.add(float(extra.get("prompt_cache_saved_usd") or 0.0))
         self.cost.add(row["cost_usd"] or 0.0)
         self.baseline_cost.add(baseline_cost)
         if row["latency_ms"] is not None:
@@ -128,6 +132,10 @@ class GroupStats:
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "tokens": self.prompt_tokens + self.completion_tokens,
+            "cached_tokens": self.cached_tokens,
+            "cached_token_rate": _rate(self.cached_tokens, self.prompt_tokens),
+            # Cost at the full input price, less what was charged with cache reads priced.
+            "prompt_cache_saved_usd": self.prompt_cache_saved.value(),
             "cost_usd": cost,
             "latency_p50_ms": percentile(self.latencies, 50),
             "latency_p95_ms": percentile(self.latencies, 95),

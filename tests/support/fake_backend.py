@@ -35,6 +35,9 @@ class Reply:
     logprobs: list[float] | None = None
     prompt_tokens: int = 7
     completion_tokens: int = 5
+    # Of prompt_tokens, those read from the prefix cache (`prompt_tokens_details`, as vLLM
+    # with --enable-prompt-tokens-details and OpenAI report them); 0: no details sent.
+    cached_tokens: int = 0
     finish_reason: str = "stop"
     provider_cost_usd: float | None = None
     # Chat only: an assistant's tool calls, as (name, arguments JSON) or OpenAI-shaped dicts
@@ -69,12 +72,15 @@ def _logprobs(kind: Kind, pieces: list[str], values: list[float]) -> dict[str, A
     }
 
 
-def _usage(reply: Reply) -> dict[str, int]:
-    return {
+def _usage(reply: Reply) -> dict[str, Any]:
+    usage: dict[str, Any] = {
         "prompt_tokens": reply.prompt_tokens,
         "completion_tokens": reply.completion_tokens,
         "total_tokens": reply.prompt_tokens + reply.completion_tokens,
     }
+    if reply.cached_tokens:
+        usage["prompt_tokens_details"] = {"cached_tokens": reply.cached_tokens}
+    return usage
 
 
 def _wants_logprobs(call: UpstreamCall) -> bool:
@@ -195,6 +201,8 @@ class FakeStream:
                 return
             if chunk.get("usage"):
                 self.usage.completion_tokens = chunk["usage"]["completion_tokens"]
+                details = chunk["usage"].get("prompt_tokens_details") or {}
+                self.usage.cached_tokens = details.get("cached_tokens", 0)
                 self.usage.exact = True
             elif chunk.get("choices"):
                 self.usage.completion_tokens += 1
@@ -244,6 +252,7 @@ class FakeBackend:
         reply = await self._reply(call)
         completion = 0 if call.kind == "embeddings" else reply.completion_tokens
         usage = Usage(reply.prompt_tokens, completion, exact=True)
+        usage.cached_tokens = reply.cached_tokens
         body = response_body(self.name, call, reply)
         return Completion(body, usage, self.endpoint, reply.provider_cost_usd)
 

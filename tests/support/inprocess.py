@@ -20,6 +20,7 @@ from fastapi import FastAPI
 from gateway.accounting.request_log import read_records
 from gateway.app import Settings, create_app
 from gateway.reloader import PolicyHolder
+from gateway.runtime import BackendFactory
 from gateway.tracing import Tracing
 from tests.support.fake_backend import FakeBackends
 
@@ -79,9 +80,11 @@ async def in_process_gateway(
     fakes: FakeBackends | None = None,
     watch: bool = False,
     tracing: Tracing | None = None,
+    backend_factory: BackendFactory | None = None,
 ) -> AsyncIterator[InProcessGateway]:
     """The app serving `policy` (YAML text, written to workdir/policy.yaml), started.
-    `tracing`: spans through a provider of the test's (tracing is off otherwise)."""
+    `tracing`: spans through a provider of the test's (tracing is off otherwise).
+    `backend_factory`: real backends instead of `fakes` (e.g. a VllmPool on a fake upstream)."""
     path = workdir / "policy.yaml"
     path.write_text(policy)
     fakes = fakes if fakes is not None else FakeBackends()
@@ -90,7 +93,7 @@ async def in_process_gateway(
         log_path=workdir / "requests.sqlite",
         state_path=workdir / "state.sqlite",
         watch_policy=watch,
-        backend_factory=fakes,
+        backend_factory=backend_factory or fakes,
         tracing=tracing if tracing is not None else Tracing(),
     )
     app = create_app(settings)

@@ -65,6 +65,9 @@ class Upstream:
     # Completion requests that reached the app, read or not: one whose client left before its
     # body was read (a frozen server reading its backlog) counts here, not in `hits`.
     arrivals: int = 0
+    # GET /metrics: this text as Prometheus exposition (None: 404, as a non-vLLM server).
+    metrics_text: str | None = None
+    metrics_hits: int = 0
     _server: uvicorn.Server | None = None
 
     @property
@@ -200,6 +203,12 @@ class Upstream:
             await asyncio.Event().wait()
         return Response(status_code=503 if self.mode == "unhealthy" else 200)
 
+    async def _metrics(self, request: Request) -> Response:
+        self.metrics_hits += 1
+        if self.metrics_text is None:
+            return Response(status_code=404)
+        return Response(self.metrics_text, media_type="text/plain; version=0.0.4")
+
     async def _stats(self, request: Request) -> Response:
         """The counters, for an upstream run in another process (tests/support/upstream_process)."""
         stats = {
@@ -217,6 +226,7 @@ class Upstream:
                 Route("/v1/completions", self._completion, methods=["POST"]),
                 Route("/v1/embeddings", self._completion, methods=["POST"]),
                 Route("/health", self._health),
+                Route("/metrics", self._metrics),
                 Route("/stats", self._stats),
             ]
         )

@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from gateway.accounting.request_log import read_records
+from tests.support import vllm_metrics
 from tests.support.browser import browser_page, screenshot
 from tests.support.gateway import GatewayProcess
 from tests.support.upstream import Upstream
@@ -44,7 +45,9 @@ routes:
 
 @pytest.fixture(scope="module")
 def upstreams() -> Iterator[tuple[Upstream, Upstream]]:
-    a, b = Upstream("alpha").start(), Upstream("beta").start()
+    # alpha serves a vLLM /metrics page (its load shows in the Endpoints table), beta none.
+    page = vllm_metrics.new_names(3, 1, 0.25, 30, 40)
+    a, b = Upstream("alpha", metrics_text=page).start(), Upstream("beta").start()
     yield a, b
     a.stop()
     b.stop()
@@ -96,6 +99,13 @@ def chart_data(page: Page, canvas_id: str) -> dict:
             };
         }""",
         canvas_id,
+    )
+
+
+def table_rows(page: Page, table: str) -> list[list[str]]:
+    return page.eval_on_selector_all(
+        f"#{table} tbody tr",
+        "rows => rows.map(r => [...r.querySelectorAll('td')].map(td => td.textContent))",
     )
 
 
@@ -151,7 +161,7 @@ def test_an_open_gateway_has_an_open_dashboard(
 
 
 def test_dashboard_shows_live_traffic_spend_and_budgets(
-    gateway: GatewayProcess, tmp_path: Path
+    gateway: GatewayProcess, upstreams: tuple[Upstream, Upstream], tmp_path: Path
 ) -> None:
     key_id, secret = new_key(gateway, budget_usd=2.0, period="day", pacing="uniform")
     sent = [chat(gateway, secret, "cheap") for _ in range(3)]
@@ -239,5 +249,16 @@ def test_dashboard_shows_live_traffic_spend_and_budgets(
             "chat": ["7", "1", f"${sum(by_api['chat']):.6f}"],
             "completions": ["1", "0", f"${sum(by_api['completions']):.6f}"],
         }
+
+        # Endpoints: alpha's load as its /metrics says, beta without one; kept live by polling.
+        endpoint_rows = {row[1]: row for row in table_rows(page, "endpoints-table")}
+        alpha, beta = (u.base_url for u in upstreams)
+        assert endpoint_rows[alpha][4:] == ["ok", "3", "1", "25.0%", "75.0%"]
+        assert endpoint_rows[beta][4:] == ["absent", "-", "-", "-", "-"]
+        upstreams[0].metrics_text = vllm_metrics.new_names(5, 0, 0.5, 30, 40)
+        page.wait_for_function(
+            "() => document.querySelector('#endpoints-table').innerText.includes('50.0%')",
+            timeout=15_000,
+        )
         shot = screenshot(page, tmp_path, "dashboard.png")
         assert shot.stat().st_size > 10_000

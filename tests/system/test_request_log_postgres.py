@@ -78,7 +78,7 @@ def test_round_trip_keeps_every_field(store: str, tmp_path: Path) -> None:
         endpoint="http://e/v1", prompt_tokens=11, completion_tokens=22, usage_exact=False,
         cost_usd=0.125, latency_ms=4.5, ttft_ms=1.5, status=499, error="client disconnected",
         fallbacks=["a", "b"], extra={"predictions": {"m": {"quality": 0.5}}}, team="red",
-        prompt="what is [digits]?", api="messages",
+        prompt="what is [digits]?", api="messages", cached_tokens=8,
     )  # fmt: skip
     log.write(rec)
     assert log.flush()
@@ -269,15 +269,19 @@ def test_a_spool_left_by_a_crash_is_replayed_at_start_up(postgres_url: str, tmp_
     # rg-0 again: the crash came after Postgres took a replay and before the truncation.
     spool.append([SpoolEntry(REQUEST, row(i)) for i in range(5)])
     spool.append([SpoolEntry(FEEDBACK, FeedbackRecord("rg-3", "user", 0.5, 9.0).row())])
+    # A row spooled by the version before the cached_tokens column: it lacks that last one.
+    spool.append([SpoolEntry(REQUEST, row(7)[:-1])])
     spool.close()
     # And a spool of another process that died (a worker's), beside ours.
     orphan = Spool(tmp_path / "spool.4242.jsonl")
     orphan.append([SpoolEntry(REQUEST, row(i)) for i in range(4, 7)])
     orphan.close()
     log = open_log(postgres_url, tmp_path)  # replays before taking new rows
-    assert log.status()["spool_depth"] == 0 and log.status()["replayed_total"] == 9
+    assert log.status()["spool_depth"] == 0 and log.status()["replayed_total"] == 10
     log.close()
-    assert [r["request_id"] for r in rows_of(postgres_url)] == [f"rg-{i}" for i in range(7)]
+    stored = rows_of(postgres_url)
+    assert [r["request_id"] for r in stored] == [f"rg-{i}" for i in range(8)]
+    assert stored[-1]["cached_tokens"] == 0
     assert (tmp_path / "spool.jsonl").read_bytes() == b""
     assert (tmp_path / "spool.4242.jsonl").read_bytes() == b""
 
@@ -289,7 +293,7 @@ def test_migrations_are_versioned_and_applied_once(postgres_url: str, tmp_path: 
         applied = [
             r[0] for r in conn.execute("SELECT migration_id FROM _yoyo_migration ORDER BY 1")
         ]
-    assert applied == ["0001.requests-and-feedback", "0002.replica"]
+    assert applied == ["0001.requests-and-feedback", "0002.replica", "0003.cached-tokens"]
 
 
 def test_replicas_starting_together_migrate_once(postgres_url: str, tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ from gateway.accounting.log_store import open_reader
 from gateway.accounting.request_log import read_records
 from gateway.admission.periods import window_id
 from gateway.state import open_state
+from tests.support import vllm_metrics
 from tests.support.gateway import GatewayProcess
 from tests.support.upstream import Upstream
 
@@ -73,6 +74,7 @@ def test_two_workers_serve_one_port_with_shared_metrics_and_log(
 ) -> None:
     policy = tmp_path / "policy.yaml"
     write_policy(policy, redis_url, upstream)
+    upstream.metrics_text = vllm_metrics.new_names(3, 1, 0.25, 30, 40)  # its own load page
     gw = GatewayProcess(policy, tmp_path, args=["--workers", "2"]).start()
     try:
         workers_started(gw, 2)
@@ -100,6 +102,10 @@ def test_two_workers_serve_one_port_with_shared_metrics_and_log(
             total = metric_values(text, "routegate_requests_total")
             assert total == {'{model="fast",route="cheap",status="200"}': sent}
             assert metric_values(text, "routegate_backend_healthy") == {'{model="fast"}': 1.0}
+            # The endpoint's load, as each worker read it from its /metrics: one series.
+            labels = f'{{endpoint="{upstream.base_url}",model="fast"}}'
+            running = metric_values(text, "routegate_endpoint_requests_running")
+            assert running == {labels: 3.0}, running
         # Each worker serves with the header-guarded protocol (gateway/http_server.py).
         flood = {f"x-h{i}": "v" for i in range(120)}
         for _ in range(4):

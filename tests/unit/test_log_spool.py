@@ -20,7 +20,7 @@ from gateway.accounting.log_store import (
     open_request_log,
 )
 from gateway.accounting.log_store.spool import FEEDBACK, REQUEST
-from gateway.accounting.request_log import FeedbackRecord, RequestRecord
+from gateway.accounting.request_log import COLUMNS, FeedbackRecord, RequestRecord
 
 
 def entries(start: int, n: int) -> list[SpoolEntry]:
@@ -128,7 +128,8 @@ def test_an_unreachable_postgres_spools_every_row_and_a_restart_keeps_them(
     again = Spool(path)  # what the next start-up replays
     got = spooled(again)
     assert [e.row[0] for e in got] == [f"rg-{i}" for i in range(20)] + ["rg-3"]
-    assert got[0].row[-1] == "r1"  # the replica column, last
+    assert got[0].row[COLUMNS.index("replica")] == "r1"  # each column in its place
+    assert got[0].row[-1] == 0  # cached_tokens, the newest column, last
     assert got[-1].kind == FEEDBACK
     again.close()
 

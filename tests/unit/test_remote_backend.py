@@ -54,13 +54,19 @@ class Upstream:
         self.flaky_failures = 0
 
 
-def _usage() -> dict[str, int]:
+CACHED_MODEL, CACHED_TOKENS = "gpt-4o", 8  # a model litellm knows a cache-read price of
+
+
+def _usage(model: str = "") -> dict[str, Any]:
     total = PROMPT_TOKENS + COMPLETION_TOKENS
-    return {
+    usage: dict[str, Any] = {
         "prompt_tokens": PROMPT_TOKENS,
         "completion_tokens": COMPLETION_TOKENS,
         "total_tokens": total,
     }
+    if model == CACHED_MODEL:  # as OpenAI reports a prompt read from its prompt cache
+        usage["prompt_tokens_details"] = {"cached_tokens": CACHED_TOKENS}
+    return usage
 
 
 def _error(status: int, message: str, param: str | None = None) -> JSONResponse:
@@ -126,7 +132,7 @@ def _app(up: Upstream) -> FastAPI:
             "created": 1,
             "model": model,
             "choices": [choice],
-            "usage": _usage(),
+            "usage": _usage(model),
         }
 
     async def stream(kind: str, model: str, body: dict[str, Any]) -> AsyncIterator[str]:
@@ -146,7 +152,7 @@ def _app(up: Upstream) -> FastAPI:
             yield f"data: {json.dumps(_chunk(kind, model, None, 'stop'))}\n\n"
             wants_usage = (body.get("stream_options") or {}).get("include_usage")
             if wants_usage and model != "nousage":
-                last = _chunk(kind, model, None) | {"choices": [], "usage": _usage()}
+                last = _chunk(kind, model, None) | {"choices": [], "usage": _usage(model)}
                 yield f"data: {json.dumps(last)}\n\n"
             yield "data: [DONE]\n\n"
             finished = True
@@ -300,6 +306,25 @@ async def test_provider_cost_from_litellm_price_map(upstream: Upstream) -> None:
     assert expected is not None and expected > 0
     assert done.provider_cost_usd == pytest.approx(expected)
     assert litellm_cost_usd("openai/no-such-model-xyz", 10, 10) is None
+
+
+async def test_cached_prompt_tokens_are_read_and_priced_by_litellm(upstream: Upstream) -> None:
+    done = await backend(CACHED_MODEL, upstream.base).complete(call("chat"))
+    assert done.usage.cached_tokens == CACHED_TOKENS
+    assert done.body["usage"]["prompt_tokens_details"]["cached_tokens"] == CACHED_TOKENS
+    full = litellm_cost_usd(f"openai/{CACHED_MODEL}", PROMPT_TOKENS, COMPLETION_TOKENS)
+    cached = litellm_cost_usd(
+        f"openai/{CACHED_MODEL}", PROMPT_TOKENS, COMPLETION_TOKENS, CACHED_TOKENS
+    )
+    assert full is not None and cached is not None and cached < full
+    assert done.provider_cost_usd == pytest.approx(cached)
+
+    body = {**CHAT_BODY, "stream": True, "max_tokens": 8}
+    stream = await backend(CACHED_MODEL, upstream.base).open_stream(call("chat", body))
+    final = (await drain(stream))[-1]
+    assert final["usage"]["prompt_tokens_details"]["cached_tokens"] == CACHED_TOKENS
+    assert stream.usage.cached_tokens == CACHED_TOKENS and stream.usage.exact
+    assert stream.provider_cost_usd == pytest.approx(cached)
 
 
 # -- errors ---------------------------------------------------------------------------------

@@ -62,12 +62,16 @@ def test_an_older_log_gains_the_new_columns(tmp_path: Path) -> None:
         )
     db.close()
     log = RequestLog(path)
-    log.write(RequestRecord("new", 2.0, "chat", False, team="red", prompt="what is [digits]?"))
+    log.write(
+        RequestRecord(
+            "new", 2.0, "chat", False, team="red", prompt="what is [digits]?", cached_tokens=3
+        )
+    )
     assert log.flush()
     log.close()
     old, new = read_records(path)
-    assert (old["team"], old["prompt"]) == (None, None)
-    assert (new["team"], new["prompt"]) == ("red", "what is [digits]?")
+    assert (old["team"], old["prompt"], old["cached_tokens"]) == (None, None, 0)
+    assert (new["team"], new["prompt"], new["cached_tokens"]) == ("red", "what is [digits]?", 3)
 
 
 async def test_a_durable_log_answers_once_the_row_is_stored(tmp_path: Path) -> None:

@@ -228,3 +228,22 @@ async def test_a_calls_headers_reach_the_upstream(
     assert ups[0].headers[0]["traceparent"] == TRACEPARENT
     assert ups[0].headers[0]["content-type"] == "application/json"
     assert all("traceparent" not in h for h in ups[0].headers[1:])
+
+
+async def test_cached_prompt_tokens_are_read_whole_and_streamed(
+    ups: list[Upstream], client: httpx.AsyncClient
+) -> None:
+    # As vLLM reports them with --enable-prompt-tokens-details.
+    details = {"cached_tokens": 4}
+    ups[0].usage_report = {
+        "prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12,
+        "prompt_tokens_details": details,
+    }  # fmt: skip
+    p = pool([ups[0].base_url], client)
+    done = await p.complete(call())
+    assert done.usage.cached_tokens == 4 and done.usage.exact
+    assert done.body["usage"]["prompt_tokens_details"] == details
+    stream = await p.open_stream(UpstreamCall("chat", {**BODY, "stream": True}, 5, 0))
+    chunks = [c async for c in stream]
+    assert chunks[-1]["usage"]["prompt_tokens_details"] == details
+    assert stream.usage.cached_tokens == 4 and stream.usage.exact

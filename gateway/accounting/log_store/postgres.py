@@ -268,7 +268,7 @@ class PostgresSink:
         rows = spool.depth
         try:
             for batch in spool.batches(REPLAY_BATCH):
-                records = [e.row for e in batch if e.kind == REQUEST]
+                records = [_current(e.row) for e in batch if e.kind == REQUEST]
                 feedback = [e.row for e in batch if e.kind == FEEDBACK]
                 self._insert(self._conn, records, feedback)
         except CONNECTIVITY_ERRORS as exc:
@@ -309,7 +309,7 @@ class PostgresSink:
         for batch in spool.batches(REPLAY_BATCH):
             try:
                 self._insert_each(
-                    [e.row for e in batch if e.kind == REQUEST],
+                    [_current(e.row) for e in batch if e.kind == REQUEST],
                     [e.row for e in batch if e.kind == FEEDBACK],
                 )
             except CONNECTIVITY_ERRORS as exc:
@@ -345,6 +345,12 @@ class PostgresSink:
     def _report_depth(self) -> None:
         if self._counters is not None:
             self._counters.log_spool_depth(self._spool.depth)
+
+
+def _current(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A spooled request row in today's columns: one spooled by the version before
+    `cached_tokens` lacks that last column (its default is 0: no cache read known)."""
+    return (*row, 0) if len(row) == len(COLUMNS) - 1 else row
 
 
 # -- reading --------------------------------------------------------------------------------

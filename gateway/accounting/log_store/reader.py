@@ -61,4 +61,5 @@ def decode_row(columns: list[str], row: tuple[Any, ...]) -> dict[str, Any]:
     out["extra"] = extra if isinstance(extra, dict) else {}
     out.setdefault("team", None)  # a log written before teams existed
     out.setdefault("replica", None)  # ... or before replicas
+    out.setdefault("cached_tokens", 0)  # ... or before cached tokens were counted
     return out

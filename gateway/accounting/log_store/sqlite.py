@@ -65,6 +65,7 @@ class SqliteReader:
         row = find_record(self.path, request_id)
         if row is not None:
             row.setdefault("replica", None)
+            row.setdefault("cached_tokens", 0)
         return row
 
     def shape(

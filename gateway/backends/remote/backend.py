@@ -301,7 +301,9 @@ class LitellmBackend:
             usage = estimated_usage(prompt, completion, bound)
         if usage.anomaly is not None:
             body["usage"] = usage_object(usage)  # the client sees what it is charged for
-        cost = litellm_cost_usd(self.config.model, usage.prompt_tokens, usage.completion_tokens)
+        cost = litellm_cost_usd(
+            self.config.model, usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens
+        )
         return Completion(body=body, usage=usage, endpoint=self.endpoint, provider_cost_usd=cost)
 
     async def open_stream(self, call: UpstreamCall) -> LitellmStream:

@@ -176,12 +176,17 @@ class LitellmStream:
             self._saw_usage = True
             self._usage.prompt_tokens = usage.prompt_tokens
             self._usage.completion_tokens = usage.completion_tokens
+            self._usage.cached_tokens = usage.cached_tokens
             self._usage.exact = True
             self._usage.anomaly = usage.anomaly
             self.provider_cost_usd = litellm_cost_usd(
-                self._backend.config.model, usage.prompt_tokens, usage.completion_tokens
+                self._backend.config.model,
+                usage.prompt_tokens,
+                usage.completion_tokens,
+                usage.cached_tokens,
             )
             final = self._usage_chunk(usage.prompt_tokens, usage.completion_tokens)
+            final["usage"] = shapes.usage_object(usage)
             if usage.anomaly is None:
                 final["usage"] = drop_none(data["usage"])  # with the provider's token details
             self._pending.append(final)

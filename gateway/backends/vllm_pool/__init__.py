@@ -13,10 +13,15 @@ neither a connect error nor a timeout shows it quickly: a call that gets no byte
 generating is waited on, up to `timeout_s`; running out of it there is the request's length,
 not the server's fault, so it does not count towards ejection (else any client could eject
 servers with long requests).
+
+Beside the health check, each endpoint's own /metrics (running and waiting requests, KV-cache
+and prefix-cache figures) is read every `metrics_interval_s` into `Endpoint.engine`
+(engine_poll.py, engine_state.py): what a load- or prefix-aware choice can score by.
 """
 
 from gateway.backends.vllm_pool.endpoints import Endpoint
+from gateway.backends.vllm_pool.engine_state import EndpointReport, EngineState
 from gateway.backends.vllm_pool.pool import VllmPool
 from gateway.backends.vllm_pool.stream import VllmStream
 
-__all__ = ["Endpoint", "VllmPool", "VllmStream"]
+__all__ = ["Endpoint", "EndpointReport", "EngineState", "VllmPool", "VllmStream"]

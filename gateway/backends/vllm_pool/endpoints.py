@@ -18,6 +18,7 @@ from typing import TypeVar
 import httpx
 
 from gateway.backends.base import UpstreamCall, UpstreamError
+from gateway.backends.vllm_pool.engine_state import EngineState
 
 log = logging.getLogger("routegate.vllm")
 
@@ -30,9 +31,12 @@ class Endpoint:
         "check",
         "down_until",
         "ejections",
+        "engine",
+        "engine_status",
         "failures",
         "health_url",
         "healthy",
+        "metrics_url",
         "outstanding",
         "probe_failures",
     )
@@ -42,6 +46,7 @@ class Endpoint:
         # vLLM serves /health at the server root, beside /v1.
         root = self.base_url.removesuffix("/v1")
         self.health_url = f"{root}/health"
+        self.metrics_url = f"{root}/metrics"
         self.outstanding = 0
         self.healthy = True  # optimistic until probes say otherwise
         self.probe_failures = 0  # failed health probes in a row
@@ -49,6 +54,9 @@ class Endpoint:
         self.failures = 0  # failed calls in a row
         self.ejections = 0  # ejections in a row (no successful call between): the backoff
         self.check: asyncio.Task[bool] | None = None  # a liveness probe that calls share
+        # The server's own load, from its /metrics (engine_poll.py); empty until read.
+        self.engine = EngineState()
+        self.engine_status = "unread"  # unread | ok | absent | malformed | unreachable
 
     def usable(self, now: float) -> bool:
         return self.healthy and now >= self.down_until

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
 import httpx
@@ -17,6 +19,8 @@ from gateway.backends.usage_bounds import (
     read_usage,
 )
 from gateway.backends.vllm_pool.endpoints import Endpoint, EndpointHealth
+from gateway.backends.vllm_pool.engine_poll import EnginePoller
+from gateway.backends.vllm_pool.engine_state import EndpointReport, EngineState
 from gateway.backends.vllm_pool.stream import (
     PATHS,
     VllmStream,
@@ -47,6 +51,7 @@ class VllmPool:
         health_timeout_s: float = 2.0,
         unhealthy_after: int = 2,
         eject_after: int = 3,
+        metrics_interval_s: float = 1.0,
     ):
         self.name = name
         self.served_name = config.served_name or name
@@ -69,19 +74,38 @@ class VllmPool:
             unhealthy_after=unhealthy_after,
             eject_after=eject_after,
         )
+        self.engines = EnginePoller(
+            name,
+            self.endpoints,
+            client,
+            interval_s=metrics_interval_s,
+            timeout_s=health_timeout_s,
+        )
 
     # -- lifecycle --------------------------------------------------------------------------
     async def start(self) -> None:
-        await self.health.start()
+        await asyncio.gather(self.health.start(), self.engines.start())
 
     async def aclose(self) -> None:
-        await self.health.aclose()
+        await asyncio.gather(self.health.aclose(), self.engines.aclose())
 
     def healthy(self) -> bool:
         return self.health.healthy()
 
     async def probe_all(self) -> None:
         await self.health.probe_all()
+
+    # -- the endpoints' own load (engine_poll.py), for scorers, /metrics and the dashboard --
+    def engine_states(self) -> dict[str, EngineState]:
+        """Each endpoint's last /metrics read, by base URL (empty where none is known)."""
+        return {e.base_url: e.engine for e in self.endpoints}
+
+    def endpoint_reports(self) -> list[EndpointReport]:
+        now = time.monotonic()
+        return [
+            EndpointReport(e.base_url, e.usable(now), e.outstanding, e.engine_status, e.engine)
+            for e in self.endpoints
+        ]
 
     # -- chat rendering (the ChatRendering capability) -------------------------------------
     async def render_chat(

@@ -43,10 +43,15 @@ def tool_input(arguments: str | None) -> dict[str, Any]:
 
 def usage(chat_usage: dict[str, Any] | None) -> dict[str, int]:
     u = chat_usage or {}
-    return {
-        "input_tokens": int(u.get("prompt_tokens") or 0),
-        "output_tokens": int(u.get("completion_tokens") or 0),
-    }
+    prompt = int(u.get("prompt_tokens") or 0)
+    out = {"input_tokens": prompt, "output_tokens": int(u.get("completion_tokens") or 0)}
+    details = u.get("prompt_tokens_details")
+    cached = int((details if isinstance(details, dict) else {}).get("cached_tokens") or 0)
+    if 0 < cached <= prompt:
+        # Anthropic's input_tokens are the uncached ones; the cache reads are counted apart.
+        out["input_tokens"] = prompt - cached
+        out["cache_read_input_tokens"] = cached
+    return out
 
 
 def message(chat: dict[str, Any], request_id: str) -> dict[str, Any]:

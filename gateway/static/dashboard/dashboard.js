@@ -135,6 +135,13 @@
     fillTable("replicas-table", (t.replicas || []).map((r) => [
       r.replica, r.requests, r.errors, usd(r.spend_usd), ms(r.latency_p50_ms), ms(r.latency_p95_ms),
     ]));
+    const eps = data.endpoints || [];
+    document.getElementById("endpoints-empty").hidden = eps.length > 0;
+    const num = (v) => (v === null || v === undefined ? "-" : String(v));
+    fillTable("endpoints-table", eps.map((e) => [
+      e.model, e.endpoint, e.usable ? "yes" : "no", e.outstanding, e.metrics,
+      num(e.running), num(e.waiting), pct(e.kv_cache_usage), pct(e.prefix_cache_hit_rate),
+    ]));
     document.body.dataset.renderedAt = String(data.now);
   }
 
