@@ -396,7 +396,7 @@ def print_table(results: list[StrategyResult], verdict: dict[str, Any]) -> None:
             "-" if r.vllm_hit_rate is None else f"{r.vllm_hit_rate:.0%}",
             "-" if r.usage_cached_share is None else f"{r.usage_cached_share:.0%}",
         )  # fmt: skip
-    console = Console()
+    console = Console(width=max(Console().width, 150))  # a pipe gets 80: too narrow
     console.print(table)
     for line in verdict["lines"]:
         console.print(line)
