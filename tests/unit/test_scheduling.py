@@ -107,6 +107,25 @@ async def test_prefix_preference_yields_to_the_imbalance_bound(
     assert 3 <= on_home <= 5, on_home
 
 
+async def test_prefix_aware_keeps_a_prefix_where_the_queue_is_one_longer(
+    ups: list[Upstream], client: httpx.AsyncClient
+) -> None:
+    # A multi-turn chat's next turn while its endpoint serves one other call and the other
+    # endpoint is idle: a full prefix match outweighs a queue one request shorter. (Load
+    # scored "relative to the busiest" gave 1-vs-0 a whole point on both queue and
+    # outstanding, outvoting prefix: 2 x 1.0, so the turn went cold to the idle endpoint.)
+    p = pool(ups[:2], client, "prefix_aware")
+    home = (await p.complete(chat(doc(1)))).endpoint
+    home_up = next(u for u in ups[:2] if u.base_url == home)
+    home_up.mode, home_up.delay_s = "slow", 0.5
+    other_call = asyncio.create_task(p.complete(chat(doc(1) + " a question")))
+    await asyncio.sleep(0.15)
+    assert p.health.endpoints[[e.base_url for e in p.health.endpoints].index(home)].outstanding
+    again = await p.complete(chat(doc(1) + " the next turn"))
+    assert again.endpoint == home
+    assert (await other_call).endpoint == home
+
+
 @pytest.mark.parametrize("scorer", ["queue", "kv"])
 async def test_queue_and_kv_scorers_read_the_endpoints_metrics(
     scorer: str, ups: list[Upstream], client: httpx.AsyncClient

@@ -7,10 +7,11 @@
   prompt's leading text blocks this pool last sent to that endpoint: its prefix cache likely
   holds them; chained block hashes as in vLLM's own block hashing), `queue` (vLLM's running +
   waiting from its /metrics, this process's outstanding count where it has none), `kv` (free
-  KV cache from its /metrics), `outstanding` (this process's count). An endpoint whose load
-  passes `max_imbalance` times the least-loaded one's (at least 1) gets no prefix score, so
-  one hot prefix cannot pile every request onto one endpoint. `prefix_aware` is
-  {prefix: 2, queue: 1, kv: 1, outstanding: 1}.
+  KV cache from its /metrics), `outstanding` (this process's count); the two load scorers
+  give (least + 1) / (load + 1), the shortest queue's length against the one the call joins.
+  An endpoint whose load passes `max_imbalance` times the least-loaded one's (at least 1)
+  gets no prefix score, so one hot prefix cannot pile every request onto one endpoint.
+  `prefix_aware` is {prefix: 2, queue: 1, kv: 1, outstanding: 1}.
 
 A call with an affinity key (`scheduling.sticky`, or EAD's per request) goes to the endpoint
 its key last went to while that one is usable; both maps are bounded LRUs.
@@ -137,8 +138,8 @@ class Scheduler:
         if len(usable) < 2 and not w.prefix:
             return Choice(order)
         loads = [_queue(e) for e in usable]
-        max_load = max(loads) or 1.0
-        max_out = max(e.outstanding for e in usable) or 1
+        min_load = min(loads)
+        min_out = min(e.outstanding for e in usable)
         blocks = None
         matched = [0.0] * len(usable)
         if w.prefix:
@@ -160,13 +161,22 @@ class Scheduler:
             kv = e.engine.kv_usage
             scores[e.base_url] = (
                 w.prefix * matched[i]
-                + w.queue * (1 - loads[i] / max_load)
+                + w.queue * _shortest_share(loads[i], min_load)
                 + w.kv * (1 - kv if kv is not None else 0.5)
-                + w.outstanding * (1 - e.outstanding / max_out)
+                + w.outstanding * _shortest_share(e.outstanding, min_out)
             )
         # A stable sort: equal scores keep the fewest-outstanding order.
         usable.sort(key=lambda e: -scores[e.base_url])
         return Choice(usable + order[len(usable) :], blocks)
+
+
+def _shortest_share(load: float, least: float) -> float:
+    """1 for the least-loaded endpoint, less as the queue this call would join grows past the
+    shortest one: (least + 1) / (load + 1). Scaled by the call itself, so one request more
+    (1 against 0) costs half a point, not the whole point that a 1-vs-0 "relative to the
+    busiest" gave: that let two load scorers outvote a full prefix match whenever the other
+    endpoint was idle, on a pool of any size and any load."""
+    return (least + 1.0) / (load + 1.0)
 
 
 def _queue(e: Endpoint) -> float:
