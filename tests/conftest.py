@@ -82,6 +82,42 @@ def vllm_servers(request: pytest.FixtureRequest) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
+def real_vllm_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """Served name -> base URL of the REAL demo pair on vLLM: SmolLM2-135M-Instruct as
+    `smollm2-135m` and Gemma 3 270M as `gemma3-270m` (gateway/demo/real_models.py), prepared
+    once under var/models and started once per session, only when a test asks for them.
+    ROUTEGATE_TEST_VLLM_REAL="smollm2-135m=URL,gemma3-270m=URL" reuses running servers."""
+    given = os.environ.get("ROUTEGATE_TEST_VLLM_REAL")
+    if given:
+        yield dict(pair.split("=", 1) for pair in given.split(","))
+        return
+    from gateway.demo.real_models import RealModelError
+    from gateway.demo.vllm_servers import demo_model_folders
+
+    models = Path(os.environ.get("ROUTEGATE_DEMO_MODELS", REPO_ROOT / "var" / "models"))
+    try:
+        folders = demo_model_folders(models)
+    except RealModelError as exc:
+        pytest.fail(f"could not prepare the real demo models:\n{exc}", pytrace=False)
+    ports: list[int] = []
+    while len(ports) < len(folders):
+        if (port := free_port()) not in ports:
+            ports.append(port)
+    specs = [
+        (name, folder, port) for (name, folder), port in zip(folders.items(), ports, strict=True)
+    ]
+    timeout = float(os.environ.get("ROUTEGATE_VLLM_TIMEOUT", "240")) + 240  # a larger model
+    try:
+        servers = start_servers(specs, tmp_path_factory.mktemp("vllm-real-logs"), timeout)
+    except VllmServerError as exc:
+        pytest.fail(f"could not start the real demo models:\n{exc}", pytrace=False)
+    try:
+        yield {s.name: s.base_url for s in servers}
+    finally:
+        stop_servers(servers)
+
+
+@pytest.fixture(scope="session")
 def vllm_embedding_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Base URL of a real vLLM pooling server serving all-MiniLM-L6-v2 as `minilm`, started
     once per session (only when a test asks for it). ROUTEGATE_TEST_VLLM_EMBED=URL reuses one

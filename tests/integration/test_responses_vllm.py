@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import openai
 import pytest
 
-from policies.loader import example_policy_path
+from tests.support.example_policy import example_policy_on_tiny
 from tests.support.gateway import GatewayProcess
 
 pytestmark = pytest.mark.integration
@@ -37,13 +37,7 @@ WEATHER = {
 def gateway(
     vllm_servers: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[GatewayProcess]:
-    example = example_policy_path()
-    text = (
-        example.read_text()
-        .replace("http://127.0.0.1:8101/v1", vllm_servers["tiny-small"])
-        .replace("http://127.0.0.1:8102/v1", vllm_servers["tiny-large"])
-        .replace("router: ../routers/", f"router: {example.parent.parent}/routers/")
-    )
+    text = example_policy_on_tiny(vllm_servers)
     work = tmp_path_factory.mktemp("responses")
     policy = work / "policy.yaml"
     policy.write_text(text)
