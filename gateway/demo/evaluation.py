@@ -338,17 +338,25 @@ async def evaluate(
                     on_reply(reply)
 
         await asyncio.gather(*(worker() for _ in range(max(1, config.concurrency))))
-    summaries = {t.name: Summary(t) for t in targets}
     order = {q.id: i for i, q in enumerate(questions)}
     replies.sort(key=lambda r: (order[r.question.id], r.target))
-    for reply in replies:
-        summaries[reply.target].add(reply)
-    strong = summaries[config.strong_route].cost_usd
-    for summary in summaries.values():
-        summary.cost_vs_strong = summary.cost_usd / strong if strong > 0 else None
+    summaries = summarize(targets, replies, config.strong_route)
     return EvalResult(
         config, questions, targets, replies, summaries, time.monotonic() - started, seed
     )
+
+
+def summarize(
+    targets: list[Target], replies: Iterable[Reply], strong_route: str
+) -> dict[str, Summary]:
+    """Each target's figures; costs also as a multiple of the strong route's."""
+    summaries = {t.name: Summary(t) for t in targets}
+    for reply in replies:
+        summaries[reply.target].add(reply)
+    strong = summaries[strong_route].cost_usd
+    for summary in summaries.values():
+        summary.cost_vs_strong = summary.cost_usd / strong if strong > 0 else None
+    return summaries
 
 
 def record_rows(result: EvalResult) -> Iterable[dict[str, Any]]:

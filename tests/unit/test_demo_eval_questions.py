@@ -1,10 +1,12 @@
 """The built-in question set of `routegate demo eval` (gateway/demo/eval_questions.py): seeded,
-the counts asked, distinct ids, and checkers that accept how small models answer. The eval
-through a real gateway: tests/system/test_demo_eval.py."""
+the counts asked, distinct ids, and checkers that accept how small models answer; then what
+gateway/demo/evaluation.py makes of replies (summaries, records). The eval through a real
+gateway: tests/system/test_demo_eval.py."""
 
 from __future__ import annotations
 
 from collections import Counter
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -17,10 +19,12 @@ from gateway.demo.eval_questions import (
     ChoiceAnswer,
     NameAnswer,
     NumberAnswer,
+    Question,
     build_questions,
     interleaved,
     numbers_in,
 )
+from gateway.demo.evaluation import EvalConfig, EvalResult, Reply, Target, record_rows, summarize
 from tests.support.upstream import free_port
 
 
@@ -140,3 +144,62 @@ def test_eval_without_a_gateway_is_one_line() -> None:
     result = CliRunner().invoke(app, ["demo", "eval", "--base-url", url, "--limit", "2"])
     assert result.exit_code == 1
     assert result.output.strip() == f"error: cannot reach the gateway at {url}"
+
+
+def _reply(target: str, q: Question, model: str, correct: bool, **kw: Any) -> Reply:
+    fields: dict[str, Any] = {
+        "text": "",
+        "steps": (),
+        "cost_usd": 0.001,
+        "latency_s": 0.1,
+        "input_tokens": 9,
+        "output_tokens": 2,
+        "model_tokens": {},
+        "cache": None,
+        "error": None,
+    }
+    fields.update(kw)
+    return Reply(target=target, question=q, correct=correct, model=model, **fields)
+
+
+def test_summaries_and_records_from_replies() -> None:
+    """Shares, escalations and the strong-route ratio; records only what a model answered."""
+    q1, q2 = build_questions(0, {"arithmetic": 1, "capitals": 1})
+    targets = [
+        Target("best", "route", "fixed", ("big",)),
+        Target("cascade", "route", "cascade", ("small", "big")),
+        Target("ead", "route", "ead", ("small", "big")),
+        Target("small", "model", "model", ("small",)),
+        Target("big", "model", "model", ("big",)),
+    ]
+    replies = [
+        _reply("best", q1, "big", True, cost_usd=0.01),
+        _reply("best", q2, "big", True, cost_usd=0.01),
+        _reply("cascade", q1, "small", False, steps=("small",)),
+        _reply("cascade", q2, "big", True, steps=("small", "big"), cost_usd=0.011),
+        _reply("ead", q1, "small+big", True, model_tokens={"small": 3, "big": 1}),
+        _reply("ead", q2, "small+big", False, model_tokens={"small": 0, "big": 4}),
+        _reply("small", q1, "small", False),
+        _reply("small", q2, "big", True),  # its fallback answered: no record of "small"
+        _reply("big", q1, "big", True),
+        _reply("big", q2, "", False, error="503: down"),
+    ]
+    s = summarize(targets, replies, "best")
+    assert s["best"].cost_vs_strong == 1.0 and s["best"].accuracy == 1.0
+    assert s["cascade"].shares() == {"small": 0.5, "big": 0.5} and s["cascade"].escalated == 1
+    assert s["cascade"].cost_vs_strong == pytest.approx(0.012 / 0.02)
+    assert s["ead"].shares() == {"big": 5 / 8, "small": 3 / 8}
+    assert s["ead"].as_json()["share_by"] == "completion_tokens"
+    assert s["big"].errors == 1 and s["big"].accuracy == 0.5
+    assert s["big"].as_json()["tasks"] == {
+        "arithmetic": {"correct": 1, "asked": 1, "accuracy": 1.0},
+        "capitals": {"correct": 0, "asked": 1, "accuracy": 0.0},
+    }
+    config = EvalConfig("http://gw/v1", None, ("best", "cascade", "ead"), None, "best")
+    result = EvalResult(config, [q1, q2], targets, replies, s, 1.0, 7)
+    rows = list(record_rows(result))
+    assert [(r["model"], r["query_id"], r["quality"]) for r in rows] == [
+        ("small", q1.id, 0.0),
+        ("big", q1.id, 1.0),
+    ]
+    assert rows[0]["task"] == "demo/arithmetic" and rows[0]["query"] == q1.prompt
