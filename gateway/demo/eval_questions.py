@@ -11,8 +11,9 @@ Nothing is downloaded: the same seed always gives the same questions, in the sam
 the same ids (a hash of the prompt, so a question keeps its id whatever else the set holds).
 
 The checkers are tolerant of how small models answer, since the point is whether the model
-knew, not whether it followed the format: a number is the first one in the reply after any
-echo of the question's own numbers ("12 + 7 = 19"), a capital counts where its name appears,
+knew, not whether it followed the format: a number is what the first line's last "=" gives
+("12 + 7 = 19"), else the first one after any echo of the question's own numbers ("3 km is
+3000 m"), a capital counts where its name appears,
 and a choice is the first standalone option letter or else the first option text named.
 """
 
@@ -126,14 +127,19 @@ class NumberAnswer:
         return f"{self.value:g}"
 
     def given(self, reply: str) -> float | None:
-        """The reply's number: its first, after a leading echo of the question's numbers."""
+        """The reply's number. Where its first line works a sum ("2 m is 2 * 100 = 200 cm"),
+        the first number after the line's last "="; else the reply's first number after a
+        leading echo of the question's own numbers ("3 km is 3000 m")."""
+        first = next((line for line in reply.splitlines() if line.strip()), "")
+        if "=" in first and (result := numbers_in(first.rsplit("=", 1)[1])):
+            return result[0]
         found = numbers_in(reply)
         echo = 0
         for number, operand in zip(found, self.operands, strict=False):
             if number != operand:
                 break
             echo += 1
-        # "12 + 7 = 19" echoes 12 and 7; a lone "7" (for 12 - 5) is an answer, not an echo.
+        # A lone "7" (for 12 - 5) is an answer, not an echo.
         found = found[echo:] if echo < len(found) else found[-1:]
         return found[0] if found else None
 

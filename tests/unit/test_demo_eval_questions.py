@@ -90,6 +90,9 @@ def test_multiple_choice_letters_spread_and_interleaving() -> None:
         ("The sum is nineteen", False),
         ("", False),
         ("20 or 19", False),
+        ("12 + 7 = 38 - 19 = 19", True),  # the first line's last "="
+        ("12 + 7 = \n19", True),  # nothing after it: the echo rule
+        ("12 + 7 = 20\nNo, 12 + 7 = 19", False),  # only the first line is worked
     ],
 )
 def test_number_checker(reply: str, right: bool) -> None:
@@ -103,6 +106,10 @@ def test_number_checker_units_and_lone_operand_answers() -> None:
     assert NumberAnswer(7, (12, 5)).matches("7")
     assert NumberAnswer(5, (5, 1)).matches("5")  # 5 * 1: the answer is also an operand
     assert NumberAnswer(5, (5, 1)).matches("5 * 1 = 5")
+    cm = NumberAnswer(200, (2,))
+    assert cm.matches("2 meters is equal to 2 * 100 = 200 centimeters.")
+    assert not NumberAnswer(660, (11,)).matches("11 minutes is equal to 11 * 60 = 66 seconds.")
+    assert not NumberAnswer(5, (300,)).matches("300 minutes is 300 / 60 = 0.5 hours.")
     assert numbers_in("12, 7 and 3,000.5") == [12, 7, 3000.5]
 
 
