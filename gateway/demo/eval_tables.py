@@ -10,8 +10,8 @@ from gateway.demo.evaluation import EvalResult, Summary
 
 def _shares(s: Summary) -> str:
     shares = s.shares()
-    if s.target.kind == "model" or not shares:
-        return ""
+    if not shares or (s.target.kind == "model" and set(shares) == {s.target.name}):
+        return ""  # a model that answered itself (else its fallbacks show)
     text = ", ".join(f"{m} {v:.0%}" for m, v in shares.items())
     if s.target.strategy == "ead":
         return f"tokens: {text}"
@@ -37,7 +37,7 @@ def summary_table(result: EvalResult) -> Table:
     for i, s in enumerate([*rows, *result.models()]):
         name = s.target.name if s.target.kind == "route" else f"{s.target.name} (model)"
         ratio = "-" if s.cost_vs_strong is None else f"{s.cost_vs_strong:.2f}x"
-        errors = f", {s.errors} errors" if s.errors else ""
+        errors = f", {s.errors} error{'s' if s.errors > 1 else ''}" if s.errors else ""
         table.add_row(
             name,
             _accuracy(s.correct, s.asked) + errors,

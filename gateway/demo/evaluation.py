@@ -163,7 +163,8 @@ class Summary:
             "mean_latency_s": self.mean_latency_s,
             "share_by": "completion_tokens" if t.strategy == "ead" else "answers",
             "shares": self.shares(),
-            "escalated": self.escalated,
+            # Answers a cascade escalated (more than one step); other kinds do not escalate.
+            "escalated": self.escalated if t.strategy == "cascade" else None,
             "cache_hits": self.cache_hits,
             "tasks": {
                 task: {"correct": c, "asked": n, "accuracy": c / n}

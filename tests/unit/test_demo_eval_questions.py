@@ -5,10 +5,12 @@ gateway: tests/system/test_demo_eval.py."""
 
 from __future__ import annotations
 
+import io
 from collections import Counter
 from typing import Any
 
 import pytest
+from rich.console import Console
 from typer.testing import CliRunner
 
 from gateway.cli import app
@@ -24,6 +26,7 @@ from gateway.demo.eval_questions import (
     interleaved,
     numbers_in,
 )
+from gateway.demo.eval_tables import summary_table, task_table
 from gateway.demo.evaluation import EvalConfig, EvalResult, Reply, Target, record_rows, summarize
 from tests.support.upstream import free_port
 
@@ -197,6 +200,7 @@ def test_summaries_and_records_from_replies() -> None:
     assert s["cascade"].cost_vs_strong == pytest.approx(0.012 / 0.02)
     assert s["ead"].shares() == {"big": 5 / 8, "small": 3 / 8}
     assert s["ead"].as_json()["share_by"] == "completion_tokens"
+    assert s["ead"].as_json()["escalated"] is None and s["cascade"].as_json()["escalated"] == 1
     assert s["big"].errors == 1 and s["big"].accuracy == 0.5
     assert s["big"].as_json()["tasks"] == {
         "arithmetic": {"correct": 1, "asked": 1, "accuracy": 1.0},
@@ -210,3 +214,14 @@ def test_summaries_and_records_from_replies() -> None:
         ("big", q1.id, 1.0),
     ]
     assert rows[0]["task"] == "demo/arithmetic" and rows[0]["query"] == q1.prompt
+
+    console = Console(record=True, width=200, file=io.StringIO())
+    console.print(task_table(result))
+    assert "100.0% (1/1)" in console.export_text()  # (export clears the record)
+    console.print(summary_table(result))
+    lines = {line.split("│")[1].strip(): line for line in console.export_text().splitlines()
+             if line.count("│") > 2}  # fmt: skip
+    assert "small 50%, big 50%; escalated 50%" in lines["cascade"]
+    assert "tokens: big 62%, small 38%" in lines["ead"] and "0.60x" in lines["cascade"]
+    assert "small 50%, big 50%" in lines["small (model)"]  # its fallback answered once
+    assert "50.0% (1/2), 1 error " in lines["big (model)"]
