@@ -118,7 +118,7 @@ def demo_eval(
         timeout_s=timeout,
     )
     if not config.routes:
-        out.print("error: --routes names no route")
+        out.print("error: --routes names no route", soft_wrap=True)
         raise typer.Exit(1)
     questions = interleaved(build_questions(seed))[:limit]
     with Progress(console=out, transient=True) as progress:
@@ -134,7 +134,7 @@ def demo_eval(
             )
         except EvalError as exc:
             progress.stop()
-            out.print(f"error: {exc}")
+            out.print(f"error: {exc}", soft_wrap=True, markup=False)
             raise typer.Exit(1) from None
     out.print(summary_table(result))
     out.print(task_table(result))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.table import Table
+from rich.text import Text
 
 from gateway.demo.eval_questions import TASKS
 from gateway.demo.evaluation import EvalResult, Summary
@@ -39,12 +40,12 @@ def summary_table(result: EvalResult) -> Table:
         ratio = "-" if s.cost_vs_strong is None else f"{s.cost_vs_strong:.2f}x"
         errors = f", {s.errors} error{'s' if s.errors > 1 else ''}" if s.errors else ""
         table.add_row(
-            name,
+            Text(name),  # names are the policy's: shown as written, never as markup
             _accuracy(s.correct, s.asked) + errors,
             f"{s.cost_usd:.6f}",
             ratio,
             f"{s.mean_latency_s * 1000:.0f}",
-            _shares(s),
+            Text(_shares(s)),
             end_section=i == len(rows) - 1,
         )
     return table
@@ -60,5 +61,5 @@ def task_table(result: EvalResult) -> Table:
     for i, s in enumerate([*rows, *result.models()]):
         name = s.target.name if s.target.kind == "route" else f"{s.target.name} (model)"
         cells = [_accuracy(*s.tasks.get(t, [0, 0])) for t in tasks]
-        table.add_row(name, *cells, end_section=i == len(rows) - 1)
+        table.add_row(Text(name), *cells, end_section=i == len(rows) - 1)
     return table

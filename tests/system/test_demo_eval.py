@@ -17,7 +17,9 @@ from typing import Any
 
 import orjson
 import pytest
+from typer.testing import CliRunner
 
+from gateway.cli import app
 from gateway.demo.eval_questions import build_questions
 from routers.records import RecordTable, load_records
 from tests.support.gateway import GatewayProcess
@@ -166,14 +168,27 @@ def test_eval_prints_the_table_and_writes_results_and_records(
     assert (tmp_path / "knn" / "manifest.json").is_file(), sorted((tmp_path / "knn").iterdir())
 
 
-def test_a_route_the_policy_lacks_is_one_line(gateway: GatewayProcess, tmp_path: Path) -> None:
-    run = routegate(
-        "demo", "eval", "--base-url", gateway.url + "/v1", "--routes", "cheap,nope",
-        "--limit", "2", "--out", str(tmp_path),
-    )  # fmt: skip
-    assert run.returncode == 1
-    assert run.stdout.strip() == (
-        "error: route 'nope' is not in the gateway's policy "
-        "(its routes: auto, best, cascade, cheap, ead)"
-    ), run.stdout
-    assert "Traceback" not in run.stderr
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--routes", "cheap,nope"],
+            "route 'nope' is not in the gateway's policy (its routes: auto, best, cascade, "
+            "cheap, ead)",
+        ),
+        (
+            ["--models", "weak,cheap"],
+            "model 'cheap' is not in the gateway's policy (its models: strong, weak)",
+        ),
+        (["--routes", "cheap"], "--strong-route 'best' is not one of --routes"),
+    ],
+)
+def test_a_name_the_policy_lacks_is_one_line(
+    gateway: GatewayProcess, tmp_path: Path, args: list[str], message: str
+) -> None:
+    # In this process (the CLI's imports are paid once): what a user sees is the same.
+    base = ["demo", "eval", "--base-url", gateway.url + "/v1", "--limit", "2"]
+    run = CliRunner().invoke(app, [*base, "--out", str(tmp_path), *args])
+    assert run.exit_code == 1 and isinstance(run.exception, SystemExit)  # no traceback
+    assert run.output.strip() == f"error: {message}", run.output
+    assert not (tmp_path / "results.json").exists()
