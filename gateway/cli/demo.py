@@ -79,3 +79,87 @@ def demo_up(
     finally:
         for server in servers:
             server.stop()
+
+
+@demo_app.command("eval")
+def demo_eval(
+    base_url: Annotated[str, typer.Option(help="The gateway's OpenAI base URL.")] = (
+        "http://127.0.0.1:8080/v1"
+    ),
+    api_key: Annotated[
+        str | None, typer.Option(help="A gateway key, where the policy wants one.")
+    ] = None,
+    routes: Annotated[str, typer.Option(help="Routes to judge, comma-separated.")] = (
+        "cheap,best,auto,cascade,ead"
+    ),
+    models: Annotated[
+        str | None,
+        typer.Option(
+            help="Models to call directly, for the records (comma-separated; 'none' for "
+            "none). Default: every model the routes use."
+        ),
+    ] = None,
+    strong_route: Annotated[
+        str, typer.Option(help="The route that is the strong model alone (costs against it).")
+    ] = "best",
+    limit: Annotated[
+        int | None, typer.Option(min=1, help="Ask only the first N questions (tasks in turn).")
+    ] = None,
+    concurrency: Annotated[int, typer.Option(min=1, help="Calls in flight at once.")] = 4,
+    max_tokens: Annotated[int, typer.Option(min=1, help="max_tokens of every call.")] = 24,
+    timeout: Annotated[float, typer.Option(min=1, help="Seconds per call.")] = 120.0,
+    seed: Annotated[int, typer.Option(help="Seed of the generated question set.")] = 0,
+    out_dir: Annotated[Path, typer.Option("--out", help="Where to write the results.")] = Path(
+        "var/demo-eval"
+    ),
+) -> None:
+    """Answer the built-in questions (arithmetic, units, capitals, multiple choice) through each
+    route and each model of a running gateway; print accuracy, cost and cost against the strong
+    route; write results.json, answers.jsonl and records.jsonl (routing records)."""
+    import asyncio
+
+    from rich.progress import Progress
+
+    from gateway.demo.eval_questions import build_questions, interleaved
+    from gateway.demo.eval_tables import summary_table, task_table
+    from gateway.demo.evaluation import EvalConfig, EvalError, evaluate, write_outputs
+
+    def names(text: str) -> tuple[str, ...]:
+        return tuple(n.strip() for n in text.split(",") if n.strip())
+
+    config = EvalConfig(
+        base_url=base_url.rstrip("/"),
+        api_key=api_key,
+        routes=names(routes),
+        models=None if models is None else tuple(n for n in names(models) if n != "none"),
+        strong_route=strong_route,
+        concurrency=concurrency,
+        max_tokens=max_tokens,
+        timeout_s=timeout,
+    )
+    if not config.routes:
+        out.print("error: --routes names no route", soft_wrap=True)
+        raise typer.Exit(1)
+    questions = interleaved(build_questions(seed))[:limit]
+    with Progress(console=out, transient=True) as progress:
+        task = progress.add_task("asking", total=None)
+        try:
+            result = asyncio.run(
+                evaluate(
+                    config,
+                    questions,
+                    on_start=lambda n: progress.update(task, total=n),
+                    on_reply=lambda _: progress.advance(task),
+                )
+            )
+        except EvalError as exc:
+            progress.stop()
+            out.print(f"error: {exc}", soft_wrap=True, markup=False)
+            raise typer.Exit(1) from None
+    out.print(summary_table(result))
+    out.print(task_table(result))
+    paths = write_outputs(result, out_dir)
+    out.print(
+        f"{len(result.replies)} answers in {result.duration_s:.1f} s; wrote "
+        + ", ".join(str(p) for p in paths.values())
+    )
