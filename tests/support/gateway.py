@@ -41,6 +41,25 @@ class GatewayProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def admin(
+        self, method: str, path: str, json: object = None, key: str | None = None
+    ) -> httpx.Response:
+        """A request to the admin API, with the master key this gateway was started with."""
+        key = key or self._env["ROUTEGATE_MASTER_KEY"]
+        headers = {"authorization": f"Bearer {key}"}
+        return httpx.request(method, self.url + path, json=json, headers=headers, timeout=30)
+
+    def admin_json(self, method: str, path: str, json: object = None) -> dict:
+        """An admin request that must succeed; its JSON body."""
+        resp = self.admin(method, path, json)
+        assert resp.status_code < 300, resp.text
+        return resp.json()
+
+    def new_key(self, **spec: object) -> tuple[str, str]:
+        """A new API key (team "t" unless `spec` names one): its id and secret."""
+        body = self.admin_json("POST", "/admin/keys", {"team": "t", **spec})
+        return body["id"], body["secret"]
+
     def start(self, timeout: float = 60) -> GatewayProcess:
         cmd = [
             sys.executable,

@@ -90,14 +90,6 @@ def start_pair(tmp_path: Path, redis_url: str, up: Upstream, ttl: float) -> list
     return [g.start() for g in gateways]
 
 
-def admin(gw: GatewayProcess, method: str, path: str, json: dict | None = None) -> dict:
-    resp = httpx.request(
-        method, gw.url + path, json=json, headers={"authorization": f"Bearer {MASTER}"}
-    )
-    assert resp.status_code < 300, resp.text
-    return resp.json()
-
-
 @pytest.mark.parametrize("api", APIS)
 def test_two_replicas_never_overrun_one_budget(
     tmp_path: Path, redis_url: str, upstream: Upstream, api: str
@@ -108,7 +100,9 @@ def test_two_replicas_never_overrun_one_budget(
     a, b = start_pair(tmp_path, redis_url, upstream, ttl=60)
     try:
         budget = 50.5 * worst
-        key = admin(a, "POST", "/admin/keys", {"team": "t", "budget_usd": budget, "period": "day"})
+        key = a.admin_json(
+            "POST", "/admin/keys", {"team": "t", "budget_usd": budget, "period": "day"}
+        )
         headers = {"authorization": f"Bearer {key['secret']}"}
 
         async def fire() -> list[httpx.Response]:
@@ -133,7 +127,7 @@ def test_two_replicas_never_overrun_one_budget(
         # budget, one fewer would mean a reservation was lost or counted twice.
         assert answered == 50
 
-        spent = admin(b, "GET", f"/admin/keys/{key['id']}")
+        spent = b.admin_json("GET", f"/admin/keys/{key['id']}")
         assert spent["spent_usd"] == pytest.approx(answered * worst, abs=1e-9)
         assert spent["spent_usd"] <= budget
         assert spent["reserved_usd"] == 0
@@ -164,7 +158,7 @@ def test_reservation_of_a_killed_replica_expires(
     # once, so while a reservation is held a second request is refused.
     body = {**BODY, "max_tokens": 300_000}
     try:
-        key = admin(a, "POST", "/admin/keys", {"team": "t", "budget_usd": 1.0})
+        key = a.admin_json("POST", "/admin/keys", {"team": "t", "budget_usd": 1.0})
         headers = {"authorization": f"Bearer {key['secret']}"}
 
         def doomed_request() -> None:
@@ -173,7 +167,7 @@ def test_reservation_of_a_killed_replica_expires(
 
         threading.Thread(target=doomed_request, daemon=True).start()
         deadline = time.time() + 5
-        while admin(b, "GET", f"/admin/keys/{key['id']}")["reserved_usd"] == 0:
+        while b.admin_json("GET", f"/admin/keys/{key['id']}")["reserved_usd"] == 0:
             assert time.time() < deadline, "the request never reserved"
             time.sleep(0.05)
         a.signal(signal.SIGKILL)  # dies holding the reservation
@@ -183,11 +177,11 @@ def test_reservation_of_a_killed_replica_expires(
         assert "held by requests in flight" in held.json()["error"]["message"]
 
         time.sleep(2.5)  # past the reservation TTL
-        usage = admin(b, "GET", f"/admin/keys/{key['id']}")
+        usage = b.admin_json("GET", f"/admin/keys/{key['id']}")
         assert usage["reserved_usd"] == 0 and usage["spent_usd"] == 0
         freed = httpx.post(b.url + "/v1/chat/completions", json=body, headers=headers)
         assert freed.status_code == 200, freed.text
-        assert admin(b, "GET", f"/admin/keys/{key['id']}")["spent_usd"] == pytest.approx(
+        assert b.admin_json("GET", f"/admin/keys/{key['id']}")["spent_usd"] == pytest.approx(
             COST, abs=1e-9
         )
     finally:

@@ -68,16 +68,6 @@ def gateway(upstreams: tuple[Upstream, Upstream], tmp_path: Path) -> Iterator[Ga
     gw.stop()
 
 
-def new_key(gw: GatewayProcess, **spec: object) -> tuple[str, str]:
-    resp = httpx.post(
-        gw.url + "/admin/keys",
-        json={"team": "search", **spec},
-        headers={"authorization": f"Bearer {MASTER}"},
-    )
-    assert resp.status_code == 201, resp.text
-    return resp.json()["id"], resp.json()["secret"]
-
-
 def chat(gw: GatewayProcess, secret: str, model: str) -> str:
     resp = httpx.post(
         gw.url + "/v1/chat/completions",
@@ -132,7 +122,7 @@ def test_without_the_master_key_the_dashboard_is_closed(gateway: GatewayProcess)
         assert data.status_code == 401
         assert data.json()["error"]["code"] == "invalid_master_key"
     # A virtual key is not the master key.
-    _, secret = new_key(gateway)
+    _, secret = gateway.new_key(team="search")
     bad = httpx.get(
         gateway.url + "/dashboard/data.json", headers={"authorization": f"Bearer {secret}"}
     )
@@ -163,7 +153,7 @@ def test_an_open_gateway_has_an_open_dashboard(
 def test_dashboard_shows_live_traffic_spend_and_budgets(
     gateway: GatewayProcess, upstreams: tuple[Upstream, Upstream], tmp_path: Path
 ) -> None:
-    key_id, secret = new_key(gateway, budget_usd=2.0, period="day", pacing="uniform")
+    key_id, secret = gateway.new_key(team="search", budget_usd=2.0, period="day", pacing="uniform")
     sent = [chat(gateway, secret, "cheap") for _ in range(3)]
     sent += [chat(gateway, secret, "paced") for _ in range(2)]
     rows = [gateway.record(request_id) for request_id in sent]

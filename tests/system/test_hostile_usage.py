@@ -110,20 +110,8 @@ def _honest_again(bad: Upstream) -> Iterator[None]:
     bad.mode, bad.usage_report = "ok", None
 
 
-def admin(gw: GatewayProcess, method: str, path: str, json: Any = None) -> httpx.Response:
-    return httpx.request(
-        method, gw.url + path, json=json, headers={"authorization": f"Bearer {MASTER}"}
-    )
-
-
-def new_key(gw: GatewayProcess, budget_usd: float) -> tuple[str, str]:
-    resp = admin(gw, "POST", "/admin/keys", {"team": "t", "budget_usd": budget_usd})
-    assert resp.status_code == 201, resp.text
-    return resp.json()["id"], resp.json()["secret"]
-
-
 def spent(gw: GatewayProcess, key_id: str) -> tuple[float, float]:
-    view = admin(gw, "GET", f"/admin/keys/{key_id}").json()
+    view = gw.admin("GET", f"/admin/keys/{key_id}").json()
     return view["spent_usd"], view["reserved_usd"]
 
 
@@ -220,7 +208,7 @@ def test_impossible_usage_is_clamped_flagged_and_never_credits(
     stream: bool,
     flagged: set[str],
 ) -> None:
-    key_id, secret = new_key(gateway, budget_usd=1.0)
+    key_id, secret = gateway.new_key(budget_usd=1.0)
     before = anomalies(gateway)
     call(gateway, secret, route, kind=kind, stream=stream)  # an honest answer first
     honest, _ = spent(gateway, key_id)
@@ -252,7 +240,7 @@ def test_impossible_usage_is_clamped_flagged_and_never_credits(
 def test_twenty_negative_answers_never_lower_the_spend(
     gateway: GatewayProcess, bad: Upstream
 ) -> None:
-    key_id, secret = new_key(gateway, budget_usd=1.0)
+    key_id, secret = gateway.new_key(budget_usd=1.0)
     bad.mode = "negative_usage"
     last = 0.0
     for _ in range(20):
@@ -269,7 +257,7 @@ def test_twenty_negative_answers_never_lower_the_spend(
 def test_a_fractional_count_is_an_anomaly_charged_rounded_up(
     gateway: GatewayProcess, bad: Upstream
 ) -> None:
-    _, secret = new_key(gateway, budget_usd=1.0)
+    _, secret = gateway.new_key(budget_usd=1.0)
     bad.usage_report = {"prompt_tokens": 7, "completion_tokens": 2.5, "total_tokens": 9.5}
     status, _, rid = call(gateway, secret, "cheap")
     assert status == 200
@@ -287,7 +275,7 @@ def test_a_fractional_count_is_an_anomaly_charged_rounded_up(
 def test_cascades_clamp_each_call(
     gateway: GatewayProcess, bad: Upstream, route: str, models: int, mode: str, stream: bool
 ) -> None:
-    key_id, secret = new_key(gateway, budget_usd=1.0)
+    key_id, secret = gateway.new_key(budget_usd=1.0)
     bad.mode = mode
     kind = "completions" if route == "ead" else "chat"
     status, _, rid = call(gateway, secret, route, kind=kind, stream=stream)
@@ -311,7 +299,7 @@ def test_reservation_covers_max_completion_tokens_over_max_tokens(
     gateway: GatewayProcess,
 ) -> None:
     small, large = worst(body_of("chat"), 1), worst(body_of("chat"), 60)
-    key_id, secret = new_key(gateway, budget_usd=(small + large) / 2)
+    key_id, secret = gateway.new_key(budget_usd=(small + large) / 2)
     c = openai.OpenAI(base_url=gateway.url + "/v1", api_key=secret, max_retries=0)
     with pytest.raises(openai.RateLimitError) as exc:
         c.chat.completions.create(
@@ -329,7 +317,7 @@ def test_reservation_covers_max_completion_tokens_over_max_tokens(
 def test_reservation_covers_best_of(gateway: GatewayProcess) -> None:
     body = body_of("completions")
     one, three = worst(body, 20), worst(body, 60)
-    _, secret = new_key(gateway, budget_usd=(one + three) / 2)
+    _, secret = gateway.new_key(budget_usd=(one + three) / 2)
     c = openai.OpenAI(base_url=gateway.url + "/v1", api_key=secret, max_retries=0)
     with pytest.raises(openai.RateLimitError) as exc:
         c.completions.create(model="cheap", prompt="hello", max_tokens=20, best_of=3)
@@ -357,7 +345,7 @@ def test_a_200_without_choices_is_a_charged_502(
     usage_report: dict[str, Any] | None,
     charged: float | None,
 ) -> None:
-    key_id, secret = new_key(gateway, budget_usd=1.0)
+    key_id, secret = gateway.new_key(budget_usd=1.0)
     bad.mode, bad.usage_report = mode, usage_report
     status, error, rid = call(gateway, secret, route)
     assert status == 502
@@ -376,7 +364,7 @@ def test_a_200_without_choices_is_a_charged_502(
 def test_a_200_without_choices_fails_over_and_both_calls_are_charged(
     gateway: GatewayProcess, bad: Upstream, good: Upstream
 ) -> None:
-    key_id, secret = new_key(gateway, budget_usd=1.0)
+    key_id, secret = gateway.new_key(budget_usd=1.0)
     bad.mode = "no_choices"
     status, answer, rid = call(gateway, secret, "chain")
     assert status == 200 and answer["choices"][0]["message"]["content"] == "hi from good"

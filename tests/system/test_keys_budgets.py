@@ -54,21 +54,6 @@ def gateway(
     gw.stop()
 
 
-def admin(
-    gw: GatewayProcess, method: str, path: str, json: dict | None = None, key: str = MASTER
-) -> httpx.Response:
-    return httpx.request(
-        method, gw.url + path, json=json, headers={"authorization": f"Bearer {key}"}
-    )
-
-
-def new_key(gw: GatewayProcess, **spec: object) -> tuple[str, str]:
-    resp = admin(gw, "POST", "/admin/keys", {"team": "search", **spec})
-    assert resp.status_code == 201, resp.text
-    body = resp.json()
-    return body["id"], body["secret"]
-
-
 def client(gw: GatewayProcess, secret: str | None) -> openai.OpenAI:
     return openai.OpenAI(base_url=gw.url + "/v1", api_key=secret or "none", max_retries=0)
 
@@ -79,7 +64,7 @@ def test_with_a_master_key_keys_are_required_from_the_start(gateway: GatewayProc
     with pytest.raises(openai.AuthenticationError) as exc:
         client(gateway, None).chat.completions.create(model="cheap", messages=MESSAGES)
     assert exc.value.body["code"] == "invalid_api_key"
-    key_id, secret = new_key(gateway)
+    key_id, secret = gateway.new_key(team="search")
     assert secret.startswith("sk-rg-")
 
     with pytest.raises(openai.AuthenticationError) as exc:
@@ -97,26 +82,26 @@ def test_with_a_master_key_keys_are_required_from_the_start(gateway: GatewayProc
     row = gateway.record(raw.headers["x-routegate-request-id"])
     assert row["api_key_id"] == key_id and row["team"] == "search"
 
-    assert admin(gateway, "DELETE", f"/admin/keys/{key_id}").status_code == 200
+    assert gateway.admin("DELETE", f"/admin/keys/{key_id}").status_code == 200
     with pytest.raises(openai.AuthenticationError) as exc:
         client(gateway, secret).chat.completions.create(model="cheap", messages=MESSAGES)
     assert exc.value.body["code"] == "key_revoked"
 
 
 def test_admin_api_needs_the_master_key_and_never_shows_hashes(gateway: GatewayProcess) -> None:
-    assert admin(gateway, "GET", "/admin/keys", key="nope").status_code == 401
-    key_id, _ = new_key(gateway, budget_usd=5, period="day", rpm=10, routes=["cheap"])
-    listed = admin(gateway, "GET", "/admin/keys").json()["data"]
+    assert gateway.admin("GET", "/admin/keys", key="nope").status_code == 401
+    key_id, _ = gateway.new_key(team="search", budget_usd=5, period="day", rpm=10, routes=["cheap"])
+    listed = gateway.admin("GET", "/admin/keys").json()["data"]
     assert [k["id"] for k in listed] == [key_id]
     assert "secret_hash" not in listed[0] and "secret" not in listed[0]
     assert listed[0]["spent_usd"] == 0 and listed[0]["resets_at"].endswith("00:00 UTC")
-    bad = admin(gateway, "POST", "/admin/keys", {"team": "x", "budget_usd": -1})
+    bad = gateway.admin("POST", "/admin/keys", {"team": "x", "budget_usd": -1})
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "budget_usd"
-    assert admin(gateway, "DELETE", "/admin/keys/key_nope").status_code == 404
+    assert gateway.admin("DELETE", "/admin/keys/key_nope").status_code == 404
 
 
 def test_route_permission_is_403(gateway: GatewayProcess) -> None:
-    _, secret = new_key(gateway, routes=["cheap"])
+    _, secret = gateway.new_key(team="search", routes=["cheap"])
     assert client(gateway, secret).chat.completions.create(model="cheap", messages=MESSAGES)
     with pytest.raises(openai.PermissionDeniedError) as exc:
         client(gateway, secret).chat.completions.create(model="other", messages=MESSAGES)
@@ -125,7 +110,7 @@ def test_route_permission_is_403(gateway: GatewayProcess) -> None:
 
 def test_budget_is_never_overrun_and_says_when_it_resets(gateway: GatewayProcess) -> None:
     # Room for about 10 answers at the actual cost; reservations hold the worst case.
-    key_id, secret = new_key(gateway, budget_usd=10.5 * COST, period="month")
+    key_id, secret = gateway.new_key(team="search", budget_usd=10.5 * COST, period="month")
     c = client(gateway, secret)
     answered, refused = 0, None
     for _ in range(20):
@@ -138,24 +123,24 @@ def test_budget_is_never_overrun_and_says_when_it_resets(gateway: GatewayProcess
     assert refused is not None and refused.body["code"] == "budget_exceeded"
     assert f"API key {key_id} (team search)" in refused.message
     assert "The budget resets" in refused.message and "-01 00:00 UTC" in refused.message
-    key = admin(gateway, "GET", f"/admin/keys/{key_id}").json()
+    key = gateway.admin("GET", f"/admin/keys/{key_id}").json()
     assert key["spent_usd"] == pytest.approx(answered * COST)
     assert key["spent_usd"] <= key["budget_usd"] and key["reserved_usd"] == 0
     assert answered >= 8  # the worst-case bound is not so loose that it wastes the budget
 
 
 def test_streams_are_charged(gateway: GatewayProcess) -> None:
-    key_id, secret = new_key(gateway, budget_usd=1.0)
+    key_id, secret = gateway.new_key(team="search", budget_usd=1.0)
     stream = client(gateway, secret).chat.completions.create(
         model="cheap", messages=MESSAGES, stream=True, max_tokens=5
     )
     assert len([c for c in stream if c.choices]) == 5
-    spent = admin(gateway, "GET", f"/admin/keys/{key_id}").json()["spent_usd"]
+    spent = gateway.admin("GET", f"/admin/keys/{key_id}").json()["spent_usd"]
     assert spent == pytest.approx(COST)
 
 
 def test_requests_per_minute_limit_has_retry_after(gateway: GatewayProcess) -> None:
-    _, secret = new_key(gateway, rpm=3)
+    _, secret = gateway.new_key(team="search", rpm=3)
     c = client(gateway, secret)
     for _ in range(3):
         c.chat.completions.create(model="cheap", messages=MESSAGES)
@@ -168,7 +153,7 @@ def test_requests_per_minute_limit_has_retry_after(gateway: GatewayProcess) -> N
 
 
 def test_tokens_per_minute_limit(gateway: GatewayProcess) -> None:
-    _, secret = new_key(gateway, tpm=40)  # each answer uses 12 tokens
+    _, secret = gateway.new_key(team="search", tpm=40)  # each answer uses 12 tokens
     c = client(gateway, secret)
     answered = 0
     with pytest.raises(openai.RateLimitError) as exc:
@@ -179,11 +164,11 @@ def test_tokens_per_minute_limit(gateway: GatewayProcess) -> None:
 
 
 def test_a_paced_key_carries_its_price_multiplier(gateway: GatewayProcess) -> None:
-    bad = admin(gateway, "POST", "/admin/keys", {"team": "t", "pacing": "uniform"})
+    bad = gateway.admin("POST", "/admin/keys", {"team": "t", "pacing": "uniform"})
     assert bad.status_code == 400 and "pacing needs a budget_usd" in bad.json()["error"]["message"]
 
-    key_id, secret = new_key(gateway, budget_usd=1.0, period="day", pacing="weekday")
-    assert admin(gateway, "GET", f"/admin/keys/{key_id}").json()["pacing"] == {
+    key_id, secret = gateway.new_key(team="search", budget_usd=1.0, period="day", pacing="weekday")
+    assert gateway.admin("GET", f"/admin/keys/{key_id}").json()["pacing"] == {
         "budget_usd": 1.0,
         "period": "day",
         "plan": "weekday",

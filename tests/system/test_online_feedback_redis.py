@@ -64,14 +64,6 @@ def start_pair(tmp_path: Path, redis_url: str, up: Upstream) -> list[GatewayProc
     return [g.start() for g in out]
 
 
-def new_key(gw: GatewayProcess) -> str:
-    resp = httpx.post(
-        gw.url + "/admin/keys", json={"team": "t"}, headers={"authorization": f"Bearer {MASTER}"}
-    )
-    assert resp.status_code < 300, resp.text
-    return resp.json()["secret"]
-
-
 def ask(gw: GatewayProcess, key: str) -> tuple[str, str]:
     client = openai.OpenAI(base_url=gw.url + "/v1", api_key=key, max_retries=0)
     raw = client.chat.completions.with_raw_response.create(
@@ -93,7 +85,7 @@ def test_feedback_on_one_replica_moves_the_route_on_both(
 ) -> None:
     a, b = start_pair(tmp_path, redis_url, upstream)
     try:
-        key, other = new_key(a), new_key(a)
+        key, other = a.new_key()[1], a.new_key()[1]
         first, _ = ask(b, key)
         assert ask(a, key)[0] == first  # the same offline choice on both replicas
 
