@@ -121,7 +121,7 @@ def demo_eval(
     from rich.progress import Progress
 
     from gateway.demo.eval_questions import build_questions, interleaved
-    from gateway.demo.eval_tables import summary_table, task_table
+    from gateway.demo.eval_tables import escalation_lines, summary_table, task_table
     from gateway.demo.evaluation import EvalConfig, EvalError, evaluate, write_outputs
 
     def names(text: str) -> tuple[str, ...]:
@@ -158,6 +158,8 @@ def demo_eval(
             raise typer.Exit(1) from None
     out.print(summary_table(result))
     out.print(task_table(result))
+    for line in escalation_lines(result):
+        out.print(line, soft_wrap=True, markup=False, highlight=False)
     paths = write_outputs(result, out_dir)
     out.print(
         f"{len(result.replies)} answers in {result.duration_s:.1f} s; wrote "

@@ -63,3 +63,22 @@ def task_table(result: EvalResult) -> Table:
         cells = [_accuracy(*s.tasks.get(t, [0, 0])) for t in tasks]
         table.add_row(Text(name), *cells, end_section=i == len(rows) - 1)
     return table
+
+
+def escalation_lines(result: EvalResult, show: int = 4) -> list[str]:
+    """Per cascade route: on which questions it escalated and on which it did not (a few of
+    each), so the threshold's effect is visible, not only its rate."""
+    lines: list[str] = []
+    for summary in result.routes():
+        if summary.target.strategy != "cascade":
+            continue
+        name = summary.target.name
+        replies = [r for r in result.replies if r.target == name and r.error is None]
+        up = [r for r in replies if len(r.steps) > 1]
+        kept = [r for r in replies if len(r.steps) == 1]
+        lines.append(f"{name}: escalated on {len(up)} of {len(replies)} questions")
+        for label, some in (("escalated", up), ("kept", kept)):
+            for r in some[:show]:
+                first = r.question.prompt.splitlines()[0]
+                lines.append(f"  {label:9} {first!r} -> {r.text.strip()[:60]!r} ({r.model})")
+    return lines

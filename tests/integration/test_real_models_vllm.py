@@ -8,11 +8,17 @@ which prompts did what."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import openai
+import orjson
 import pytest
 
+from routers.records import load_records
 from tests.support.example_policy import LARGE, SMALL, example_policy_text
 from tests.support.gateway import GatewayProcess
 
@@ -35,17 +41,22 @@ PROMPTS = (
 
 
 @pytest.fixture(scope="module")
-def client(
+def gateway(
     real_vllm_servers: dict[str, str], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[openai.OpenAI]:
+) -> Iterator[GatewayProcess]:
     work = tmp_path_factory.mktemp("real-models")
     policy = work / "policy.yaml"
     policy.write_text(example_policy_text(real_vllm_servers[SMALL], real_vllm_servers[LARGE]))
     gw = GatewayProcess(policy, work).start()
     try:
-        yield openai.OpenAI(base_url=gw.url + "/v1", api_key="unused", max_retries=0)
+        yield gw
     finally:
         gw.stop()
+
+
+@pytest.fixture(scope="module")
+def client(gateway: GatewayProcess) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0)
 
 
 def steps(client: openai.OpenAI, route: str, prompt: str) -> tuple[list[str], str]:
@@ -79,3 +90,30 @@ def test_ead_hands_some_answers_to_the_large_model(client: openai.OpenAI) -> Non
         if LARGE in models:
             switched.append(prompt)
     assert 0 < len(switched) < len(PROMPTS), switched
+
+
+def test_demo_eval_scores_the_real_models_and_writes_records(
+    gateway: GatewayProcess, tmp_path: Path
+) -> None:
+    """`routegate demo eval` on a few questions: real answers, some right (random weights get
+    none right), every route costed, and records `routers train` can read."""
+    out = tmp_path / "eval"
+    cmd = [sys.executable, "-m", "gateway.cli", "demo", "eval", "--base-url", gateway.url + "/v1",
+           "--limit", "8", "--models", f"{SMALL},{LARGE}", "--out", str(out)]  # fmt: skip
+    run = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=900, env={**os.environ, "COLUMNS": "160"}
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    print(run.stdout)
+    results = orjson.loads((out / "results.json").read_bytes())
+    routes, models = results["routes"], results["models"]
+    assert list(routes) == ["cheap", "best", "auto", "cascade", "ead"]
+    for summary in [*routes.values(), *models.values()]:
+        assert summary["asked"] == 8 and summary["errors"] == 0, summary
+        assert summary["cost_usd"] > 0
+    assert routes["best"]["cost_vs_strong"] == 1.0 and routes["cheap"]["cost_vs_strong"] < 1
+    # Both know some capitals: these two questions are answered right by at least one model.
+    capitals = [m["tasks"]["capitals"]["correct"] for m in models.values()]
+    assert max(capitals) >= 1, models
+    records = load_records(out / "records.jsonl")
+    assert {r.model for r in records} == {SMALL, LARGE} and len(records) == 16

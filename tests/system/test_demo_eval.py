@@ -121,7 +121,14 @@ def test_eval_prints_the_table_and_writes_results_and_records(
     )
     assert run.returncode == 0, run.stdout + run.stderr
     elapsed = time.monotonic() - started
-    for name in [*ROUTES, "weak (model)", "strong (model)", "Accuracy per task", "vs best"]:
+    for name in [
+        *ROUTES,
+        "weak (model)",
+        "strong (model)",
+        "Accuracy per task",
+        "vs best",
+        "cascade: escalated on 12 of 12 questions",
+    ]:
         assert name in run.stdout, run.stdout
 
     results = orjson.loads((out / "results.json").read_bytes())

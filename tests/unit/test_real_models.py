@@ -62,6 +62,6 @@ def test_the_base_model_template_starts_with_bos_and_asks_for_an_answer() -> Non
     ]
     text = template.render(messages=messages, bos_token="<bos>", add_generation_prompt=True)
     assert text == (
-        "<bos>Be brief.\n\nQuestion: What is 2 + 2?\nAnswer: 4\n\n"
-        "Question: What is the capital of France?\nAnswer:"
+        "<bos>Be brief.\n\nQuestion: What is 2 + 2?\n\nAnswer: 4\n\n"
+        "Question: What is the capital of France?\n\nAnswer:"
     )
