@@ -32,6 +32,10 @@ With `--start-servers` the bench starts its own tiny-small and tiny-large vLLM s
 mode) and empties both prefix caches before every request, so a cache hit is only a re-send
 within that request, never a repeat of the same prompt from an earlier run; against servers
 that refuse the reset (not in dev mode) it says so, and hits from earlier requests count too.
+Those servers cache in blocks of `--block-size` tokens, 32 by default: vLLM's default on CPU
+is 128, more than the whole prompt and text of most of these requests (~40-110 tokens), so
+nothing would ever be cached; 32 is the smallest its CPU attention takes (a multiple of 32),
+vLLM on GPU uses 16 (`--block-size 0` keeps the server default).
 
     python bench/ead_bench.py --start-servers --json var/bench/ead.json   # ~4 minutes
 """
@@ -105,6 +109,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--start-servers",
         action="store_true",
         help="start tiny-small and tiny-large vLLM servers here (and reset caches per request)",
+    )
+    p.add_argument(
+        "--block-size",
+        type=int,
+        default=32,
+        help="the started servers' KV block size (0: vLLM's default, 128 on CPU)",
     )
     p.add_argument("--models-dir", type=Path, default=Path("var/models"))
     p.add_argument("--log-dir", type=Path, default=Path("var/logs/ead-bench"))
@@ -369,6 +379,7 @@ async def main(a: argparse.Namespace) -> list[dict[str, Any]]:
                     "large_alone": large,
                     "small_ms_per_token": ms_per_token,
                     "caches_reset_per_request": reset.enabled and not reset.refused,
+                    "block_size": a.block_size if a.start_servers else None,
                     "cached_price_per_1m": {
                         m: cfg.pricing.cached_input_per_1m
                         for m, cfg in policy.models.items()
@@ -458,10 +469,12 @@ def start_tiny_servers(a: argparse.Namespace) -> list[Any]:
         VllmServer(
             name, folders[name], free_port(), a.log_dir / f"vllm-{name}.log",
             extra_env={"VLLM_SERVER_DEV_MODE": "1"},
+            extra_args=["--block-size", str(a.block_size)] if a.block_size else [],
         )
         for name in ("tiny-small", "tiny-large")
     ]  # fmt: skip
-    print(f"starting tiny-small and tiny-large (logs in {a.log_dir}) ...", flush=True)
+    block = f"block size {a.block_size}" if a.block_size else "vLLM's default block size"
+    print(f"starting tiny-small and tiny-large, {block} (logs in {a.log_dir}) ...", flush=True)
     launch(servers, timeout=300)
     a.small, a.small_model = servers[0].base_url, "tiny-small"
     a.large, a.large_model = servers[1].base_url, "tiny-large"
