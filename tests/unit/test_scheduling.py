@@ -14,8 +14,9 @@ import pytest
 
 from gateway.backends.base import CallLimits, UpstreamCall
 from gateway.backends.http_client import new_upstream_client
-from gateway.backends.vllm_pool import VllmPool
-from gateway.backends.vllm_pool.scheduling import block_hashes, prompt_text
+from gateway.backends.vllm_pool import EngineState, VllmPool
+from gateway.backends.vllm_pool.endpoints import Endpoint
+from gateway.backends.vllm_pool.scheduling import block_hashes, prompt_text, queue_load
 from policies.loader import PolicyError, parse_policy
 from policies.schema import VllmModel
 from tests.support.inprocess import in_process_gateway
@@ -152,6 +153,55 @@ async def test_queue_scorer_falls_back_to_outstanding_without_metrics(
         up.mode, up.delay_s = "slow", 0.2
     await asyncio.gather(*(p.complete(chat("hi")) for _ in range(6)))
     assert [u.hits for u in ups[:2]] == [3, 3]
+
+
+def test_queue_load_swaps_our_stale_part_for_the_live_count() -> None:
+    e = Endpoint("http://a/v1")
+    e.outstanding = 2
+    assert queue_load(e) == 2  # no vLLM figures: this process's count
+    # Read when 1 of vLLM's 5 was ours; 3 of ours in flight now: 4 others' + 3 ours.
+    e.engine, e.own_at_read, e.outstanding = EngineState(running=3, waiting=2, read_at=1), 1, 3
+    assert queue_load(e) == 7
+    e.outstanding = 0  # ours finished since the read: only the others' remain
+    assert queue_load(e) == 4
+    # vLLM counted fewer than we had out (in transit, or done there): never below ours.
+    e.engine, e.own_at_read, e.outstanding = EngineState(running=1, read_at=1), 4, 2
+    assert queue_load(e) == 2
+
+
+async def test_queue_scorer_counts_a_burst_sent_since_the_last_read(
+    ups: list[Upstream], client: httpx.AsyncClient
+) -> None:
+    # One other client's request on b when the metrics were read; none then on a. The
+    # figures stay as read (poll interval 60 s) while a burst of six goes out: scored on the
+    # bare figures, a looks idle all along and takes all six; with our live count on top
+    # it takes its share.
+    ups[0].metrics_text, ups[1].metrics_text = new_names(0, 0, 0, 0, 0), new_names(1, 0, 0, 0, 0)
+    p = pool(ups[:2], client, {"scorers": {"queue": 1}})
+    await p.engines.read_all()
+    for up in ups[:2]:
+        up.mode, up.delay_s = "slow", 0.3
+    got = await asyncio.gather(*(p.complete(chat("hi")) for _ in range(6)))
+    on_a = sum(1 for g in got if g.endpoint == ups[0].base_url)
+    assert on_a in (3, 4), on_a
+
+
+async def test_prefix_aware_imbalance_bound_sees_a_burst_with_stale_metrics(
+    ups: list[Upstream], client: httpx.AsyncClient
+) -> None:
+    # Both endpoints idle when last read. Eight calls on one hot prefix at once: the bound
+    # must see the calls already sent to the prefix's endpoint, not vLLM's figure from before
+    # them (that piled all eight onto it).
+    for up in ups[:2]:
+        up.metrics_text = new_names(0, 0, 0, 0, 0)
+    p = pool(ups[:2], client, "prefix_aware")
+    await p.engines.read_all()
+    home = (await p.complete(chat(doc(1)))).endpoint
+    for up in ups[:2]:
+        up.mode, up.delay_s = "slow", 0.3
+    got = await asyncio.gather(*(p.complete(chat(doc(1) + f" q{i}")) for i in range(8)))
+    on_home = sum(1 for g in got if g.endpoint == home)
+    assert 3 <= on_home <= 5, on_home
 
 
 async def test_sticky_by_user_field(ups: list[Upstream], client: httpx.AsyncClient) -> None:

@@ -38,6 +38,7 @@ class Endpoint:
         "healthy",
         "metrics_url",
         "outstanding",
+        "own_at_read",
         "probe_failures",
     )
 
@@ -57,6 +58,9 @@ class Endpoint:
         # The server's own load, from its /metrics (engine_poll.py); empty until read.
         self.engine = EngineState()
         self.engine_status = "unread"  # unread | ok | absent | malformed | unreachable
+        # This process's outstanding count when `engine` was read: the part of vLLM's running
+        # + waiting that was ours then, so the scheduler can swap it for the live count.
+        self.own_at_read = 0
 
     def usable(self, now: float) -> bool:
         return self.healthy and now >= self.down_until

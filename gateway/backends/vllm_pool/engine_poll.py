@@ -81,6 +81,9 @@ class EnginePoller:
         await asyncio.gather(*(self.read(e) for e in due))
 
     async def read(self, endpoint: Endpoint) -> None:
+        # Ours in flight when vLLM drew the page: somewhere between the send and the answer;
+        # the smaller count, so requests of ours that ended meanwhile count as others' at worst.
+        before = endpoint.outstanding
         try:
             async with asyncio.timeout(self._timeout_s):
                 resp = await self._client.get(endpoint.metrics_url, timeout=self._timeout_s)
@@ -102,6 +105,7 @@ class EnginePoller:
         except Exception as exc:  # whatever a hostile page does to the parser: the loop lives on
             self._set(endpoint, "malformed", _EMPTY, repr(exc))
             return
+        endpoint.own_at_read = min(before, endpoint.outstanding)
         self._set(endpoint, "ok", state)
 
     def _set(self, endpoint: Endpoint, status: str, state: EngineState, why: str = "") -> None:

@@ -6,7 +6,8 @@
 - scorers, each 0..1 per usable endpoint, summed by weight: `prefix` (the share of the
   prompt's leading text blocks this pool last sent to that endpoint: its prefix cache likely
   holds them; chained block hashes as in vLLM's own block hashing), `queue` (vLLM's running +
-  waiting from its /metrics, this process's outstanding count where it has none), `kv` (free
+  waiting from its /metrics with this process's part of it brought up to date: see `queue_load`;
+  this process's outstanding count where it has none), `kv` (free
   KV cache from its /metrics), `outstanding` (this process's count); the two load scorers
   give (least + 1) / (load + 1), the shortest queue's length against the one the call joins.
   An endpoint whose load passes `max_imbalance` times the least-loaded one's (at least 1)
@@ -137,7 +138,7 @@ class Scheduler:
         usable = [e for e in order if e.usable(now)]
         if len(usable) < 2 and not w.prefix:
             return Choice(order)
-        loads = [_queue(e) for e in usable]
+        loads = [queue_load(e) for e in usable]
         min_load = min(loads)
         min_out = min(e.outstanding for e in usable)
         blocks = None
@@ -179,9 +180,18 @@ def _shortest_share(load: float, least: float) -> float:
     return (least + 1.0) / (load + 1.0)
 
 
-def _queue(e: Endpoint) -> float:
-    """The endpoint's queue as vLLM counts it (every client's), else this process's count."""
+def queue_load(e: Endpoint) -> float:
+    """The queue the call would join: every other client's requests as vLLM last counted
+    them, plus this process's own as they are now.
+
+    vLLM's running + waiting is read every `metrics_interval_s` (1 s by default), and in that
+    second this process may have sent the endpoint several requests: scored on the bare
+    figure, every call of a burst saw the endpoint as idle and piled onto it. So the part of
+    the figure that was ours when it was read (`own_at_read`) is swapped for the live
+    outstanding count: the other replicas' and direct callers' load stays the shared truth
+    from the metrics, ours is never stale. Without vLLM figures: this process's count."""
     running, waiting = e.engine.running, e.engine.waiting
     if running is None and waiting is None:
         return float(e.outstanding)
-    return (running or 0.0) + (waiting or 0.0)
+    others = max(0.0, (running or 0.0) + (waiting or 0.0) - e.own_at_read)
+    return others + e.outstanding
