@@ -32,6 +32,12 @@ same multi-turn workload, one strategy after the other:
   other work the pool falls behind, requests pile up, and the running ones crowd idle
   contexts out of the cache: the `in flight` column shows when that happened.)
 
+The servers run with `--max-num-batched-tokens 256` (vLLM's token budget per engine step):
+with vLLM's default a cold first turn prefills in one step of several seconds, and every turn
+that arrives meanwhile, cached or not, waits for all of it, whichever strategy sent it there.
+Chunked, a cached turn is served between a cold turn's chunks. `--max-num-batched-tokens 0`
+keeps vLLM's default (docs/bench.md has both).
+
 No strategy profits from another's cache: each gets documents from its own seed, and both
 servers' prefix caches are emptied before it (vLLM's dev-mode POST /reset_prefix_cache).
 
@@ -558,6 +564,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-dir", type=Path, default=Path("var/logs/prefix-bench"))
     parser.add_argument("--kv-cache", default="1G", help="vLLM --kv-cache-memory-bytes each")
     parser.add_argument(
+        "--max-num-batched-tokens",
+        type=int,
+        default=256,
+        help="vLLM's token budget per step (0: vLLM's default); a small one chunks a cold "
+        "prefill, so that turns queued behind it are not held for the whole of it",
+    )
+    parser.add_argument(
         "--endpoints", nargs="+", help="use these running servers (…/v1) instead of starting two"
     )
     parser.add_argument("--served-name", default=SERVED, help="their served model name")
@@ -581,7 +594,9 @@ def main(argv: list[str] | None = None) -> int:
                 SERVED, model_dir, free_port(), args.log_dir / f"vllm-{SERVED}-{i}.log",
                 tool_parser=None,
                 extra_args=["--max-model-len", str(MAX_MODEL_LEN),
-                            "--kv-cache-memory-bytes", args.kv_cache],
+                            "--kv-cache-memory-bytes", args.kv_cache,
+                            *(["--max-num-batched-tokens", str(args.max_num_batched_tokens)]
+                              if args.max_num_batched_tokens else [])],
                 # dev mode: POST /reset_prefix_cache, to start each strategy cold
                 extra_env={"VLLM_SERVER_DEV_MODE": "1"},
             )
