@@ -42,7 +42,10 @@ def demo_up(
     ),
     tiny: Annotated[
         bool,
-        typer.Option(help="Serve the tiny random-weight models instead (policy: --policy)."),
+        typer.Option(
+            help="Serve the tiny random-weight models instead (fast to start, gibberish "
+            "answers), under the example policy's routes."
+        ),
     ] = False,
     policy: Annotated[
         Path | None, typer.Option(help="Policy file; default: the example policy.")
@@ -65,6 +68,15 @@ def demo_up(
     for s in servers:
         out.print(f"demo: {s.name} on {s.base_url}")
     out.print(f"demo: models ready in {time.monotonic() - started:.0f} s")
+    if tiny and policy is None:
+        # The example names the real pair; the tiny one serves the same routes under its names.
+        from gateway.demo.example_policy import example_policy_text
+        from gateway.demo.vllm_servers import TINY_MODELS
+
+        policy = models_dir / "example-tiny.yaml"
+        policy.write_text(
+            example_policy_text(small_served=TINY_MODELS[0], large_served=TINY_MODELS[1])
+        )
     try:
         serve(
             policy=policy,
