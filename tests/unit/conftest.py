@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any, NoReturn
 
+import httpx
 import pytest
 
 from gateway.state import MemoryState, State
@@ -37,3 +38,22 @@ def _no_processes(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(os, "fork", _refuse)
     monkeypatch.setattr(os, "posix_spawn", _refuse)
     monkeypatch.setattr(os, "posix_spawnp", _refuse)
+
+
+# -- two fake upstreams on loopback, and the gateway's own upstream client (pool tests) -------
+from gateway.backends.http_client import new_upstream_client  # noqa: E402
+from tests.support.upstream import Upstream  # noqa: E402
+
+
+@pytest.fixture
+def ups() -> Iterator[list[Upstream]]:
+    started = [Upstream("a").start(), Upstream("b").start()]
+    yield started
+    for up in started:
+        up.stop()
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[httpx.AsyncClient]:
+    async with new_upstream_client() as c:  # the gateway's own client and transport
+        yield c

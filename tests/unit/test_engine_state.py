@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +14,6 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.backends.http_client import new_upstream_client
 from gateway.backends.vllm_pool import EngineState, VllmPool
 from gateway.backends.vllm_pool.engine_poll import ALL_NAMES, wanted_lines
 from gateway.backends.vllm_pool.engine_state import (
@@ -101,20 +100,6 @@ def test_malformed_and_foreign_pages() -> None:
 
 
 # -- read by the pool, over HTTP --------------------------------------------------------------
-
-
-@pytest.fixture
-def ups() -> Iterator[list[Upstream]]:
-    started = [Upstream("a").start(), Upstream("b").start()]
-    yield started
-    for up in started:
-        up.stop()
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with new_upstream_client() as c:
-        yield c
 
 
 def pool(urls: list[str], client: httpx.AsyncClient, interval_s: float = 0.05) -> VllmPool:

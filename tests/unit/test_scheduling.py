@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,6 @@ import httpx
 import pytest
 
 from gateway.backends.base import CallLimits, UpstreamCall
-from gateway.backends.http_client import new_upstream_client
 from gateway.backends.vllm_pool import EngineState, VllmPool
 from gateway.backends.vllm_pool.endpoints import Endpoint
 from gateway.backends.vllm_pool.scheduling import block_hashes, prompt_text, queue_load
@@ -30,12 +29,6 @@ def ups() -> Iterator[list[Upstream]]:
     yield started
     for up in started:
         up.stop()
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with new_upstream_client() as c:
-        yield c
 
 
 def pool(ups: list[Upstream], client: httpx.AsyncClient, scheduling: Any = None) -> VllmPool:

@@ -3,32 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
 
 from gateway.backends.base import UpstreamCall, UpstreamError
-from gateway.backends.http_client import new_upstream_client
 from gateway.backends.vllm_pool import VllmPool
 from policies.schema import VllmModel
 from tests.support.upstream import Upstream, free_port
 
 BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
-
-
-@pytest.fixture
-def ups() -> Iterator[list[Upstream]]:
-    started = [Upstream("a").start(), Upstream("b").start()]
-    yield started
-    for up in started:
-        up.stop()
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with new_upstream_client() as c:  # the gateway's own client and transport
-        yield c
 
 
 def pool(
