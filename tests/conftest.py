@@ -26,6 +26,15 @@ from gateway.demo.vllm_servers import (
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+def distinct_ports(n: int) -> list[int]:
+    """n free ports, distinct even if the OS hands one out twice."""
+    ports: list[int] = []
+    while len(ports) < n:
+        if (port := free_port()) not in ports:
+            ports.append(port)
+    return ports
+
+
 @pytest.fixture(scope="session")
 def tiny_models() -> dict[str, Path]:
     """name -> folder of the tiny demo models, built once and cached across sessions."""
@@ -47,11 +56,7 @@ def vllm_server_handles(
     if importlib.util.find_spec("vllm") is None:
         pytest.fail("vLLM is not installed: run `bash deploy/setup.sh`", pytrace=False)
 
-    ports: list[int] = []
-    while len(ports) < len(tiny_models):  # distinct even if the OS hands one out twice
-        port = free_port()
-        if port not in ports:
-            ports.append(port)
+    ports = distinct_ports(len(tiny_models))
     specs = [
         (name, folder, port)
         for (name, folder), port in zip(tiny_models.items(), ports, strict=True)
@@ -99,10 +104,7 @@ def real_vllm_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict
         folders = demo_model_folders(models)
     except RealModelError as exc:
         pytest.fail(f"could not prepare the real demo models:\n{exc}", pytrace=False)
-    ports: list[int] = []
-    while len(ports) < len(folders):
-        if (port := free_port()) not in ports:
-            ports.append(port)
+    ports = distinct_ports(len(folders))
     specs = [
         (name, folder, port) for (name, folder), port in zip(folders.items(), ports, strict=True)
     ]
