@@ -6,10 +6,11 @@ names, and tests start servers on free ports: both need the same routes on other
 
 from __future__ import annotations
 
+from gateway.demo.vllm_servers import DEMO_MODELS, DEMO_PORTS
 from policies.loader import example_policy_path
 
-SMALL, LARGE = "smollm2-135m", "gemma3-270m"
-SMALL_URL, LARGE_URL = "http://127.0.0.1:8101/v1", "http://127.0.0.1:8102/v1"
+SMALL, LARGE = DEMO_MODELS
+SMALL_URL, LARGE_URL = (f"http://127.0.0.1:{port}/v1" for port in DEMO_PORTS)
 
 
 def example_policy_text(

