@@ -20,6 +20,12 @@ from tests.support.inprocess import in_process_gateway
 PACING = PacingConfig(budget_usd=1.0, period="day", update_interval_s=0.02)
 PACED = CostAwareRoute(kind="cost_aware", models=["cheap", "strong"], pacing=PACING)
 UNPACED = CostAwareRoute(kind="cost_aware", models=["cheap", "strong"])
+# Long enough that two calls in a row fall within one interval on a loaded CI machine.
+STEADY = CostAwareRoute(
+    kind="cost_aware",
+    models=["cheap", "strong"],
+    pacing=PacingConfig(budget_usd=1.0, period="day", update_interval_s=0.5),
+)
 
 
 async def spend(state: State, route: str, usd: float) -> None:
@@ -38,17 +44,18 @@ async def test_an_unpaced_route_and_no_route_have_a_neutral_multiplier(state: St
 
 async def test_a_paced_routes_multiplier_rises_when_spend_runs_ahead(state: State) -> None:
     pacers = Pacers(state)
-    (budget,) = pacers.budgets(None, "paced", PACED, time.time())
+    (budget,) = pacers.budgets(None, "paced", STEADY, time.time())
     assert (budget.limit_usd, budget.name) == (1.0, route_budget("paced", PACING, time.time()).name)
 
-    idle = await pacers.multiplier(None, "paced", PACED)
+    idle = await pacers.multiplier(None, "paced", STEADY)
     assert 0 < idle <= 1.0  # nothing spent: at or behind plan
     await spend(state, "paced", 0.995)  # nearly all of today's budget, at any hour of the day
     # Between updates the cached multiplier stands; after the interval the spend is read.
-    assert await pacers.multiplier(None, "paced", PACED) == idle
-    await asyncio.sleep(PACING.update_interval_s * 2)
-    ahead = await pacers.multiplier(None, "paced", PACED)
-    assert ahead > 10 * idle and ahead <= PACING.max_multiplier
+    assert await pacers.multiplier(None, "paced", STEADY) == idle
+    assert STEADY.pacing is not None
+    await asyncio.sleep(STEADY.pacing.update_interval_s * 2)
+    ahead = await pacers.multiplier(None, "paced", STEADY)
+    assert ahead > 10 * idle and ahead <= STEADY.pacing.max_multiplier
 
 
 async def test_pacers_sharing_a_state_agree(state: State) -> None:
