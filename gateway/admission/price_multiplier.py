@@ -43,10 +43,10 @@ class Pacers:
         factors = []
         if route is not None and config is not None and config.pacing is not None:
             budget = route_budget(route, config.pacing, now)
-            pacing = await self._planned(config.pacing, "route", route, now)
+            pacing = await self.plan_for(config.pacing, "route", route, now)
             factors.append(await self._factor(f"route:{route}", pacing, budget))
         if key is not None and key.pacing is not None:
-            pacing = await self._planned(
+            pacing = await self.plan_for(
                 PacingConfig.model_validate(key.pacing), "key", key.id, now
             )
             budget = key_budget(key, now)
@@ -54,10 +54,11 @@ class Pacers:
                 factors.append(await self._factor(f"key:{key.id}", pacing, budget))
         return max(factors, default=1.0)
 
-    async def _planned(
+    async def plan_for(
         self, pacing: PacingConfig, kind: str, owner: str, now: float
     ) -> PacingConfig:
-        """A learned plan as the custom curve it is this window (uniform without history)."""
+        """`pacing` with its plan as it stands this window: a learned plan as the custom curve
+        it is (uniform without history); any other plan as it is. `kind`: "route" or "key"."""
         if pacing.plan != "learned":
             return pacing
         weights = await self._plans.weights(kind, owner, pacing.period, now)

@@ -15,6 +15,7 @@ from typing import Any
 from gateway.accounting.log_store import open_reader
 from gateway.admission.access import Budget, key_budget, route_budget
 from gateway.admission.pacing_controller import planned_fraction
+from gateway.admission.price_multiplier import Pacers
 from gateway.percentiles import percentile
 from gateway.runtime import Runtime
 from gateway.state import State
@@ -111,7 +112,8 @@ async def _budget_row(
     state: State, kind: str, name: str, budget: Budget, pacing: PacingConfig | None,
     controller: str, now: float,
 ) -> dict[str, Any]:  # fmt: skip
-    """`controller`: the pacing state's name, as gateway/admission/price_multiplier.py gives it."""
+    """`controller`: the pacing state's name, as gateway/admission/price_multiplier.py gives it.
+    `pacing`: with its plan as the controller runs it this window (`Pacers.plan_for`)."""
     spent, reserved = await state.budget_usage(budget.name, now)
     row: dict[str, Any] = {
         "kind": kind,
@@ -131,20 +133,26 @@ async def _budget_row(
     return row
 
 
-async def budgets(state: State, runtime: Runtime, now: float) -> list[dict[str, Any]]:
-    """Paced routes, then keys with a budget: spend read from the same counters access uses."""
+async def budgets(
+    state: State, pacers: Pacers, runtime: Runtime, now: float
+) -> list[dict[str, Any]]:
+    """Paced routes, then keys with a budget: spend read from the same counters access uses,
+    and the plan the pacing controller follows (a learned plan as learned, not uniform)."""
     rows = []
     for name, route in runtime.policy.routes.items():
         if route.pacing is not None:
             budget = route_budget(name, route.pacing, now)
+            pacing = await pacers.plan_for(route.pacing, "route", name, now)
             rows.append(
-                await _budget_row(state, "route", name, budget, route.pacing, f"route:{name}", now)
+                await _budget_row(state, "route", name, budget, pacing, f"route:{name}", now)
             )
     for key in sorted(await state.list_keys(), key=lambda k: k.created_at):
         budget = key_budget(key, now)
         if budget is None or not key.active:
             continue
         pacing = PacingConfig.model_validate(key.pacing) if key.pacing else None
+        if pacing is not None:
+            pacing = await pacers.plan_for(pacing, "key", key.id, now)
         label = f"{key.id} ({key.name or key.team})"
         rows.append(await _budget_row(state, "key", label, budget, pacing, f"key:{key.id}", now))
     return rows
@@ -183,7 +191,12 @@ def policy_info(runtime: Runtime, last_error: Exception | None) -> dict[str, Any
 
 
 async def snapshot(
-    log: str | Path, state: State, runtime: Runtime, last_error: Exception | None, window: str
+    log: str | Path,
+    state: State,
+    pacers: Pacers,
+    runtime: Runtime,
+    last_error: Exception | None,
+    window: str,
 ) -> dict[str, Any]:
     """`log`: the request log's SQLite path or Postgres URL."""
     now = time.time()
@@ -198,7 +211,7 @@ async def snapshot(
         "now": now,
         "window": window if window in WINDOWS_S else DEFAULT_WINDOW,
         "traffic": stats,
-        "budgets": await budgets(state, runtime, now),
+        "budgets": await budgets(state, pacers, runtime, now),
         "endpoints": endpoints(runtime),
         "policy": policy_info(runtime, last_error),
     }

@@ -75,6 +75,7 @@ async def _snapshot(request: Request) -> dict[str, Any]:
     return await snapshot(
         request.app.state.dashboard_log_path,
         services.access.state,
+        services.pacers,
         holder.current,
         holder.last_error,
         window,

@@ -94,3 +94,39 @@ async def test_the_feed_and_page_show_which_replica_served_what(
         assert '<table id="replicas-table">' in page.text and "<td>r2</td>" in page.text
         ready = (await gw.client.get("/readyz")).json()
         assert ready["request_log"] == {"store": "sqlite", "spooled_total": 0, "spool_depth": 0}
+
+
+LEARNED_POLICY = """
+version: 1
+defaults: {max_tokens: 5}
+models:
+  fast:
+    provider: vllm
+    endpoints: [http://fast.invalid/v1]
+    pricing: {input_per_1m: 1.0, output_per_1m: 2.0}
+routes:
+  paced:
+    models: [fast]
+    pacing: {budget_usd: 1.0, period: day, plan: learned}
+"""
+
+
+async def test_a_learned_plan_is_shown_as_learned_not_uniform(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("ROUTEGATE_MASTER_KEY", raising=False)  # an open dashboard
+    async with in_process_gateway(LEARNED_POLICY, tmp_path) as gw:
+        # Yesterday (UTC) all of the route's spend fell between 18:00 and 22:00.
+        today = time.time() // 86400 * 86400
+        log = gw.app.state.services.request_log
+        for i, hour in enumerate([18, 19, 20, 21] * 3):
+            ts = today - 86400 + hour * 3600 + 60
+            log.write(RequestRecord(f"y{i}", ts, "chat", False, route="paced", cost_usd=0.01))
+        await asyncio.to_thread(log.flush)
+
+        feed = (await gw.client.get("/dashboard/data.json")).json()
+        hours = (time.time() - today) / 3600
+        (row,) = [b for b in feed["budgets"] if b["name"] == "paced"]
+        # The plan: 15 % spread evenly over the day, 85 % over yesterday's busy hours.
+        learned = 0.15 * hours / 24 + 0.85 * min(max(hours - 18, 0), 4) / 4
+        assert row["planned_fraction"] == pytest.approx(learned, abs=1e-4)

@@ -63,13 +63,13 @@ async def test_yesterdays_evening_traffic_shapes_todays_plan(state: State, tmp_p
     write_yesterday(log, "paced", [18, 19, 20, 21] * 5)  # all of yesterday's spend: 18-22 h
     pacing = PacingConfig(budget_usd=1.0, period="day", plan="learned")
     pacers = Pacers(state, log)
-    learned = await pacers._planned(pacing, "route", "paced", TODAY + 600)
+    learned = await pacers.plan_for(pacing, "route", "paced", TODAY + 600)
     assert isinstance(learned.plan, list) and len(learned.plan) == 24
     noon, evening = TODAY + 12 * 3600, TODAY + 22 * 3600
     assert planned_fraction(learned, noon) == pytest.approx(MIX * 12 / 24)
     assert planned_fraction(learned, evening) == pytest.approx((1 - MIX) + MIX * 22 / 24)
     # Another route had no traffic yesterday: uniform.
-    other = await pacers._planned(pacing.model_copy(), "route", "quiet", TODAY + 600)
+    other = await pacers.plan_for(pacing.model_copy(), "route", "quiet", TODAY + 600)
     assert other.plan == "uniform"
     assert planned_fraction(other, noon) == pytest.approx(0.5)
     # The gateway's multiplier for a learned-plan route runs on the learned curve.

@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from gateway.accounting.request_log import RequestLog, RequestRecord
+from gateway.admission.price_multiplier import Pacers
 from gateway.dashboard.data import snapshot
 from gateway.percentiles import percentile
 from gateway.report.build import build_report
@@ -62,7 +63,7 @@ async def test_report_and_dashboard_agree_on_p50_and_p95(tmp_path: Path) -> None
         runtime = build_runtime(policy, POLICY, "policy.yaml", client)
         state = MemoryState()
         try:
-            shown = await snapshot(path, state, runtime, None, "1h")
+            shown = await snapshot(path, state, Pacers(state, path), runtime, None, "1h")
         finally:
             await state.aclose()
     traffic = shown["traffic"]
