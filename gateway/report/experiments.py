@@ -1,6 +1,8 @@
 """`--by arm`: each experiment's arms side by side, with 95 % confidence intervals and a test
 of every arm against the experiment's first arm (Welch's t-test for means, a two-proportion
-z-test for rates; "significant" at p < 0.05).
+z-test for rates). With more than one arm against the control, each metric's p-values are
+adjusted by Holm's step-down method, so that "significant" (adjusted p < 0.05) holds for the
+whole experiment, not for each comparison alone; `p_value` stays the test's own.
 
 Rows belong to an arm by the `experiment` note the gateway writes into their `extra`;
 feedback comes from the log's feedback table, a user's score before any other source's.
@@ -83,8 +85,21 @@ def _rate_ci(k: int, n: int) -> dict[str, Any]:
 
 def _verdict(p: float | None, test: str) -> dict[str, Any]:
     if p is None or math.isnan(p):
-        return {"test": test, "p_value": None, "significant": False}
-    return {"test": test, "p_value": p, "significant": p < ALPHA}
+        return {"test": test, "p_value": None, "p_adjusted": None, "significant": False}
+    return {"test": test, "p_value": p, "p_adjusted": p, "significant": p < ALPHA}
+
+
+def holm(verdicts: list[dict[str, Any]]) -> None:
+    """Holm's step-down adjustment of these tests' p-values (one metric, every arm against the
+    control), in place: the i-th smallest of m is multiplied by m - i, kept monotone, capped
+    at 1; `significant` is then read off the adjusted value. Tests without a p-value are not
+    counted."""
+    tested = sorted((v for v in verdicts if v["p_value"] is not None), key=lambda v: v["p_value"])
+    m, running = len(tested), 0.0
+    for i, v in enumerate(tested):
+        running = max(running, min(1.0, (m - i) * v["p_value"]))
+        v["p_adjusted"] = running
+        v["significant"] = running < ALPHA
 
 
 def welch(a: array[float], b: array[float]) -> dict[str, Any]:
@@ -160,14 +175,13 @@ class Experiments:
             policy = [a for a in self.arm_order.get(name, []) if a in seen]
             order = policy + [a for a in seen if a not in policy]
             first = seen[order[0]]
+            compared = {arm: _compare(seen[arm], first) for arm in order[1:]}
+            for metric in ("cost", "latency", "feedback", "escalation", "error"):
+                holm([c[metric] for c in compared.values()])
             out[name] = {
                 "control": order[0],
                 "arms": {
-                    arm: {
-                        **_figures(seen[arm]),
-                        "vs_control": None if i == 0 else _compare(seen[arm], first),
-                    }
-                    for i, arm in enumerate(order)
+                    arm: {**_figures(seen[arm]), "vs_control": compared.get(arm)} for arm in order
                 },
             }
         return out

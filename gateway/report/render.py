@@ -117,7 +117,11 @@ def _interval(ci: list[float] | None, show: Any) -> str:
 def _vs(test: dict[str, Any] | None) -> str:
     if test is None or test["p_value"] is None:
         return ""
-    return f"\np={test['p_value']:.3g}" + (" significant" if test["significant"] else "")
+    adjusted = test.get("p_adjusted")
+    shown = f"\np={test['p_value']:.3g}"
+    if adjusted is not None and adjusted != test["p_value"]:
+        shown += f" (Holm {adjusted:.3g})"
+    return shown + (" significant" if test["significant"] else "")
 
 
 def _mean_cell(figure: dict[str, Any], show: Any, test: dict[str, Any] | None) -> str:
@@ -142,7 +146,7 @@ EXPERIMENT_HEADERS = (
 )  # fmt: skip
 EXPERIMENT_CAPTION = (
     "[95 % CI]; p: vs the control (first arm): Welch's t-test on means, two-proportion z-test "
-    "on rates; significant: p < 0.05"
+    "on rates; significant: p < 0.05, Holm-adjusted (shown) when several arms face the control"
 )
 
 

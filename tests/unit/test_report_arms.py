@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from gateway.accounting.request_log import FeedbackRecord, RequestLog, RequestRecord
 from gateway.cli import app
+from gateway.report.experiments import holm
 
 T0 = 1_767_225_600.0
 
@@ -99,6 +100,8 @@ def test_arms_with_intervals_and_tests_in_json(log_and_policy) -> None:
     for metric in ("cost", "latency", "feedback", "error"):
         assert dear["vs_control"][metric]["significant"], metric
         assert dear["vs_control"][metric]["p_value"] < 0.001
+        # Two arms face the control: Holm doubles the smaller p-value of the two at least.
+        assert dear["vs_control"][metric]["p_adjusted"] >= 2 * dear["vs_control"][metric]["p_value"]
         assert not same["vs_control"][metric]["significant"], (metric, same["vs_control"])
     # No cascade in these arms: nothing to test.
     assert dear["escalation"]["rate"] is None
@@ -129,3 +132,17 @@ def test_html_and_csv_carry_the_arms(log_and_policy, tmp_path: Path) -> None:
     assert " significant" in dear and " significant" not in same
     csv_out = run("--log", log, "--policy", policy, "--by", "arm", "--format", "csv")
     assert csv_out.exit_code == 0 and "\nab=dear," in csv_out.stdout
+
+
+def test_several_arms_against_the_control_are_held_to_holms_adjusted_p() -> None:
+    # Holm's textbook case: raw p 0.01, 0.04, 0.03 are each below 0.05; adjusted they are
+    # 0.03, 0.06, 0.06, and only the first stays significant.
+    verdicts = [
+        {"test": "welch_t", "p_value": p, "p_adjusted": p, "significant": True}
+        for p in (0.01, 0.04, 0.03)
+    ]
+    untested = {"test": "welch_t", "p_value": None, "p_adjusted": None, "significant": False}
+    holm([*verdicts, untested])
+    assert [v["p_adjusted"] for v in verdicts] == pytest.approx([0.03, 0.06, 0.06])
+    assert [v["significant"] for v in verdicts] == [True, False, False]
+    assert untested["p_adjusted"] is None and not untested["significant"]
