@@ -11,6 +11,13 @@ import yarl
 from httpx_aiohttp import AiohttpTransport
 from httpx_aiohttp.transport import map_aiohttp_exceptions
 
+# An idle connection is dropped after this long, before the upstream's own keep-alive runs
+# out: vLLM (uvicorn) closes idle connections after 5 s. At an equal 5 s, a request sent on a
+# connection the server is closing that moment is reset and answered 503; on a loaded box
+# that moment lasts long enough to hit (16 resets in 200 reuses against a GIL-starved
+# uvicorn, none at 4 s).
+KEEPALIVE_S = 4.0
+
 
 def new_upstream_client() -> httpx.AsyncClient:
     """Pooled keep-alive connections under httpx's interface.
@@ -19,7 +26,9 @@ def new_upstream_client() -> httpx.AsyncClient:
     syscall on each request, which cost 4x the throughput and 15x the p99 at 64 concurrent
     (bench/gateway_overhead.py).
     """
-    limits = httpx.Limits(max_connections=2000, max_keepalive_connections=512)
+    limits = httpx.Limits(
+        max_connections=2000, max_keepalive_connections=512, keepalive_expiry=KEEPALIVE_S
+    )
     return httpx.AsyncClient(
         transport=AiohttpTransport(limits=limits), timeout=httpx.Timeout(120.0, connect=5.0)
     )

@@ -231,3 +231,73 @@ async def test_cached_prompt_tokens_are_read_whole_and_streamed(
     chunks = [c async for c in stream]
     assert chunks[-1]["usage"]["prompt_tokens_details"] == details
     assert stream.usage.cached_tokens == 4 and stream.usage.exact
+
+
+class ClosingKeepAlive:
+    """An HTTP/1.1 upstream whose keep-alive runs out while a request is on its way: a request
+    that arrives on a connection idle for `keepalive_s` or more is reset unread, as uvicorn
+    (vLLM's server) does when its 5 s keep-alive timer fires late on a busy loop. Raw sockets,
+    because no server library lets a test choose that moment."""
+
+    ANSWER = (
+        b'{"id":"c","object":"chat.completion","model":"m","choices":[{"index":0,'
+        b'"message":{"role":"assistant","content":"ok"},"finish_reason":"stop"}],'
+        b'"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}'
+    )
+
+    def __init__(self, keepalive_s: float):
+        self.keepalive_s = keepalive_s
+        self.connections = self.resets = 0
+
+    async def __aenter__(self) -> str:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}/v1"
+
+    async def __aexit__(self, *_: object) -> None:
+        self._server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        loop = asyncio.get_running_loop()
+        idle_since = loop.time()
+        while head := await reader.readuntil(b"\r\n\r\n"):
+            if loop.time() - idle_since >= self.keepalive_s:
+                self.resets += 1
+                writer.transport.abort()  # closed with the request unread: a reset
+                return
+            length = next(
+                int(line.split(b":")[1]) for line in head.lower().split(b"\r\n")
+                if line.startswith(b"content-length")
+            )  # fmt: skip
+            await reader.readexactly(length)
+            writer.write(
+                b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                + b"content-length: %d\r\n\r\n" % len(self.ANSWER)
+                + self.ANSWER
+            )
+            await writer.drain()
+            idle_since = loop.time()
+
+
+async def test_an_idle_connection_is_dropped_before_vllms_keepalive_closes_it(
+    client: httpx.AsyncClient,
+) -> None:
+    # A connection idle 4.5 s is one vLLM may be closing that moment; it is not reused, so
+    # the call after the pause opens a new one instead of being reset into a 503.
+    upstream = ClosingKeepAlive(keepalive_s=4.5)
+    async with upstream as url:
+        p = VllmPool(
+            "m",
+            VllmModel(
+                provider="vllm", endpoints=[url], pricing={"input_per_1m": 1, "output_per_1m": 1}
+            ),
+            client,
+            health_interval_s=600,
+        )
+        first = await p.complete(call(retries=0))
+        await asyncio.sleep(4.7)
+        second = await p.complete(call(retries=0))
+        await p.aclose()
+    assert first.body["choices"][0]["message"]["content"] == "ok"
+    assert second.body["choices"][0]["message"]["content"] == "ok"
+    assert upstream.resets == 0 and upstream.connections >= 2
