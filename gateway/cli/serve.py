@@ -95,9 +95,12 @@ def serve(
         int,
         typer.Option(
             envvar="ROUTEGATE_KEEP_ALIVE_TIMEOUT_S",
-            help="Seconds an idle keep-alive connection stays open.",
+            help="Seconds an idle keep-alive connection stays open. Longer than clients' own "
+            "expiry (the OpenAI and Anthropic SDKs drop idle connections after 5 s) and a load "
+            "balancer's idle timeout (60 s on AWS), so the gateway is never the side that closes "
+            "a connection a request is being sent on.",
         ),
-    ] = 5,
+    ] = 65,
     workers: Annotated[
         int,
         typer.Option(
