@@ -91,9 +91,9 @@ def _verdict(p: float | None, test: str) -> dict[str, Any]:
 
 def holm(verdicts: list[dict[str, Any]]) -> None:
     """Holm's step-down adjustment of these tests' p-values (one metric, every arm against the
-    control), in place: the i-th smallest of m is multiplied by m - i, kept monotone, capped
-    at 1; `significant` is then read off the adjusted value. Tests without a p-value are not
-    counted."""
+    control), in place: the k-th smallest of m (k from 1) is multiplied by m - k + 1, kept
+    monotone, capped at 1; `significant` is then read off the adjusted value. Tests without a
+    p-value are not counted."""
     tested = sorted((v for v in verdicts if v["p_value"] is not None), key=lambda v: v["p_value"])
     m, running = len(tested), 0.0
     for i, v in enumerate(tested):
