@@ -328,6 +328,15 @@ class LearnedRoute(_RouteBase):
         default=100.0, ge=0, alias="lambda", description="quality points per USD"
     )
     quality_floor: float | None = Field(default=None, ge=0, le=1)
+    lead: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="quality points added, when ranking, to the model the router finds best on "
+        "average over its training records: the most quality-seeking end of the dial, below "
+        "lambda 0 (at 1 with lambda 0, every request goes to that model); another model is "
+        "chosen only where predicted better by more than this",
+    )
     expected_output_tokens: int = Field(default=256, gt=0)
     online: OnlineConfig | None = Field(
         default=None, description="learn a correction of the router's predictions from feedback"

@@ -39,7 +39,7 @@ from policies.schema import (
 )
 from routers.serving.base import RouteContext, Router, RoutingDecision
 from routers.serving.cost_aware import CostAwareRouter
-from routers.serving.objective import rank_models
+from routers.serving.objective import lead_of, rank_models
 
 BY_NAME = "(model by name)"  # log rows that asked for a model, not a route
 SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -243,7 +243,11 @@ class _LogRouter:
                 }
                 for m in route.models
             }
-            chosen = rank_models(scored, route.lambda_, route.quality_floor)[0]
+            prior = {
+                m: float(predictions[m]["prior"]) for m in route.models if "prior" in predictions[m]
+            }
+            lead = lead_of(prior, route.lead) if len(prior) == len(route.models) else None
+            chosen = rank_models(scored, route.lambda_, route.quality_floor, lead)[0]
             return chosen, scored[chosen]["quality"]
         return route.models[0], None
 

@@ -154,13 +154,26 @@ def predictions(
     return q, c
 
 
-def _judge(
-    test: RecordTable, predicted: dict[str, tuple[np.ndarray, np.ndarray]], n_lambdas: int
-) -> dict[str, Any]:
+Predicted = tuple[np.ndarray, np.ndarray, int | None]  # quality, cost, the lead's column
+
+
+def lead_column(predictor: Predictor, models: list[str]) -> int | None:
+    """The column of the model the router finds best on average among those it knows (where
+    a route's `lead` goes); None for a router without a prior."""
+    prior = getattr(predictor, "prior", None)
+    known = [m for m in models if knows(predictor, m)]
+    if prior is None or not known:
+        return None
+    return models.index(known[int(np.argmax(prior(known)))])
+
+
+def _judge(test: RecordTable, predicted: dict[str, Predicted], n_lambdas: int) -> dict[str, Any]:
     """Baselines plus every router's curve and metrics on one test table."""
     ref, curves = baseline_curves(test, n_lambdas)
-    for name, (q_hat, c_hat) in predicted.items():
-        curves[name] = sweep(q_hat, c_hat, test.quality, test.cost, n_lambdas=n_lambdas)
+    for name, (q_hat, c_hat, lead) in predicted.items():
+        curves[name] = sweep(
+            q_hat, c_hat, test.quality, test.cost, n_lambdas=n_lambdas, lead_col=lead
+        )
     return {
         "n_test": len(test),
         "reference": ref.to_json(),
@@ -182,12 +195,13 @@ def _judge_slice(
     """One slice of one split: the totals, and the same per task (without the curves)."""
     test = table.subset(test_rows).drop_models([m for m in table.models if m not in piece.models])
     test_queries = slice_queries(queries, test_rows)
-    predicted: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    predicted: dict[str, Predicted] = {}
     timings: dict[str, float] = {}
     for name, predictor in routers.items():
         start = time.perf_counter()
-        predicted[name] = predictions(predictor, test_queries, test.models)
+        q, c = predictions(predictor, test_queries, test.models)
         timings[name] = time.perf_counter() - start
+        predicted[name] = (q, c, lead_column(predictor, test.models))
     run = _judge(test, predicted, n_lambdas)
     for name, seconds in timings.items():
         run["routers"][name]["seconds"] = seconds
@@ -197,7 +211,9 @@ def _judge_slice(
     for task in sorted(set(test.tasks)):
         rows = np.flatnonzero(tasks == task)
         part = _judge(
-            test.subset(rows), {n: (q[rows], c[rows]) for n, (q, c) in predicted.items()}, n_lambdas
+            test.subset(rows),
+            {n: (q[rows], c[rows], lead) for n, (q, c, lead) in predicted.items()},
+            n_lambdas,
         )
         for r in part["routers"].values():
             del r["curve"]

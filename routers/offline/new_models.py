@@ -23,6 +23,7 @@ from routers.offline.evaluate import (
     Recipe,
     add_described,
     encoders_of,
+    lead_column,
     predictions,
     reuse_embeddings,
     rows_of,
@@ -40,7 +41,9 @@ def _aiq(predictor: Predictor | None, queries: Queries, test: RecordTable, n: in
     if predictor is None:
         return curve_metrics(curves[ORACLE], ref)["aiq"]
     q, c = predictions(predictor, queries, test.models)
-    return curve_metrics(sweep(q, c, test.quality, test.cost, n_lambdas=n), ref)["aiq"]
+    lead = lead_column(predictor, test.models)
+    curve = sweep(q, c, test.quality, test.cost, n_lambdas=n, lead_col=lead)
+    return curve_metrics(curve, ref)["aiq"]
 
 
 def leave_one_llm_out(

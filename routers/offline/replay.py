@@ -55,6 +55,11 @@ def breakpoints(q_hat: np.ndarray, c_hat: np.ndarray) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros(0)
 
 
+# The route's `lead` settings replayed at lambda 0 beyond the lambda grid: points added to the
+# model best on average, up to 1, where every query goes to it (qualities are in 0..1).
+LEADS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+
+
 def lambda_grid(q_hat: np.ndarray, c_hat: np.ndarray, n: int = 100) -> np.ndarray:
     """0, then n log-spaced values and n quantiles of the predictions' own breakpoints (so the
     grid is in the data's quality-per-dollar scale and dense where choices flip), then one value
@@ -77,14 +82,21 @@ class Curve:
     cost: np.ndarray  # [L] mean realised cost per query
     quality: np.ndarray  # [L] mean realised quality
     shares: np.ndarray  # [L, n_models] share of calls per model
+    leads: np.ndarray | None = None  # [L] the route's lead at each point; None: 0 throughout
+
+    def lead_at(self, i: int) -> float:
+        return 0.0 if self.leads is None else float(self.leads[i])
 
     def to_json(self, models: list[str]) -> dict[str, Any]:
-        return {
+        out = {
             "lambda": self.lambdas.tolist(),
             "cost": self.cost.tolist(),
             "quality": self.quality.tolist(),
             "shares": {m: self.shares[:, j].tolist() for j, m in enumerate(models)},
         }
+        if self.leads is not None:
+            out["lead"] = self.leads.tolist()
+        return out
 
 
 def sweep(
@@ -94,19 +106,33 @@ def sweep(
     cost: np.ndarray,
     lambdas: np.ndarray | None = None,
     n_lambdas: int = 100,
+    lead_col: int | None = None,
 ) -> Curve:
-    """Replay the objective over a lambda grid; realised values come from the records."""
+    """Replay the objective over a lambda grid; realised values come from the records. With
+    `lead_col` (the router's model best on average), then the route's `LEADS` at lambda 0:
+    the most quality-seeking end of the dial, which ends at always sending there."""
     if lambdas is None:
         lambdas = lambda_grid(q_hat, c_hat, n_lambdas)
+    settings = [(float(lam), 0.0) for lam in lambdas]
+    if lead_col is not None:
+        settings += [(0.0, lead) for lead in LEADS]
     n, m = quality.shape
     rows = np.arange(n)
     out_c, out_q, out_s = [], [], []
-    for lam in lambdas:
-        pick = choose(q_hat, c_hat, float(lam))
+    for lam, lead in settings:
+        q = q_hat
+        if lead:
+            q = q_hat.copy()
+            q[:, lead_col] += lead
+        pick = choose(q, c_hat, lam)
         out_q.append(quality[rows, pick].mean())
         out_c.append(cost[rows, pick].mean())
         out_s.append(np.bincount(pick, minlength=m) / n)
-    return Curve(np.asarray(lambdas, float), np.array(out_c), np.array(out_q), np.array(out_s))
+    lams, leads = (np.array(x, float) for x in zip(*settings, strict=True))
+    return Curve(
+        lams, np.array(out_c), np.array(out_q), np.array(out_s),
+        leads if lead_col is not None else None,
+    )  # fmt: skip
 
 
 def mixture_curve(a: int, b: int, quality: np.ndarray, cost: np.ndarray, n: int = 101) -> Curve:
@@ -238,6 +264,7 @@ def curve_metrics(curve: Curve, ref: Reference) -> dict[str, Any]:
         "below_strongest": bool(curve.quality.max() < q_strong - 1e-9),
         "operating_point": {
             "lambda": float(curve.lambdas[op]),
+            "lead": curve.lead_at(op),
             "cost": float(curve.cost[op]),
             "quality": float(curve.quality[op]),
             "reaches_95": bool(len(reaching)),

@@ -21,7 +21,7 @@ from routers.predictors.base import Predictor, Queries
 from routers.predictors.contexts import Contexts
 from routers.serving.base import RouteContext, RoutingDecision, answers
 from routers.serving.batcher import MicroBatcher
-from routers.serving.objective import rank_models
+from routers.serving.objective import lead_of, rank_models
 from routers.serving.online import OnlineLayer
 
 _cache_lock = threading.Lock()
@@ -88,6 +88,15 @@ class LearnedRouter:
                 # Inductive: a model known only by its description joins without retraining.
                 add_model(name, policy.models[model].description or model)
         self._prices = {m: prices.get(m) for m in self._models}
+        # Each model's quality on average (the guard's prior), logged beside the predictions
+        # so a simulated policy can replay a `lead`; the lead goes to the best of them.
+        prior = getattr(predictor, "prior", None)
+        self._prior = (
+            dict(zip(self._models, map(float, prior(self._names)), strict=True))
+            if prior is not None
+            else {}
+        )
+        self._lead = lead_of(self._prior, config.lead)
         self._batcher: MicroBatcher[tuple[str, int], tuple[np.ndarray, int]] = MicroBatcher(
             self._score
         )
@@ -121,11 +130,13 @@ class LearnedRouter:
             price = self._prices[model]
             cost = price(ctx.prompt_tokens, completion, None) if price is not None else 0.0
             predictions[model] = {"quality": float(quality[j]), "cost_usd": cost}
+            if self._prior:
+                predictions[model]["prior"] = self._prior[model]
         lam = self._config.lambda_ * ctx.price_multiplier
         floor = self._config.quality_floor
         if self.online is None:
-            return RoutingDecision(rank_models(predictions, lam, floor), predictions)
-        choice = self.online.choose(context, predictions, lam, floor)
+            return RoutingDecision(rank_models(predictions, lam, floor, self._lead), predictions)
+        choice = self.online.choose(context, predictions, lam, floor, self._lead)
         offline = {m: p["quality"] for m, p in predictions.items()}
         notes = {"context": context, "explored": choice.explored, "offline": offline}
         return RoutingDecision(choice.models, choice.predictions, online=notes)

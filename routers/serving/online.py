@@ -101,6 +101,7 @@ def choose(
     lam: float,
     quality_floor: float | None,
     rng: np.random.Generator,
+    lead: tuple[str, float] | None = None,
 ) -> OnlineChoice:
     """Rank the models on corrected quality; on a share of requests, on a Thompson sample."""
     mean: dict[str, dict[str, float]] = {}
@@ -109,7 +110,7 @@ def choose(
         q, sd = corrections.corrected(context, model, p["quality"])
         mean[model] = {"quality": q, "cost_usd": p["cost_usd"]}
         spread[model] = sd
-    greedy = rank_models(mean, lam, quality_floor)
+    greedy = rank_models(mean, lam, quality_floor, lead)
     if corrections.config.explore <= 0 or rng.random() >= corrections.config.explore:
         return OnlineChoice(greedy, mean, explored=False)
     sampled: dict[str, dict[str, float]] = {}
@@ -122,7 +123,7 @@ def choose(
             else:
                 q = max(q, quality_floor)
         sampled[model] = {"quality": q, "cost_usd": p["cost_usd"]}
-    order = rank_models(sampled, lam, quality_floor)
+    order = rank_models(sampled, lam, quality_floor, lead)
     return OnlineChoice(order, mean, explored=order[0] != greedy[0])
 
 
@@ -149,9 +150,10 @@ class OnlineLayer:
         offline: Mapping[str, Mapping[str, float]],
         lam: float,
         quality_floor: float | None,
+        lead: tuple[str, float] | None = None,
     ) -> OnlineChoice:
         self._refresh_soon()
-        return choose(self.snapshot, context, offline, lam, quality_floor, self._rng)
+        return choose(self.snapshot, context, offline, lam, quality_floor, self._rng, lead)
 
     async def learn(self, model: str, online: Mapping[str, Any], score: float) -> None:
         """One feedback score about `model` on a request this layer noted (its `online`)."""

@@ -238,3 +238,24 @@ def test_table_output_and_errors(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert result.stdout.startswith(f"{broken}:")
     assert "routes.ca.lambda" in result.stdout
+
+
+def test_a_learned_routes_lead_is_replayed_from_the_logged_priors(tmp_path: Path) -> None:
+    # Predicted: small the better; on average (the logged priors), large.
+    predictions = {
+        "small": {"quality": 0.8, "prior": 0.6},
+        "large": {"quality": 0.7, "prior": 0.9},
+    }
+    data = _log(
+        tmp_path, [_rec(0, "learned", "small", 500, 100, extra={"predictions": predictions})]
+    )
+    head, tail = CANDIDATE.rsplit("    lambda: 0\n", 1)  # the learned route's, the last one
+    led = f"{head}    lambda: 0\n    lead: 0.2\n{tail}"
+    candidate = _write(tmp_path, "led.yaml", led)
+    result = CliRunner().invoke(
+        app, ["policy", "simulate", str(candidate), "--data", str(data), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    # Lambda 0 alone takes small (0.8 > 0.7); a lead of 0.2 on large turns it (0.9 > 0.8).
+    assert json.loads(result.stdout)["candidate"]["routes"]["learned"]["mix"] == {"large": 1}
+    assert simulate(tmp_path, data)["candidate"]["routes"]["learned"]["mix"] == {"small": 1}
