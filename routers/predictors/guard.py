@@ -226,14 +226,15 @@ class GuardedPredictor:
         anchors, w = self._anchor_weights(model)
         return float(sum(wi * self._prior.get(a, 0.5) for a, wi in zip(anchors, w, strict=True)))
 
-    def _penalty(self, models: list[str]) -> np.ndarray:
+    def _prior_and_penalty(self, models: list[str]) -> tuple[np.ndarray, np.ndarray]:
         # A model known only by its description is taken as worse than it looks.
-        return float(self.guard["margin"]) * np.array([m in self._added for m in models])
+        penalty = float(self.guard["margin"]) * np.array([m in self._added for m in models])
+        return np.array([self._prior_of(m) for m in models]) - penalty, penalty
 
     def prior(self, models: list[str]) -> np.ndarray:
         """Each model's quality on average over the training records (a described model's from
         its anchors, less the pessimism margin): what the guard shrinks toward."""
-        return np.array([self._prior_of(m) for m in models]) - self._penalty(models)
+        return self._prior_and_penalty(models)[0]
 
     def predict_quality(self, queries: Queries, models: list[str]) -> np.ndarray:
         if not self.guard.get("enabled", True):
@@ -242,8 +243,8 @@ class GuardedPredictor:
         if len(queries) == 0:
             return raw
         w = self.familiarity(queries)[:, None]
-        prior = self.prior(models)
-        out = w * (raw - self._penalty(models)) + (1.0 - w) * prior
+        prior, penalty = self._prior_and_penalty(models)
+        out = w * (raw - penalty) + (1.0 - w) * prior
         lead = float(self.guard.get("lead", 0.0))
         if lead and len(models) > 1:
             out[:, int(np.argmax(prior))] += lead
