@@ -96,19 +96,13 @@ async def test_the_feed_and_page_show_which_replica_served_what(
         assert ready["request_log"] == {"store": "sqlite", "spooled_total": 0, "spool_depth": 0}
 
 
-LEARNED_POLICY = """
-version: 1
-defaults: {max_tokens: 5}
-models:
-  fast:
-    provider: vllm
-    endpoints: [http://fast.invalid/v1]
-    pricing: {input_per_1m: 1.0, output_per_1m: 2.0}
-routes:
-  paced:
+LEARNED_POLICY = (
+    POLICY
+    + """  paced:
     models: [fast]
     pacing: {budget_usd: 1.0, period: day, plan: learned}
 """
+)
 
 
 async def test_a_learned_plan_is_shown_as_learned_not_uniform(

@@ -12,36 +12,18 @@ import pytest
 from policies.loader import PolicyError, parse_policy
 from routers.offline import replay
 from tests.support.inprocess import in_process_gateway
+from tests.unit.test_online_inprocess import learned_policy
 from tests.unit.test_router_eval import tiny_table
 
-ARTIFACT = Path(__file__).resolve().parents[2] / "routers/artifacts/complexity-default"
 # The shipped router sends this to gemma-2-9b-it at lambda 0, though it finds
 # llama-3.1-nemotron-51b-instruct the better on average.
 QUESTION = "What is 17 times 23?"
 
 
 def policy(lead: float) -> str:
-    return f"""
-version: 1
-defaults: {{max_tokens: 16}}
-models:
-  small:
-    provider: vllm
-    endpoints: [http://small.invalid/v1]
-    pricing: {{input_per_1m: 0.2, output_per_1m: 0.2}}
-  big:
-    provider: vllm
-    endpoints: [http://big.invalid/v1]
-    pricing: {{input_per_1m: 0.9, output_per_1m: 0.9}}
-routes:
-  auto:
-    kind: learned
-    router: {ARTIFACT}
-    models: [small, big]
-    model_map: {{small: gemma-2-9b-it, big: llama-3.1-nemotron-51b-instruct}}
-    lambda: 0
-    lead: {lead}
-"""
+    return learned_policy(
+        "small: gemma-2-9b-it, big: llama-3.1-nemotron-51b-instruct", f"lead: {lead}"
+    )
 
 
 @pytest.mark.parametrize(("lead", "answers"), [(0, "small"), (1, "big")])

@@ -14,7 +14,10 @@ from tests.support.inprocess import in_process_gateway
 ARTIFACT = Path(__file__).resolve().parents[2] / "routers/artifacts/complexity-default"
 
 
-def policy(explore: float, quality_floor: str = "") -> str:
+def learned_policy(model_map: str, *route_lines: str) -> str:
+    """Route `auto`: the shipped router over `small` and `big` at lambda 0, mapped by
+    `model_map`, with the route's further lines."""
+    lines = "".join(f"    {line}\n" for line in route_lines)
     return f"""
 version: 1
 defaults: {{max_tokens: 16}}
@@ -32,11 +35,17 @@ routes:
     kind: learned
     router: {ARTIFACT}
     models: [small, big]
-    model_map: {{small: llama-3.1-8b-instruct, big: llama-3.1-nemotron-51b-instruct}}
+    model_map: {{{model_map}}}
     lambda: 0
-    {quality_floor}
-    online: {{explore: {explore}, refresh_s: 0.001, discount: 0.9, prior_weight: 2}}
-"""
+{lines}"""
+
+
+def policy(explore: float, quality_floor: str = "") -> str:
+    return learned_policy(
+        "small: llama-3.1-8b-instruct, big: llama-3.1-nemotron-51b-instruct",
+        quality_floor,
+        f"online: {{explore: {explore}, refresh_s: 0.001, discount: 0.9, prior_weight: 2}}",
+    )
 
 
 QUESTION = "Which planet in the solar system has the most moons?"
