@@ -108,7 +108,8 @@ def choose(
     spread: dict[str, float] = {}
     for model, p in offline.items():
         q, sd = corrections.corrected(context, model, p["quality"])
-        mean[model] = {"quality": q, "cost_usd": p["cost_usd"]}
+        # Keep the offline entry's other fields (its prior: `policy simulate` replays a lead).
+        mean[model] = {**p, "quality": q}
         spread[model] = sd
     greedy = rank_models(mean, lam, quality_floor, lead)
     if corrections.config.explore <= 0 or rng.random() >= corrections.config.explore:

@@ -20,17 +20,19 @@ from tests.unit.test_router_eval import tiny_table
 QUESTION = "What is 17 times 23?"
 
 
-def policy(lead: float) -> str:
+def policy(lead: float, *route_lines: str) -> str:
     return learned_policy(
-        "small: gemma-2-9b-it, big: llama-3.1-nemotron-51b-instruct", f"lead: {lead}"
+        "small: gemma-2-9b-it, big: llama-3.1-nemotron-51b-instruct", f"lead: {lead}", *route_lines
     )
 
 
+# With an online layer the logged predictions are its corrected ones; they keep the priors.
+@pytest.mark.parametrize("online", [(), ("online: {explore: 0}",)], ids=["offline", "online"])
 @pytest.mark.parametrize(("lead", "answers"), [(0, "small"), (1, "big")])
 async def test_a_full_lead_sends_to_the_model_best_on_average(
-    tmp_path: Path, lead: float, answers: str
+    tmp_path: Path, lead: float, answers: str, online: tuple[str, ...]
 ) -> None:
-    async with in_process_gateway(policy(lead), tmp_path) as gw:
+    async with in_process_gateway(policy(lead, *online), tmp_path) as gw:
         r = await gw.chat("auto", QUESTION)
         assert r.status_code == 200, r.text
         assert r.headers["x-routegate-model"] == answers
