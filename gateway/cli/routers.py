@@ -18,9 +18,6 @@ routers_app = typer.Typer(
 )
 out = Console(highlight=False)
 LOG_RECORDS = "log-records.jsonl"  # what `train --from-log` trained on, in the artifact
-# The kinds that train on observed (query, model) pairs only: a log has one model per query.
-# (The graph router fails on such a table.)
-PARTIAL_KINDS = ("knn", "mf", "complexity")
 err = Console(stderr=True, highlight=False)
 
 Data = Annotated[
@@ -177,12 +174,6 @@ def train(
         router, params = router or kind, {**recipe_params, **params}
     if router is None:
         raise typer.BadParameter("name a router kind (or a --recipe)", param_hint="--router")
-    if from_log is not None and router not in PARTIAL_KINDS:
-        raise typer.BadParameter(
-            f"{router!r} needs every model's record per query; a log has one: use "
-            + ", ".join(PARTIAL_KINDS),
-            param_hint="--router",
-        )
     if from_log is not None:
         # The log's records are written next to the artifact: its manifest names and hashes
         # them like any records file, and `routers eval` can read them again.

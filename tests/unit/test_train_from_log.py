@@ -124,11 +124,22 @@ def test_from_log_without_usable_rows_fails_plainly(tmp_path: Path) -> None:
     assert not (tmp_path / "x").exists()
 
 
-def test_from_log_refuses_a_router_that_needs_every_model_per_query(tmp_path: Path) -> None:
-    log = tmp_path / "requests.sqlite"
+def test_the_graph_router_trains_on_a_log_of_one_model_per_query(tmp_path: Path) -> None:
+    log, out = tmp_path / "requests.sqlite", tmp_path / "g"
     build_log(log)
-    result = CliRunner().invoke(
+    runner = CliRunner()
+    result = runner.invoke(
         app, ["routers", "train", "--from-log", str(log), "--router", "graph", "--out",
-              str(tmp_path / "g")],
+              str(out), "--test-fraction", "0.5"],
     )  # fmt: skip
-    assert result.exit_code == 2 and "knn, mf, complexity" in result.output
+    assert result.exit_code == 0, result.output
+    assert artifact.read_manifest(out)["kind"] == "graph"
+    result = runner.invoke(
+        app, ["routers", "eval", "--from-log", str(log), "--routers", str(out), "--lambda", "0",
+              "--lambda", "100000", "--json", str(tmp_path / "eval.json")],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    low, high = orjson.loads((tmp_path / "eval.json").read_bytes())["routers"]["g"]["points"]
+    # Quality first it sends maths to big, which answered it well; cost first, all to small.
+    assert high["shares"]["small"] == 1.0
+    assert high["quality"] < 0.75 < low["quality"]

@@ -94,7 +94,8 @@ def pair_quality(idx: np.ndarray, sim: np.ndarray, quality: np.ndarray, n_llms: 
     if idx.shape[1] == 0 or len(quality) == 0:
         return out
     q = quality[idx]  # [n, k, m]
-    seen = ~np.isnan(q)
+    # A neighbour left out (-inf: fewer queries of other tasks than k) weighs nothing.
+    seen = ~np.isnan(q) & np.isfinite(sim)[:, :, None]
     w = neighbour_weights(sim)[:, :, None] * seen
     total = w.sum(axis=1)
     mean = (np.where(seen, q, 0.0) * w).sum(axis=1) / np.maximum(total, 1e-12)
@@ -110,7 +111,7 @@ def sim_edges(idx: Tensor, sim: Tensor, keep_src: Tensor) -> tuple[Tensor, Tenso
     n, k = idx.shape
     src, dst = idx.reshape(-1), torch.arange(n).repeat_interleave(k)
     w = torch.clamp(sim.reshape(-1), min=MIN_SIM)
-    keep = keep_src[src]
+    keep = keep_src[src] & torch.isfinite(sim.reshape(-1))  # -inf: a neighbour left out
     src, dst, w = src[keep], dst[keep], w[keep]
     total = torch.zeros(n).index_add_(0, dst, w)
     return torch.stack([src, dst]), (w / total[dst]).unsqueeze(1)
@@ -230,7 +231,8 @@ def training_graph(
     tasks = sorted(set(table.tasks))
     task_of = {t: i for i, t in enumerate(tasks)}
     query_task = np.array([task_of[t] for t in table.tasks], np.int64)
-    k = int(p["neighbours"])
+    # One k for both lists (training swaps one for the other per query), at most the others.
+    k = min(int(p["neighbours"]), len(table) - 1)
     bank = np.ascontiguousarray(x[:, :dim])
     near = nearest(bank, bank, k, self_rows=True)
     cross = nearest(bank, bank, k, bank_task=query_task, emb_task=query_task)
