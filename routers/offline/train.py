@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from routers.predictors import artifact, contexts, embedding
 from routers.predictors.base import Predictor, Queries
 from routers.records import (
@@ -64,6 +66,11 @@ def train_artifact(
         splitter = split_by_query if split == "query" else split_by_task
         table, test = splitter(table, seed, test_fraction)
         held = len(test)
+        # A model whose every record was held out has nothing to learn from: it is left out.
+        unseen = [m for j, m in enumerate(table.models) if np.isnan(table.quality[:, j]).all()]
+        if unseen:
+            say(f"no training record for {', '.join(unseen)}: left out of the router")
+            table = table.drop_models(unseen)
     say(f"training {kind} on {len(table)} queries x {len(table.models)} models ...")
     start = time.perf_counter()
     try:

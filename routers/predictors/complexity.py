@@ -48,7 +48,9 @@ def neighbour_quality(
     """[n, n_models]: similarity-weighted mean quality of each query's k nearest bank queries
     (cosine; embeddings are unit length). Missing qualities (NaN) are left out."""
     k = min(k, len(bank) - int(exclude_self))
-    out = np.empty((len(emb), quality.shape[1]))
+    out = np.zeros((len(emb), quality.shape[1]))
+    if k <= 0:  # a single training query has no neighbour but itself
+        return out
     for start in range(0, len(emb), 1024):  # bounded memory for large training sets
         sims = emb[start : start + 1024] @ bank.T
         if exclude_self:
@@ -146,16 +148,22 @@ class ComplexityPredictor:
             keep = ww > 0
             xx, yy, ww = xx[keep], yy[keep], ww[keep]
             if len(np.unique(yy)) < 2:  # a model always right (or wrong) in the data
-                intercept[j] = 20.0 if yy[0] == 1 else -20.0
+                intercept[j] = (20.0 if yy[0] == 1 else -20.0) if len(yy) else 0.0
                 platt[j] = (1.0, 0.0)
                 continue
-            oof = np.zeros(len(yy))
-            folds = StratifiedKFold(int(p["folds"]), shuffle=True, random_state=seed)
-            for fit_idx, held_idx in folds.split(xx, yy):
-                lr = LogisticRegression(C=float(p["C"]), max_iter=3000)
-                lr.fit(xx[fit_idx], yy[fit_idx], sample_weight=ww[fit_idx])
-                oof[held_idx] = lr.decision_function(xx[held_idx])
-            platt[j] = _platt(oof, yy, ww)
+            # Each fold needs answers of both kinds: a small file (a short request log) has
+            # fewer folds, and with under two of a kind the fit's own scores stand uncalibrated.
+            n_folds = min(int(p["folds"]), int(np.bincount(yy.astype(int)).min()))
+            if n_folds >= 2:
+                oof = np.zeros(len(yy))
+                folds = StratifiedKFold(n_folds, shuffle=True, random_state=seed)
+                for fit_idx, held_idx in folds.split(xx, yy):
+                    lr = LogisticRegression(C=float(p["C"]), max_iter=3000)
+                    lr.fit(xx[fit_idx], yy[fit_idx], sample_weight=ww[fit_idx])
+                    oof[held_idx] = lr.decision_function(xx[held_idx])
+                platt[j] = _platt(oof, yy, ww)
+            else:
+                platt[j] = (1.0, 0.0)
             lr = LogisticRegression(C=float(p["C"]), max_iter=3000)
             lr.fit(xx, yy, sample_weight=ww)
             coef[j], intercept[j] = lr.coef_[0], lr.intercept_[0]

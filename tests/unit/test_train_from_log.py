@@ -8,6 +8,7 @@ import itertools
 from pathlib import Path
 
 import orjson
+import pytest
 from typer.testing import CliRunner
 
 from gateway.accounting.request_log import FeedbackRecord, RequestLog, RequestRecord
@@ -143,3 +144,43 @@ def test_the_graph_router_trains_on_a_log_of_one_model_per_query(tmp_path: Path)
     # Quality first it sends maths to big, which answered it well; cost first, all to small.
     assert high["shares"]["small"] == 1.0
     assert high["quality"] < 0.75 < low["quality"]
+
+
+def short_log(path: Path, n: int, models: list[str]) -> None:
+    """`n` requests with feedback, answered by `models` in turn, every other one well."""
+    log = RequestLog(path, window_s=0.01)
+    ts = itertools.count(1_700_000_000)
+    for i in range(n):
+        model = models[i % len(models)]
+        log.write(
+            RequestRecord(
+                f"r{i}", next(ts), "chat", False, route="auto", model=model,
+                prompt=f"question {i} about the {ANIMALS[i % 10]}", prompt_tokens=12,
+                completion_tokens=30, cost_usd=1e-5 * (1 + models.index(model)),
+            )
+        )  # fmt: skip
+        log.write_feedback(FeedbackRecord(f"r{i}", "user", float(i % 2), next(ts)))
+    assert log.flush()
+    log.close()
+
+
+# A new deployment's log is short: fewer queries than a recipe's neighbours or folds, fewer good
+# answers than folds, or a model whose only requests were held out.
+@pytest.mark.parametrize("kind", ["knn", "mf", "complexity", "graph"])
+@pytest.mark.parametrize(("requests", "models"), [(3, 2), (12, 3)])
+def test_every_recipe_trains_on_a_short_log(
+    tmp_path: Path, kind: str, requests: int, models: int
+) -> None:
+    log, out = tmp_path / "requests.sqlite", tmp_path / "new"
+    short_log(log, requests, ["a", "b", "c"][:models])
+    result = CliRunner().invoke(
+        app, ["routers", "train", "--from-log", str(log), "--router", kind, "--out", str(out),
+              "--test-fraction", "0.5"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    names = ["a", "b", "c"][:models]
+    answered = {names[int(q[1:]) % models] for q in artifact.train_query_ids(out)}
+    # The router knows the models that answered a training request; the others are named.
+    assert set(artifact.read_manifest(out)["models"]) == answered
+    for model in set(names) - answered:
+        assert f"no training record for {model}" in result.output
