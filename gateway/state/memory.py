@@ -4,7 +4,7 @@ Atomicity: everything runs on one event loop, and no operation awaits inside its
 section, so each call below is one indivisible step - the same guarantee a Lua script gives
 in Redis.
 
-Persistence (optional, `path`): a small SQLite file with three tables:
+Persistence (optional, `path`): a small SQLite file with these tables:
 
 - `keys(id PRIMARY KEY, data)`: each virtual key as JSON, written synchronously whenever a key
   changes (rare: an admin action).
@@ -13,6 +13,9 @@ Persistence (optional, `path`): a small SQLite file with three tables:
   that changed) and at `aclose()`. A crash loses at most the last interval of spend.
 - `pacing(name PRIMARY KEY, data)`: pacing controller state as JSON, snapshotted with spend.
 - `meta(name PRIMARY KEY, value)`: `has_keys`.
+- `stats(tbl, cell, weight, total, total_sq, updated_at)`: what online layers learned
+  (`stats_update`), snapshotted with spend; a table nobody updated for `STATS_IDLE_S` is
+  dropped when the file is opened (Redis: the same TTL).
 
 Rate windows and open reservations are not persisted: they are worth seconds to minutes. Nor
 is the response cache: it is rebuilt by traffic, and a restart costs only the misses.
@@ -58,6 +61,7 @@ log = logging.getLogger(__name__)
 SNAPSHOT_INTERVAL_S = 2.0
 # A budget window nobody wrote to for this long is dropped (Redis: the same TTL).
 BUDGET_IDLE_S = 40 * 86400.0
+STATS_IDLE_S = 30 * 86400.0  # an online layer's table nobody updated for this long is gone
 # Float slack for the sliding-window comparison: 0.1 + 0.2 must still fit a limit of 0.3.
 WINDOW_EPS = 1e-9
 
@@ -123,6 +127,20 @@ def window_retry_after(
 
 
 # -- the store ---------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Snapshot:
+    """What changed since the last snapshot, as plain values (the writer thread never sees the
+    live dicts)."""
+
+    spend: list[tuple[str, int, float]] = field(default_factory=list)
+    gone: list[str] = field(default_factory=list)  # budgets pruned
+    pacing: list[tuple[str, str]] = field(default_factory=list)
+    stats: list[tuple[str, str, float, float, float, float]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.spend or self.gone or self.pacing or self.stats)
 
 
 @dataclass(slots=True)
@@ -268,6 +286,7 @@ class MemoryState:
         self._db_lock = threading.Lock()  # the snapshot thread and the loop share one connection
         self._dirty_budgets: set[str] = set()
         self._dirty_pacing: set[str] = set()
+        self._dirty_stats: set[tuple[str, str]] = set()  # (table, cell)
         self._snapshotter: asyncio.Task[None] | None = None
         self._closed = False
         if path is not None:
@@ -289,6 +308,10 @@ class MemoryState:
                 budget TEXT PRIMARY KEY, micros INTEGER NOT NULL, updated_at REAL NOT NULL);
             CREATE TABLE IF NOT EXISTS pacing (name TEXT PRIMARY KEY, data TEXT NOT NULL);
             CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+            CREATE TABLE IF NOT EXISTS stats (
+                tbl TEXT NOT NULL, cell TEXT NOT NULL, weight REAL NOT NULL,
+                total REAL NOT NULL, total_sq REAL NOT NULL, updated_at REAL NOT NULL,
+                PRIMARY KEY (tbl, cell));
             """
         )
         self._db = db
@@ -300,6 +323,15 @@ class MemoryState:
             spend = self._db.execute("SELECT budget, micros, updated_at FROM spend").fetchall()
             pacing = self._db.execute("SELECT name, data FROM pacing").fetchall()
             meta = dict(self._db.execute("SELECT name, value FROM meta").fetchall())
+            idle = time.time() - STATS_IDLE_S
+            self._db.execute(
+                "DELETE FROM stats WHERE tbl IN"
+                " (SELECT tbl FROM stats GROUP BY tbl HAVING MAX(updated_at) < ?)",
+                (idle,),
+            )
+            stats = self._db.execute(
+                "SELECT tbl, cell, weight, total, total_sq, updated_at FROM stats"
+            ).fetchall()
         for (data,) in keys:
             key = key_from_fields(json.loads(data))
             self._keys[key.id] = key
@@ -309,6 +341,10 @@ class MemoryState:
             self._budgets[budget] = _Budget(spent=int(micros), touched=float(updated_at))
         for name, data in pacing:
             self._pacing[name] = pacing_from_json(data)
+        for table, cell, weight, total, total_sq, updated_at in stats:
+            self._stats.setdefault(table, {})[cell] = RunningStat(
+                weight, total, total_sq, updated_at
+            )
 
     def _write_key(self, key: VirtualKey) -> None:
         if self._db is None:
@@ -320,55 +356,60 @@ class MemoryState:
             self._db.execute("INSERT OR REPLACE INTO meta (name, value) VALUES ('has_keys', '1')")
             self._db.execute("COMMIT")
 
-    def _collect_snapshot(
-        self,
-    ) -> tuple[list[tuple[str, int, float]], list[str], list[tuple[str, str]]]:
+    def _collect_snapshot(self) -> _Snapshot:
         """On the loop: copy what changed (plain values), so the thread never sees live dicts."""
-        spend: list[tuple[str, int, float]] = []
-        gone: list[str] = []
+        out = _Snapshot()
         for name in self._dirty_budgets:
             budget = self._budgets.get(name)
             if budget is None:
-                gone.append(name)
+                out.gone.append(name)
             else:
-                spend.append((name, budget.spent, budget.touched))
-        pacing = [
+                out.spend.append((name, budget.spent, budget.touched))
+        out.pacing = [
             (name, pacing_to_json(self._pacing[name]))
             for name in self._dirty_pacing
             if name in self._pacing
         ]
+        for table, cell in self._dirty_stats:
+            st = self._stats[table][cell]
+            out.stats.append((table, cell, st.weight, st.total, st.total_sq, st.updated_at))
         self._dirty_budgets.clear()
         self._dirty_pacing.clear()
-        return spend, gone, pacing
+        self._dirty_stats.clear()
+        return out
 
-    def _write_snapshot(
-        self,
-        spend: list[tuple[str, int, float]],
-        gone: list[str],
-        pacing: list[tuple[str, str]],
-    ) -> None:
-        if self._db is None or not (spend or gone or pacing):
+    def _write_snapshot(self, snap: _Snapshot) -> None:
+        if self._db is None or not snap:
             return
         with self._db_lock:
             self._db.execute("BEGIN")
             self._db.executemany(
-                "INSERT OR REPLACE INTO spend (budget, micros, updated_at) VALUES (?, ?, ?)", spend
+                "INSERT OR REPLACE INTO spend (budget, micros, updated_at) VALUES (?, ?, ?)",
+                snap.spend,
             )
-            self._db.executemany("DELETE FROM spend WHERE budget = ?", [(g,) for g in gone])
-            self._db.executemany("INSERT OR REPLACE INTO pacing (name, data) VALUES (?, ?)", pacing)
+            self._db.executemany("DELETE FROM spend WHERE budget = ?", [(g,) for g in snap.gone])
+            self._db.executemany(
+                "INSERT OR REPLACE INTO pacing (name, data) VALUES (?, ?)", snap.pacing
+            )
+            self._db.executemany(
+                "INSERT OR REPLACE INTO stats (tbl, cell, weight, total, total_sq, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                snap.stats,
+            )
             self._db.execute("COMMIT")
 
     async def snapshot(self) -> None:
         """Write changed spend and pacing state now, off the event loop."""
         self._prune_idle_budgets()
-        spend, gone, pacing = self._collect_snapshot()
+        snap = self._collect_snapshot()
         try:
-            await asyncio.to_thread(self._write_snapshot, spend, gone, pacing)
+            await asyncio.to_thread(self._write_snapshot, snap)
         except Exception:
             # Not lost: marked dirty again, so the next snapshot retries.
-            self._dirty_budgets.update(name for name, _, _ in spend)
-            self._dirty_budgets.update(gone)
-            self._dirty_pacing.update(name for name, _ in pacing)
+            self._dirty_budgets.update(name for name, _, _ in snap.spend)
+            self._dirty_budgets.update(snap.gone)
+            self._dirty_pacing.update(name for name, _ in snap.pacing)
+            self._dirty_stats.update((table, cell) for table, cell, *_ in snap.stats)
             raise
 
     async def _snapshot_loop(self) -> None:
@@ -379,13 +420,20 @@ class MemoryState:
             except Exception:
                 log.exception("state: could not snapshot spend to %s", self._path)
 
-    def _mark_dirty(self, budget: str | None = None, pacing: str | None = None) -> None:
+    def _mark_dirty(
+        self,
+        budget: str | None = None,
+        pacing: str | None = None,
+        stats: tuple[str, str] | None = None,
+    ) -> None:
         if self._db is None:
             return
         if budget is not None:
             self._dirty_budgets.add(budget)
         if pacing is not None:
             self._dirty_pacing.add(pacing)
+        if stats is not None:
+            self._dirty_stats.add(stats)
         if self._snapshotter is None and not self._closed:
             # Started on the first write, so the constructor needs no running loop.
             self._snapshotter = asyncio.get_running_loop().create_task(self._snapshot_loop())
@@ -597,7 +645,7 @@ class MemoryState:
         return (len(space.items), space.bytes) if space is not None else (0, 0)
 
     # -- learning from feedback ----------------------------------------------------------
-    # Not persisted: what an online layer learned is worth minutes of traffic, and it fades.
+    # Persisted with spend: what an online layer learned survives a restart, as in Redis.
 
     async def claim_once(self, name: str, ttl_s: float, now: float) -> bool:
         expires = self._claims.get(name)
@@ -614,6 +662,7 @@ class MemoryState:
         stats = self._stats.setdefault(table, {})
         for cell in cells:
             stats[cell] = stats.get(cell, RunningStat()).updated(value, discount, now)
+            self._mark_dirty(stats=(table, cell))
 
     async def stats_read(self, table: str) -> dict[str, RunningStat]:
         return dict(self._stats.get(table, {}))

@@ -113,3 +113,23 @@ async def test_two_gateways_on_one_store_learn_together(tmp_path: Path) -> None:
         await runtime_b.learners["auto"].refresh()  # type: ignore[attr-defined]
         other = await b.chat("auto", QUESTION)
         assert other.headers["x-routegate-model"] != chosen
+
+
+async def test_what_the_layer_learned_survives_a_restart_on_the_state_file(
+    tmp_path: Path,
+) -> None:
+    async with in_process_gateway(policy(explore=0.0), tmp_path) as gw:
+        first = await gw.chat("auto", QUESTION)
+        chosen = first.headers["x-routegate-model"]
+        online = (await gw.record(first.headers["x-routegate-request-id"]))["extra"]["online"]
+        runtime = gw.holder.current
+        assert runtime is not None
+        for _ in range(20):
+            await runtime.learners["auto"].learn(chosen, online, 0.0)
+    # A new process on the same state file (the embedded default's --state-file).
+    async with in_process_gateway(policy(explore=0.0), tmp_path) as gw:
+        runtime = gw.holder.current
+        assert runtime is not None
+        await runtime.learners["auto"].refresh()  # type: ignore[attr-defined]
+        again = await gw.chat("auto", QUESTION)
+        assert again.headers["x-routegate-model"] != chosen

@@ -9,6 +9,7 @@ import dataclasses
 import json
 import socket
 import sqlite3
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -388,6 +389,24 @@ async def test_memory_state_persists_keys_and_spend(tmp_path: Path) -> None:
         assert await second.budget_usage("team:search:2027-01", T0) == (1.5, 0.0)
         assert await second.pacing_get("key:k1") == pacing
         assert await second.settle("key:k1:2027-01", "r2", 0.000001) == 0.333334
+    finally:
+        await second.aclose()
+
+
+async def test_memory_state_persists_online_statistics(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite"
+    first = MemoryState(path)
+    await first.stats_update("online:auto", ["3|m", "*|m"], 0.5, 0.9, time.time())
+    await first.stats_update("online:auto", ["3|m", "*|m"], -0.25, 0.9, time.time())
+    await first.stats_update("online:old", ["1|m"], 1.0, 0.9, time.time() - 31 * 86400)
+    learned = await first.stats_read("online:auto")
+    await first.aclose()
+
+    second = MemoryState(path)
+    try:
+        assert await second.stats_read("online:auto") == learned
+        # A table nobody updated for 30 days is gone, as Redis's TTL drops it.
+        assert await second.stats_read("online:old") == {}
     finally:
         await second.aclose()
 
