@@ -51,7 +51,11 @@ def serve(
         ),
     ] = None,
     state_file: Annotated[
-        Path, typer.Option(help="Keys and spend of the in-process state store (state.url: memory).")
+        Path,
+        typer.Option(
+            help="Keys, spend, pacing and online learning of the in-process state store "
+            "(state.url: memory)."
+        ),
     ] = Path("routegate-state.sqlite"),
     policy_history: Annotated[
         Path | None,
