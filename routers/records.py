@@ -234,14 +234,19 @@ def split_by_task(
     table: RecordTable, seed: int, test_fraction: float = 0.3
 ) -> tuple[RecordTable, RecordTable]:
     """Train and test tables with no task (subject) in both: for judging induction to tasks
-    never seen in training. Tasks are dealt into `task_folds(test_fraction)` folds, within each
-    source file separately, and seed s holds out fold s mod folds (reshuffled every round), so
-    seeds 0..folds-1 hold out every task exactly once."""
-    folds = task_folds(test_fraction)
+    never seen in training. Tasks are dealt into `task_folds(test_fraction)` folds (no more
+    than the most tasks a file has, so none is left empty), within each source file
+    separately, and seed s holds out fold s mod folds (reshuffled every round), so seeds
+    0..folds-1 hold out every task exactly once."""
+    by_source = {
+        source: sorted({t for i, t in enumerate(table.tasks) if table.source_of(i) == source})
+        for source in sorted({table.source_of(i) for i in range(len(table))})
+    }
+    most = max((len(tasks) for tasks in by_source.values()), default=0)
+    folds = max(2, min(task_folds(test_fraction), most))
     rng = np.random.default_rng(seed // folds)
     held: set[str] = set()
-    for source in sorted({table.source_of(i) for i in range(len(table))}):
-        tasks = sorted({t for i, t in enumerate(table.tasks) if table.source_of(i) == source})
+    for tasks in by_source.values():
         order = list(rng.permutation(tasks))
         offset = int(rng.integers(folds))  # so one-task-short folds are not always the last
         held |= {t for i, t in enumerate(order) if (i + offset) % folds == seed % folds}

@@ -305,6 +305,8 @@ def evaluate(
         for seed in seeds if seeds is not None else list(range(5)):
             train, test = splitter(table, seed, test_fraction)
             if len(train) == 0 or len(test) == 0:
+                if split == "task" and len(set(table.tasks)) < 2:
+                    raise ValueError("a task split needs records of at least two tasks")
                 raise ValueError(f"seed {seed}: the {split} split left an empty train or test")
             with reuse_embeddings(queries.texts, queries.embeddings):
                 trained = {r.name: train_recipe(r, train, seed, descriptions) for r in recipes}

@@ -175,6 +175,12 @@ def test_split_by_task_holds_out_whole_tasks() -> None:
     assert len(train) + len(test) == len(table)
 
 
+def test_a_task_split_of_few_tasks_holds_each_out_once_and_never_none() -> None:
+    table = _table(n_tasks=2)  # fewer tasks than the 3 folds a 0.3 test fraction asks for
+    held = [tuple(sorted(set(split_by_task(table, seed, 0.3)[1].tasks))) for seed in (0, 1)]
+    assert sorted(held) == [("task/0",), ("task/1",)]
+
+
 # --- the shipped default set -----------------------------------------------------------------
 
 

@@ -384,3 +384,19 @@ def test_cli_bad_data_exits_1_naming_file_and_line(tmp_path: Path) -> None:
         ["routers", "train", "--router", "nope", "--data", str(good), "--out", str(tmp_path / "n")],
     )
     assert unknown.exit_code == 1 and "unknown router kind 'nope'" in unknown.output
+
+
+def test_cli_task_split_of_one_task_says_it_needs_two(tmp_path: Path) -> None:
+    rows = [{**r, "task": "synthetic/one"} for r in synthetic_records(20)]
+    data = write_jsonl(tmp_path / "one-task.jsonl", rows)
+    runner = CliRunner()
+    assert runner.invoke(
+        app, ["routers", "train", "--router", "knn", "--data", str(data), "--out", str(tmp_path / "k")]
+    ).exit_code == 0  # fmt: skip
+    result = runner.invoke(
+        app,
+        ["routers", "eval", "--data", str(data), "--routers", str(tmp_path / "k"),
+         "--split", "task", "--seeds", "1"],
+    )  # fmt: skip
+    assert result.exit_code == 1
+    assert "a task split needs records of at least two tasks" in result.output
