@@ -399,7 +399,7 @@ class MemoryState:
             self._db.execute("COMMIT")
 
     async def snapshot(self) -> None:
-        """Write changed spend and pacing state now, off the event loop."""
+        """Write changed spend, pacing and online statistics now, off the event loop."""
         self._prune_idle_budgets()
         snap = self._collect_snapshot()
         try:
